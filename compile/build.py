@@ -1,0 +1,104 @@
+"""Lower an ``nn.Module`` to a TVM library for the target, with device code built ahead of time.
+
+The Relax pipeline is TVM's per-target default (for CUDA it applies dlight's default GPU
+schedules and ``RewriteCUDAGraph``); for CPUs we add dlight's CPU GEMV/reduction rules so decode
+kernels are vectorized and parallel instead of naive loops.
+
+TVM 0.27 stores CUDA kernels in the exported library as source and compiles them when the library
+is loaded, through the ``tvm_callback_cuda_compile`` hook (NVRTC by default). A serving box has no
+compiler, so here every CUDA module's source is compiled with nvcc into a fatbin for each
+requested architecture and stored keyed by the source's sha256; the runtime answers the hook with
+those bytes (``runtime/tvm_env.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import tvm
+from tvm import relax
+from tvm.relax.frontend import nn
+
+from compile.targets import BuildTarget
+from ferrum.errors import FerrumError
+
+
+def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    import importlib
+
+    from tvm.s_tir import dlight as dl
+
+    # The backend packages do not re-export every stage; their ``pipeline`` modules have them all.
+    backend = "cuda" if target.kind.name == "cuda" else "cpu_generic"
+    stages = importlib.import_module(f"tvm.relax.backend.{backend}.pipeline")
+    passes = stages.library_dispatch_passes(target) + stages.legalize_passes(target)
+    if target.kind.name == "llvm":
+        passes.append(dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction()))
+    passes += stages.dataflow_lower_passes(target) + stages.finalize_passes(target)
+
+    @tvm.transform.module_pass(opt_level=0)
+    def pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        with target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    return pipeline
+
+
+def export_module(model: nn.Module) -> tuple[tvm.ir.IRModule, list[str]]:
+    """Relax IRModule of the model's exported functions, and its parameter names in call order."""
+    mod, named_params = model.export_tvm(spec=model.get_default_spec())
+    return mod, [name for name, _ in named_params]
+
+
+def compile_library(mod: tvm.ir.IRModule, target: BuildTarget, library_path: Path) -> relax.VMExecutable:
+    executable = tvm.compile(mod, target=target.tvm_target, relax_pipeline=_pipeline(target.tvm_target))
+    executable.export_library(str(library_path))
+    return executable
+
+
+def _cuda_sources(executable: relax.VMExecutable) -> list[str]:
+    def walk(module):
+        yield module
+        for child in module.imports:
+            yield from walk(child)
+
+    return [m.inspect_source() for m in walk(executable.mod) if m.kind == "cuda"]
+
+
+def build_fatbins(
+    executable: relax.VMExecutable,
+    archs: tuple[str, ...],
+    kernels_dir: Path,
+    progress: Callable[[str], None] = print,
+) -> dict[str, str]:
+    """nvcc every CUDA module into ``kernels_dir/<sha256>.fatbin``; map source hash → file name."""
+    nvcc = shutil.which("nvcc") or next(
+        (str(p) for p in sorted(Path("/usr/local").glob("cuda*/bin/nvcc"))), None
+    )
+    if nvcc is None:
+        raise FerrumError("CUDA build needs nvcc (the CUDA toolkit) on PATH to compile device code")
+    kernels_dir.mkdir(parents=True, exist_ok=True)
+    gencode = []
+    for arch in archs:
+        gencode += ["-gencode", f"arch=compute_{arch[3:]},code={arch}"]
+    kernels = {}
+    for source in _cuda_sources(executable):
+        digest = hashlib.sha256(source.encode()).hexdigest()
+        out = kernels_dir / f"{digest}.fatbin"
+        progress(f"nvcc: {source.count('__global__')} kernels for {', '.join(archs)}")
+        with tempfile.TemporaryDirectory() as tmp:
+            cu = Path(tmp) / "kernels.cu"
+            cu.write_text(source)
+            run = subprocess.run(
+                [nvcc, "--fatbin", "-O3", "-std=c++17", *gencode, "-o", str(out), str(cu)],
+                capture_output=True, text=True,
+            )
+        if run.returncode != 0:
+            raise FerrumError(f"nvcc failed compiling CUDA kernels:\n{run.stderr[-4000:]}")
+        kernels[digest] = f"kernels/{out.name}"
+    return kernels

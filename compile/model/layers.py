@@ -1,0 +1,104 @@
+"""Linear and embedding layers for each quantization scheme.
+
+``q0*`` layers hold plain weights. ``q4f16`` layers hold int4 weights packed eight to a
+``uint32`` with one float16 scale per group of 32 (symmetric, zero point 7, as MLC-LLM's
+``q4f16_1``). Their matmul is emitted as ONE TensorIR function whose first block dequantizes and
+whose second block multiplies: dlight's GEMV/Matmul rules inline the dequantize block, so the int4
+weights are read once and never materialized in fp16 (dequantization fused into the kernel).
+Accumulation is in float32 for every scheme: fp16 sums over 1536..14336 products lose digits.
+"""
+
+from __future__ import annotations
+
+from tvm import te, tirx
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import Tensor, op
+
+from ferrum.quantization import QuantSpec
+
+Q4_PER_WORD = 8
+Q4_ZERO = 7
+
+
+def _q4_value(word, k, scale, dtype: str):
+    """The float value of element ``k`` of a row, given that row's packed word and group scale."""
+    shift = (k % Q4_PER_WORD * 4).astype("uint32")
+    nibble = tirx.bitwise_and(tirx.shift_right(word, shift), tirx.const(15, "uint32"))
+    return (nibble.astype(dtype) - tirx.const(Q4_ZERO, dtype)) * scale
+
+
+def q4_matmul(x: Tensor, q_weight: Tensor, q_scale: Tensor, spec: QuantSpec, out_dtype: str) -> Tensor:
+    """``x @ dequantize(q_weight, q_scale).T`` as one TensorIR function (dequantize block, then
+    a float32-accumulating matmul block, then a cast to ``out_dtype``)."""
+    n_out = int(q_weight.shape[0])
+    n_in = int(q_weight.shape[1]) * Q4_PER_WORD
+    group, dtype = spec.group_size, spec.model_dtype
+
+    def fused(x: te.Tensor, qw: te.Tensor, qs: te.Tensor) -> te.Tensor:
+        w = te.compute(
+            (n_out, n_in), lambda i, k: _q4_value(qw[i, k // Q4_PER_WORD], k, qs[i, k // group], dtype),
+            name="dequantize",
+        )
+        k = te.reduce_axis((0, n_in), name="k")
+        acc = te.compute(
+            (*x.shape[:-1], n_out),
+            lambda *idx: te.sum(x[(*idx[:-1], k)].astype("float32") * w[idx[-1], k].astype("float32"), axis=k),
+            name="matmul",
+        )
+        if out_dtype == "float32":
+            return acc
+        return te.compute(acc.shape, lambda *idx: acc[idx].astype(out_dtype), name="cast")
+
+    return op.tensor_expr_op(fused, "q4_matmul", [x, q_weight, q_scale])
+
+
+class QLinear(nn.Module):
+    """``y = x @ W.T`` with W stored per ``QuantSpec``; input and output in the model dtype."""
+
+    def __init__(self, in_features: int, out_features: int, spec: QuantSpec):
+        self.spec = spec
+        if spec.quantized:
+            if in_features % spec.group_size:
+                raise ValueError(f"in_features {in_features} is not a multiple of group {spec.group_size}")
+            self.q_weight = nn.Parameter((out_features, in_features // Q4_PER_WORD), "uint32")
+            self.q_scale = nn.Parameter((out_features, in_features // spec.group_size), spec.model_dtype)
+        else:
+            self.weight = nn.Parameter((out_features, in_features), spec.model_dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.spec.quantized:
+            return q4_matmul(x, self.q_weight, self.q_scale, self.spec, self.spec.model_dtype)
+        y = op.matmul(x, op.permute_dims(self.weight), out_dtype="float32")
+        return y if self.spec.model_dtype == "float32" else y.astype(self.spec.model_dtype)
+
+
+class QEmbedding(nn.Module):
+    """Token embedding table, optionally reused as the LM head (tied embeddings)."""
+
+    def __init__(self, vocab_size: int, dim: int, spec: QuantSpec):
+        self.vocab_size, self.dim, self.spec = vocab_size, dim, spec
+        if spec.quantized:
+            self.q_weight = nn.Parameter((vocab_size, dim // Q4_PER_WORD), "uint32")
+            self.q_scale = nn.Parameter((vocab_size, dim // spec.group_size), spec.model_dtype)
+        else:
+            self.weight = nn.Parameter((vocab_size, dim), spec.model_dtype)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        if not self.spec.quantized:
+            return op.take(self.weight, ids, axis=0)
+        group, dtype, dim = self.spec.group_size, self.spec.model_dtype, self.dim
+
+        def gather(ids: te.Tensor, qw: te.Tensor, qs: te.Tensor) -> te.Tensor:
+            return te.compute(
+                (ids.shape[0], dim),
+                lambda i, k: _q4_value(qw[ids[i], k // Q4_PER_WORD], k, qs[ids[i], k // group], dtype),
+                name="q4_embed",
+            )
+
+        return op.tensor_expr_op(gather, "q4_embed", [ids, self.q_weight, self.q_scale])
+
+    def lm_head(self, x: Tensor) -> Tensor:
+        """Float32 logits from hidden states, using this table as the output projection."""
+        if self.spec.quantized:
+            return q4_matmul(x, self.q_weight, self.q_scale, self.spec, "float32")
+        return op.matmul(x, op.permute_dims(self.weight), out_dtype="float32")

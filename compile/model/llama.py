@@ -1,0 +1,165 @@
+"""Llama-family decoder in ``tvm.relax.frontend.nn`` over TVM's paged KV cache.
+
+Structure follows MLC-LLM's ``llama_model.py``: fused QKV and gate/up projections, RMSNorm,
+and attention through ``PagedKVCache.attention_with_fused_qkv``, whose TIR kernels apply RoPE
+while appending K/V to the cache. The exported functions are the runtime's whole interface:
+
+- ``embed(ids[n]) -> (n, hidden)``
+- ``batch_prefill(embeds[1, n, hidden], logit_positions[b], cache) -> logits[1, b, vocab]``
+  for ``b`` sequences packed into one ragged row; only the listed positions get logits.
+- ``batch_decode(embeds[b, 1, hidden], cache) -> logits[b, 1, vocab]``
+- ``batch_verify(embeds[1, n, hidden], cache) -> logits[1, n, vocab]`` (every position: for
+  speculative decoding)
+- ``create_paged_kv_cache(max_batch_size, max_total_seq_len, prefill_chunk_size, page_size,
+  support_sliding_window)``: all sizes are chosen at run time.
+"""
+
+from __future__ import annotations
+
+from tvm import relax, tirx
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import Tensor, op, spec
+from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
+from tvm.target import Target
+
+from compile.model.layers import QEmbedding, QLinear
+from ferrum.model_config import LlamaConfig
+from ferrum.quantization import QuantSpec
+
+EXPORTED_FUNCTIONS = ("embed", "batch_prefill", "batch_decode", "batch_verify", "create_paged_kv_cache")
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: LlamaConfig, q: QuantSpec):
+        self.num_q_heads, self.num_kv_heads, self.head_dim = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        )
+        qkv_out = (self.num_q_heads + 2 * self.num_kv_heads) * self.head_dim
+        self.qkv_proj = QLinear(cfg.hidden_size, qkv_out, q)
+        self.o_proj = QLinear(self.num_q_heads * self.head_dim, cfg.hidden_size, q)
+
+    def forward(self, x: Tensor, cache: PagedKVCache, layer_id: int) -> Tensor:
+        b, s, _ = x.shape
+        qkv = op.reshape(self.qkv_proj(x), (b, s, self.num_q_heads + 2 * self.num_kv_heads, self.head_dim))
+        out = cache.attention_with_fused_qkv(layer_id, qkv, self.num_q_heads, sm_scale=self.head_dim**-0.5)
+        return self.o_proj(op.reshape(out, (b, s, self.num_q_heads * self.head_dim)))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, cfg: LlamaConfig, q: QuantSpec):
+        self.gate_up_proj = QLinear(cfg.hidden_size, 2 * cfg.intermediate_size, q)
+        self.down_proj = QLinear(cfg.intermediate_size, cfg.hidden_size, q)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = op.split(self.gate_up_proj(x), 2, axis=-1)
+        return self.down_proj(op.silu(gate) * up)
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, cfg: LlamaConfig, q: QuantSpec):
+        self.input_layernorm = nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False, dtype=q.model_dtype)
+        self.self_attn = LlamaAttention(cfg, q)
+        self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False, dtype=q.model_dtype)
+        self.mlp = LlamaMLP(cfg, q)
+
+    def forward(self, x: Tensor, cache: PagedKVCache, layer_id: int) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cache, layer_id)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, cfg: LlamaConfig, q: QuantSpec, target: Target):
+        self.cfg, self.quant, self.target = cfg, q, target
+        self.embed_tokens = QEmbedding(cfg.vocab_size, cfg.hidden_size, q)
+        self.layers = nn.ModuleList([LlamaDecoderLayer(cfg, q) for _ in range(cfg.num_hidden_layers)])
+        self.norm = nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False, dtype=q.model_dtype)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = QLinear(cfg.hidden_size, cfg.vocab_size, q)
+
+    def _logits(self, hidden: Tensor) -> Tensor:
+        if self.cfg.tie_word_embeddings:
+            return self.embed_tokens.lm_head(hidden)
+        logits = self.lm_head(hidden)
+        return logits if logits.dtype == "float32" else logits.astype("float32")
+
+    def _decoder(self, x: Tensor, cache: PagedKVCache) -> Tensor:
+        for layer_id, layer in enumerate(self.layers):
+            x = layer(x, cache, layer_id)
+        return self.norm(x)
+
+    def embed(self, ids: Tensor) -> Tensor:
+        return self.embed_tokens(ids)
+
+    def batch_prefill(self, embeds: Tensor, logit_positions: Tensor, cache: PagedKVCache):
+        hidden = op.take(self._decoder(embeds, cache), logit_positions, axis=1)
+        return self._logits(hidden), cache
+
+    def batch_decode(self, embeds: Tensor, cache: PagedKVCache):
+        return self._logits(self._decoder(embeds, cache)), cache
+
+    def batch_verify(self, embeds: Tensor, cache: PagedKVCache):
+        return self._logits(self._decoder(embeds, cache)), cache
+
+    def create_paged_kv_cache(
+        self,
+        max_batch_size: tirx.Var,
+        max_total_seq_len: tirx.Var,
+        prefill_chunk_size: tirx.Var,
+        page_size: tirx.Var,
+        support_sliding_window: tirx.Var,
+    ) -> PagedKVCache:
+        cfg = self.cfg
+        return TIRPagedKVCache(
+            attn_kind="mha",
+            max_batch_size=max_batch_size,
+            max_total_seq_len=max_total_seq_len,
+            prefill_chunk_size=prefill_chunk_size,
+            page_size=page_size,
+            support_sliding_window=support_sliding_window,
+            layer_partition=relax.ShapeExpr([0, cfg.num_hidden_layers]),
+            num_hidden_layers=cfg.num_hidden_layers,
+            num_attention_heads=cfg.num_attention_heads,
+            num_key_value_heads=cfg.num_key_value_heads,
+            qk_head_dim=cfg.head_dim,
+            v_head_dim=cfg.head_dim,
+            mla_original_qk_head_dim=0,
+            mla_original_v_head_dim=0,
+            rope_mode=RopeMode.NORMAL,
+            rope_scale=1,
+            rope_theta=cfg.rope_theta,
+            rope_scaling=dict(cfg.rope_scaling),
+            rope_ext_factors=relax.prim_value(0),
+            rotary_dim=cfg.head_dim,
+            enable_disaggregation=False,
+            dtype=self.quant.model_dtype,
+            target=self.target,
+        )
+
+    def get_default_spec(self) -> spec.ModuleSpec:
+        d, dt = self.cfg.hidden_size, self.quant.model_dtype
+        packed = {"param_mode": "packed", "effect_mode": "none"}
+        cache = spec.Object(object_type=PagedKVCache)
+        return spec.ModuleSpec.from_raw(
+            {
+                "embed": {"ids": spec.Tensor(["n"], "int32"), "$": packed},
+                "batch_prefill": {
+                    "embeds": spec.Tensor([1, "n", d], dt),
+                    "logit_positions": spec.Tensor(["b"], "int32"),
+                    "cache": cache,
+                    "$": packed,
+                },
+                "batch_decode": {"embeds": spec.Tensor(["b", 1, d], dt), "cache": cache, "$": packed},
+                "batch_verify": {"embeds": spec.Tensor([1, "n", d], dt), "cache": cache, "$": packed},
+                "create_paged_kv_cache": {
+                    "max_batch_size": int,
+                    "max_total_seq_len": int,
+                    "prefill_chunk_size": int,
+                    "page_size": int,
+                    "support_sliding_window": int,
+                    "$": {"param_mode": "none", "effect_mode": "none"},
+                },
+            },
+            self,
+        )

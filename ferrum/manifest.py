@@ -1,0 +1,153 @@
+"""The artifact format: a folder with a versioned ``manifest.json`` that says what is inside.
+
+This is the only thing the compile stage and the runtime share. The compile stage writes it
+(``Manifest.write``); the runtime reads it and refuses anything it cannot run
+(``Manifest.load`` + ``verify_files``) before touching TVM.
+
+Layout of an LLM artifact::
+
+    manifest.json        this schema
+    model.so             compiled TVM library (Relax VM executable + kernels)
+    kernels/*.fatbin     CUDA only: device code compiled ahead of time, keyed by kernel-source hash
+    weights/             TVM tensor cache: tensor-cache.json + params_shard_*.bin
+    tokenizer.json       Hugging Face ``tokenizers`` file
+    generation.json      chat template, BOS/EOS ids, context length
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ferrum.errors import ArtifactError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MODALITIES = ("llm", "embedding", "transcription", "tts")
+
+
+@dataclass
+class TargetInfo:
+    """What the library was compiled for.
+
+    ``kind`` is ``llvm`` or ``cuda``; ``arch`` the CUDA architecture (``sm_90a``); ``triple`` the
+    host triple; ``cpu_features`` CPU flags the host code needs (as in /proc/cpuinfo).
+    """
+
+    kind: str
+    triple: str
+    arch: str | None = None
+    cpu_features: list[str] = field(default_factory=list)
+
+    @property
+    def device_type(self) -> str:
+        return "cuda" if self.kind == "cuda" else "cpu"
+
+
+@dataclass
+class GenerationConfig:
+    """Defaults the runtime needs to generate text with this model."""
+
+    bos_token_id: int | None
+    eos_token_ids: list[int]
+    context_length: int
+    chat_template: str | None = None
+    add_bos_token: bool = False
+    pad_token_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationConfig:
+        return cls(**data)
+
+
+@dataclass
+class Manifest:
+    """``manifest.json``: schema version, model, quantization, target, and every file's hash."""
+
+    name: str
+    modality: str
+    architecture: str
+    model: dict[str, Any]
+    quantization: dict[str, Any]
+    target: TargetInfo
+    tvm_version: str
+    ferrum_version: str
+    source: dict[str, Any]
+    library: str
+    functions: list[str]
+    files: dict[str, dict[str, Any]]
+    kernels: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    created_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, folder: Path) -> None:
+        (folder / MANIFEST_NAME).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> Manifest:
+        """Read and structurally validate ``folder/manifest.json``."""
+        path = Path(folder) / MANIFEST_NAME
+        if not Path(folder).is_dir():
+            raise ArtifactError(f"artifact folder {folder} does not exist")
+        if not path.is_file():
+            raise ArtifactError(f"{folder} is not a Ferrum artifact: {MANIFEST_NAME} is missing")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ArtifactError(
+                f"{path} has schema version {version!r}; this Ferrum reads version {SCHEMA_VERSION}. "
+                "Recompile the model with this version of Ferrum."
+            )
+        try:
+            data["target"] = TargetInfo(**data["target"])
+            manifest = cls(**data)
+        except (KeyError, TypeError) as exc:
+            raise ArtifactError(f"{path} is malformed: {exc}") from None
+        if manifest.modality not in MODALITIES:
+            raise ArtifactError(f"{path}: unknown modality {manifest.modality!r}")
+        return manifest
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_files(folder: Path) -> dict[str, dict[str, Any]]:
+    """Hash and size of every file under ``folder`` except the manifest, by relative path."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel == MANIFEST_NAME:
+            continue
+        files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return files
+
+
+def verify_files(folder: Path, manifest: Manifest) -> None:
+    """Refuse an artifact whose files are missing, truncated or altered."""
+    for rel, info in manifest.files.items():
+        path = Path(folder) / rel
+        if not path.is_file():
+            raise ArtifactError(f"artifact {folder} is incomplete: {rel} is missing")
+        size = path.stat().st_size
+        if size != info["bytes"]:
+            raise ArtifactError(f"artifact file {rel} has {size} bytes, manifest says {info['bytes']}")
+        if sha256_file(path) != info["sha256"]:
+            raise ArtifactError(f"artifact file {rel} does not match its sha256 in the manifest")
