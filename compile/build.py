@@ -1,8 +1,8 @@
 """Lower an ``nn.Module`` to a TVM library for the target, with device code built ahead of time.
 
 The Relax pipeline is TVM's per-target default (for CUDA it applies dlight's default GPU
-schedules and ``RewriteCUDAGraph``); for CPUs we add dlight's CPU GEMV/reduction rules so decode
-kernels are vectorized and parallel instead of naive loops.
+schedules and ``RewriteCUDAGraph``); for CPUs we add our linear-layer schedule and dlight's CPU
+reduction rule so the kernels that take the time are vectorized and parallel, not naive loops.
 
 TVM 0.27 stores CUDA kernels in the exported library as source and compiles them when the library
 is loaded, through the ``tvm_callback_cuda_compile`` hook (NVRTC by default). A serving box has no
@@ -24,6 +24,7 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend import nn
 
+from compile.schedules.cpu import CPULinear
 from compile.targets import BuildTarget
 from ferrum.errors import FerrumError
 
@@ -38,7 +39,7 @@ def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     stages = importlib.import_module(f"tvm.relax.backend.{backend}.pipeline")
     passes = stages.library_dispatch_passes(target) + stages.legalize_passes(target)
     if target.kind.name == "llvm":
-        passes.append(dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction()))
+        passes.append(dl.ApplyDefaultSchedule(CPULinear(), dl.cpu.Reduction()))
     passes += stages.dataflow_lower_passes(target) + stages.finalize_passes(target)
 
     @tvm.transform.module_pass(opt_level=0)

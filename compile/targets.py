@@ -10,15 +10,13 @@ when there is no GPU to ask. CUDA host code targets x86-64-v2 so it runs on any 
 from __future__ import annotations
 
 import platform
-import re
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 import tvm
 
 from ferrum.errors import InvalidRequestError
-from ferrum.manifest import TargetInfo
+from ferrum.manifest import TargetInfo, host_cpu_flags
 
 X86_LEVELS = {
     "x86-64-v4": ["avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx2", "fma", "bmi2", "f16c", "movbe"],
@@ -40,15 +38,6 @@ class BuildTarget:
     @property
     def tag(self) -> str:
         return self.info.kind
-
-
-def host_cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    match = re.search(r"^flags\s*:(.*)$", text, re.M)
-    return set(match.group(1).split()) if match else set()
 
 
 def _host_x86_level() -> str:

