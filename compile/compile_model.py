@@ -24,8 +24,8 @@ from compile.sources import open_source
 from compile.targets import resolve_target
 from compile.tensor_cache import write_tensor_cache
 from compile.weights import convert_weights
-from ferrum.errors import FerrumError
-from ferrum.manifest import Manifest, describe_files
+from ferrum.errors import ArtifactError, FerrumError
+from ferrum.manifest import Manifest, describe_files, verify_files
 from ferrum.quantization import get_quantization
 
 LIBRARY_NAME = "model.so"
@@ -52,8 +52,10 @@ def compile_model(
     arch: str | None = None,
     output_root: Path = Path("artifacts"),
     name: str | None = None,
+    skip_existing: bool = False,
 ) -> Path:
-    """Build an artifact and return its folder."""
+    """Build an artifact and return its folder (or, with ``skip_existing``, return an intact
+    artifact of the same name without rebuilding it)."""
     progress = Progress()
     build_target = resolve_target(target, arch)
     quant = get_quantization(quantization or default_quantization(build_target.info.kind))
@@ -66,6 +68,9 @@ def compile_model(
     )
     name = name or f"{source.name}-{quant.name}-{build_target.tag}"
     final = Path(output_root) / name
+    if skip_existing and _intact(final):
+        progress(f"already compiled: {final}")
+        return final
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = final.parent / f".{name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -114,6 +119,14 @@ def compile_model(
         raise
     progress(f"artifact ready: {final}")
     return final
+
+
+def _intact(folder: Path) -> bool:
+    try:
+        verify_files(folder, Manifest.load(folder))
+    except ArtifactError:
+        return False
+    return True
 
 
 def _replace(staging: Path, final: Path) -> None:

@@ -30,10 +30,6 @@ class KVCacheConfig:
         self.prefill_chunk_size = prefill_chunk_size
         self.page_size = page_size
 
-    @property
-    def total_pages(self) -> int:
-        return -(-self.max_total_tokens // self.page_size)
-
 
 class ModelRunner:
     """The compiled model on one device."""
@@ -57,6 +53,7 @@ class ModelRunner:
         self._free_pages = _builtin("vm.builtin.attention_kv_cache_get_num_available_pages")
         self.cache = None
         self.kv: KVCacheConfig | None = None
+        self.total_pages = 0
 
     def _load_params(self):
         names = self.artifact.manifest.extra["param_names"]
@@ -79,6 +76,7 @@ class ModelRunner:
             ShapeTuple([0]),
         )
         self.kv = kv
+        self.total_pages = self.available_pages()  # TVM may allocate a spare page beyond the request
 
     def add_sequence(self, seq_id: int) -> None:
         _builtin("vm.builtin.kv_state_add_sequence")(self.cache, seq_id)

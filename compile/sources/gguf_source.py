@@ -51,6 +51,8 @@ class GGUFSource(ModelSource):
         try:
             self._reader = gguf.GGUFReader(self.path)
         except Exception as exc:  # the reader raises ValueError, IndexError, struct errors...
+            if "reshape" in str(exc):  # a tensor's data runs past the end of the file
+                raise ModelSourceError(f"{self.path} is truncated: tensor data runs past the end of the file") from None
             raise ModelSourceError(f"{self.path} is not a readable GGUF file ({type(exc).__name__}: {exc})") from None
         self._gguf = gguf
         self._check_tensor_extents()

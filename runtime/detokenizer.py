@@ -1,0 +1,47 @@
+"""Incremental detokenization that never emits a broken character.
+
+Byte-level BPE tokens can end in the middle of a UTF-8 sequence; decoding such a prefix yields
+U+FFFD. The detokenizer decodes a short window of recent tokens and only releases text once it
+no longer ends in U+FFFD, the scheme vLLM and Hugging Face's streamers use. Decoding the window
+(rather than everything) keeps each step O(window), and decoding it with the tokens before it
+keeps decoders that strip a leading space (SentencePiece) correct mid-sequence.
+"""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer
+
+REPLACEMENT = "\ufffd"
+
+
+class IncrementalDetokenizer:
+    """Feed token ids one by one; get back the new text each adds."""
+
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: list[int] | None = None, skip_special_tokens: bool = True):
+        self.tokenizer = tokenizer
+        self.skip_special = skip_special_tokens
+        context = list(prompt_ids or [])[-6:]
+        self.ids: list[int] = context
+        self.prefix_offset = 0
+        self.read_offset = len(context)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special)
+
+    def add(self, token: int) -> str:
+        """Append one token; return the text it completes (possibly empty)."""
+        self.ids.append(token)
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        full = self._decode(self.ids[self.prefix_offset :])
+        if len(full) > len(prefix) and not full.endswith(REPLACEMENT):
+            delta = full[len(prefix) :]
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            return delta
+        return ""
+
+    def flush(self) -> str:
+        """Text still held back at the end of generation, minus any incomplete final character."""
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        full = self._decode(self.ids[self.prefix_offset :])
+        self.prefix_offset = self.read_offset = len(self.ids)
+        return full[len(prefix) :].rstrip(REPLACEMENT)

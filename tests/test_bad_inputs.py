@@ -1,0 +1,154 @@
+"""Every bad model input gives one clear line and a non-zero exit; bad artifacts are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compile.compile_model import compile_model
+from conftest import write_tiny_llama
+from ferrum.errors import ArtifactError, ModelSourceError
+from ferrum.manifest import Manifest
+from runtime.artifact import LlmArtifact, resolve_device
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ferrum(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "ferrum", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ferrum: error:")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def write_gguf(path: Path, arch: str) -> Path:
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bad")
+
+
+def test_missing_path(workdir):
+    assert_one_line_error(ferrum("compile", str(workdir / "nope.gguf"), cwd=workdir), "not found")
+
+
+def test_unknown_quantization(workdir):
+    assert_one_line_error(ferrum("compile", "--quant", "q3f7", cwd=workdir), "unknown quantization 'q3f7'")
+
+
+def test_unknown_target(workdir):
+    assert_one_line_error(ferrum("compile", "--target", "tpu", cwd=workdir), "unknown target 'tpu'")
+
+
+def test_unsupported_gguf_architecture(workdir):
+    path = write_gguf(workdir / "gpt2.gguf", "gpt2")
+    assert_one_line_error(ferrum("compile", str(path), cwd=workdir), "unsupported GGUF architecture 'gpt2'")
+
+
+def test_unsupported_hf_architecture(workdir):
+    folder = workdir / "mistral"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": ["MistralForCausalLM"], "model_type": "mistral"}))
+    assert_one_line_error(ferrum("compile", str(folder), cwd=workdir), "unsupported architecture 'MistralForCausalLM'")
+
+
+def test_corrupt_gguf(workdir):
+    path = workdir / "garbage.gguf"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    assert_one_line_error(ferrum("compile", str(path), cwd=workdir), "not a readable GGUF file")
+
+
+def test_truncated_gguf(workdir, smollm2_gguf):
+    path = workdir / "truncated.gguf"
+    with open(smollm2_gguf, "rb") as src, open(path, "wb") as dst:
+        dst.write(src.read(smollm2_gguf.stat().st_size // 2))
+    result = ferrum("compile", str(path), cwd=workdir)
+    assert_one_line_error(result)
+    assert "is truncated" in result.stderr
+    assert not (workdir / "artifacts").exists()
+
+
+def test_failed_compile_leaves_no_artifact(tmp_path):
+    """A source that fails late (after the library is built) leaves nothing behind."""
+    folder = write_tiny_llama(tmp_path / "broken", drop="model.layers.1.mlp.down_proj.weight")
+    out = tmp_path / "artifacts"
+    with pytest.raises(ModelSourceError, match="missing"):
+        compile_model(str(folder), "llvm", "q0f32", output_root=out)
+    assert list(out.iterdir()) == []
+
+
+@pytest.fixture()
+def artifact_copy(tmp_path, tiny_artifact) -> Path:
+    copy = tmp_path / tiny_artifact.name
+    shutil.copytree(tiny_artifact, copy)
+    return copy
+
+
+def test_tampered_weights_are_refused(artifact_copy):
+    shard = next((artifact_copy / "weights").glob("params_shard_*.bin"))
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="does not match its sha256"):
+        LlmArtifact.open(artifact_copy)
+
+
+def test_missing_file_is_refused(artifact_copy):
+    (artifact_copy / "tokenizer.json").unlink()
+    with pytest.raises(ArtifactError, match="tokenizer.json is missing"):
+        LlmArtifact.open(artifact_copy)
+
+
+def test_other_schema_version_is_refused(artifact_copy):
+    manifest = json.loads((artifact_copy / "manifest.json").read_text())
+    manifest["schema_version"] = 99
+    (artifact_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="schema version 99"):
+        LlmArtifact.open(artifact_copy)
+
+
+def test_cpu_artifact_refuses_cuda_device(artifact_copy):
+    with pytest.raises(ArtifactError, match="compiled for llvm and cannot run on 'cuda'"):
+        resolve_device(Manifest.load(artifact_copy), "cuda")
+
+
+def test_cuda_artifact_refused_without_gpu(artifact_copy):
+    manifest = json.loads((artifact_copy / "manifest.json").read_text())
+    manifest["target"].update(kind="cuda", arch="sm_90a")
+    (artifact_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="CUDA"):
+        resolve_device(Manifest.load(artifact_copy))
+
+
+def test_missing_cpu_features_are_refused(artifact_copy):
+    manifest = json.loads((artifact_copy / "manifest.json").read_text())
+    manifest["target"]["cpu_features"] = ["avx512f", "imaginary_isa"]
+    (artifact_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="imaginary_isa"):
+        LlmArtifact.open(artifact_copy)
