@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compile.quantize import quantize_q4
-from compile.sources.base import HF_EMBED, HF_FINAL_NORM, HF_LM_HEAD, ModelSource, hf_layer_names
+from compile.sources.base import HF_EMBED, HF_FINAL_NORM, HF_LM_HEAD, LlamaSource, hf_layer_names
 from ferrum.errors import ModelSourceError
 from ferrum.model_config import LlamaConfig
 from ferrum.quantization import QuantSpec
@@ -73,7 +73,7 @@ def expected_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def convert_weights(source: ModelSource, quant: QuantSpec) -> Iterator[tuple[str, np.ndarray]]:
+def convert_weights(source: LlamaSource, quant: QuantSpec) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (parameter name, array) for every parameter of the compiled model, in plan order."""
     cfg = source.config
     shapes = expected_shapes(cfg)

@@ -36,9 +36,13 @@ def _sampling(args: argparse.Namespace) -> SamplingParams:
 
 
 def _engine(artifact: str, device: str):
-    from runtime.sequential_engine import SequentialEngine
+    from ferrum.engine import LlmInferenceEngine
+    from runtime.engines import open_engine
 
-    return SequentialEngine(EngineConfig(artifact_path=artifact, device=device))
+    engine = open_engine(EngineConfig(artifact_path=artifact, device=device))
+    if not isinstance(engine, LlmInferenceEngine):
+        raise FerrumError(f"{artifact} is not a text-generation model")
+    return engine
 
 
 def cmd_compile(args: argparse.Namespace) -> None:

@@ -2,7 +2,8 @@
 
 One class per Rust trait, same method names. Rust ``async fn`` becomes ``async def``; plain
 ``fn`` stays synchronous. ``infer_stream`` returns an async iterator of ``StreamChunk`` (the
-Rust ``Pin<Box<dyn Stream<Item = Result<StreamChunk>>>>``); errors surface as exceptions
+Rust ``Result<Pin<Box<dyn Stream<...>>>>``: ``stream = await engine.infer_stream(req)`` raises
+for a bad request, then ``async for chunk in stream``); errors surface as exceptions
 (``ferrum.errors``) instead of ``Result``.
 """
 
@@ -64,8 +65,10 @@ class LlmInferenceEngine(InferenceEngine):
         """Run one request to completion."""
 
     @abc.abstractmethod
-    def infer_stream(self, request: InferenceRequest) -> AsyncIterator[StreamChunk]:
-        """Run one request, yielding chunks as tokens are produced; the last has finish_reason."""
+    async def infer_stream(self, request: InferenceRequest) -> AsyncIterator[StreamChunk]:
+        """Validate and admit one request, then return its chunk stream (the last chunk has the
+        finish reason). Awaiting raises for a bad request, before anything is streamed; closing
+        the stream early (``aclose``) cancels the request and frees its resources."""
 
 
 class EmbedEngine(InferenceEngine):

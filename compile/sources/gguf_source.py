@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compile.sources.base import HF_EMBED, HF_FINAL_NORM, HF_LM_HEAD, ModelSource, hf_layer_names
+from compile.sources.base import HF_EMBED, HF_FINAL_NORM, HF_LM_HEAD, LlamaSource, hf_layer_names
 from compile.sources.gguf_tokenizer import build_tokenizer_json
 from ferrum.errors import ModelSourceError
 from ferrum.manifest import GenerationConfig
@@ -41,7 +41,7 @@ def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, rows // n_heads // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-class GGUFSource(ModelSource):
+class GGUFSource(LlamaSource):
     format = "gguf"
 
     def __init__(self, path: Path):

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from compile.sources.base import ModelSource
+from compile.sources.base import LlamaSource
 from ferrum.errors import ModelSourceError
 from ferrum.manifest import GenerationConfig
 from ferrum.model_config import LlamaConfig
@@ -55,17 +55,12 @@ class SafetensorsFile:
         return raw.astype(np.float32)
 
 
-class HFSource(ModelSource):
+class HFSource(LlamaSource):
     format = "hf"
 
     def __init__(self, folder: Path):
         self.path = Path(folder)
         config = self._json("config.json", required=True)
-        archs = config.get("architectures") or [config.get("model_type", "?")]
-        if config.get("model_type") != "llama" and "LlamaForCausalLM" not in archs:
-            raise ModelSourceError(
-                f"{self.path}: unsupported architecture {archs[0]!r}; Ferrum compiles LlamaForCausalLM"
-            )
         self.config = self._read_config(config)
         self._files = self._open_shards()
         self._where = {name: f for f in self._files for name in f.names()}

@@ -1,0 +1,66 @@
+"""One builder per architecture: turns a model source into an artifact's files.
+
+A builder writes the library, weights and whatever its runtime needs (tokenizer, configs) into the
+staging folder and returns what the manifest records about them; ``compile/compile_model.py`` does
+everything common (target, staging, hashing, manifest, atomic rename). Builders are imported only
+when used, so compiling one architecture never imports another's code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from compile.targets import BuildTarget
+from ferrum.errors import ModelSourceError
+from ferrum.quantization import QuantSpec
+
+LIBRARY_NAME = "model.so"
+
+
+@dataclass
+class BuildOutput:
+    """What a builder made, as the manifest records it."""
+
+    modality: str
+    architecture: str
+    model: dict[str, Any]
+    functions: list[str]
+    kernels: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Builder:
+    """``build(source, quant, target, staging, progress) -> BuildOutput``, plus the schemes it takes."""
+
+    build: Callable[..., BuildOutput]
+    quantizations: tuple[str, ...]
+    default_quantization: Callable[[str], str]
+
+
+# architecture → "module:attribute" holding a Builder
+BUILDERS = {
+    "llama": "compile.builders.llama:BUILDER",
+}
+
+
+def get_builder(architecture: str) -> Builder:
+    spec = BUILDERS.get(architecture)
+    if spec is None:
+        raise ModelSourceError(f"no compile path for architecture {architecture!r}")
+    module, attr = spec.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def check_quantization(builder: Builder, quant: QuantSpec, architecture: str) -> None:
+    if quant.name not in builder.quantizations:
+        raise ModelSourceError(
+            f"quantization {quant.name} is not available for {architecture} models "
+            f"(choose {', '.join(builder.quantizations)})"
+        )
+
+
+__all__ = ["LIBRARY_NAME", "BuildOutput", "BuildTarget", "Builder", "check_quantization", "get_builder"]
