@@ -26,7 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import numpy as np  # noqa: E402
 
 from ferrum.types import EngineConfig, InferenceRequest, SamplingParams  # noqa: E402
-from runtime.sequential_engine import SequentialEngine  # noqa: E402
+from runtime.batch_engine import ContinuousBatchEngine  # noqa: E402
 
 PROMPTS = [
     "What is the capital of France?",
@@ -35,14 +35,14 @@ PROMPTS = [
 ]
 
 
-def greedy_tokens(engine: SequentialEngine, text: str, n: int) -> tuple[list[int], list[int], str]:
+def greedy_tokens(engine: ContinuousBatchEngine, text: str, n: int) -> tuple[list[int], list[int], str]:
     prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": text}])
     ids = engine.tokenizer.encode(prompt)
     response = asyncio.run(engine.infer(InferenceRequest(prompt=prompt, sampling_params=SamplingParams.greedy(max_tokens=n))))
     return ids, response.tokens, response.text
 
 
-def engine_decode_rate(engine: SequentialEngine, tokens: int) -> float:
+def engine_decode_rate(engine: ContinuousBatchEngine, tokens: int) -> float:
     """Tokens/s between the first and the last streamed token of one greedy request."""
     prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[1]}])
     params = SamplingParams.greedy(max_tokens=tokens, ignore_eos=True)
@@ -55,23 +55,25 @@ def engine_decode_rate(engine: SequentialEngine, tokens: int) -> float:
 
     return asyncio.run(run())
 
+BENCH_SEQ = 1_000_000  # far from the engine's own sequence ids; used only while the engine is idle
 
-def runner_decode_rate(engine: SequentialEngine, tokens: int) -> float:
+
+def runner_decode_rate(engine: ContinuousBatchEngine, tokens: int) -> float:
     """Tokens/s of the bare decode loop: one batch_decode + host argmax per token."""
     runner = engine.runner
-    runner.add_sequence(7)
+    runner.add_sequence(BENCH_SEQ)
     try:
-        logits = runner.prefill([7], [[1, 4093, 198, 19556, 17]])
+        logits = runner.prefill([BENCH_SEQ], [[1, 4093, 198, 19556, 17]])
         token = int(logits[0].argmax())
         start = time.perf_counter()
         for _ in range(tokens):
-            token = int(runner.decode([7], [token])[0].argmax())
+            token = int(runner.decode([BENCH_SEQ], [token])[0].argmax())
         return tokens / (time.perf_counter() - start)
     finally:
-        runner.remove_sequence(7)
+        runner.remove_sequence(BENCH_SEQ)
 
 
-def device_info(engine: SequentialEngine) -> dict:
+def device_info(engine: ContinuousBatchEngine) -> dict:
     dev = engine.runner.device
     info = {"device_kind": engine.runner.device_kind, "host": platform.node(), "cpu": platform.processor()}
     if engine.runner.device_kind == "cuda":
@@ -105,7 +107,7 @@ def main() -> int:
     baseline_tokens = None
     results = []
     for path in ([args.baseline] if args.baseline else []) + args.artifacts:
-        engine = SequentialEngine(EngineConfig(artifact_path=path, max_model_len=2048))
+        engine = ContinuousBatchEngine(EngineConfig(artifact_path=path, max_model_len=2048))
         entry = {"artifact": Path(path).name, **device_info(engine), "prompts": []}
         for i, text in enumerate(PROMPTS):
             ids, tokens, completion = greedy_tokens(engine, text, args.tokens)

@@ -99,7 +99,10 @@ class _Request:
         self.started = time.monotonic()
 
     def emit(self, item: object) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the caller's event loop is closed: nobody listens any more
+            pass
 
     @property
     def finished(self) -> bool:
@@ -133,6 +136,7 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
         self._stopped = False
         self._last_error: str | None = None
         self._last_heartbeat = utc_now()
+        self.draft_tokens = {"proposed": 0, "accepted": 0}  # prompt-lookup speculation, all requests
         self._create_cache()
         self._thread = threading.Thread(target=self._loop, name="ferrum-engine", daemon=True)
         self._thread.start()
@@ -275,20 +279,20 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
                 command = self._intake.get(block=idle)
             except queue.Empty:
                 command = None
-            while command is not None:
-                if command[0] == "stop":
-                    self._abort_all()
-                    self._stopped = True
-                    return
-                self._handle(command)
-                try:
-                    command = self._intake.get_nowait()
-                except queue.Empty:
-                    command = None
             try:
+                while command is not None:
+                    if command[0] == "stop":
+                        self._abort_all()
+                        self._stopped = True
+                        return
+                    self._handle(command)
+                    try:
+                        command = self._intake.get_nowait()
+                    except queue.Empty:
+                        command = None
                 if self.scheduler.running or self.scheduler.waiting:
                     self._step()
-            except Exception as exc:  # a failed forward must not kill the engine
+            except Exception as exc:  # a failed step must not kill the engine: fail its requests, go on
                 log.exception("engine step failed")
                 self._last_error = f"{type(exc).__name__}: {exc}"
                 self._fail_all(exc)
@@ -321,6 +325,7 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
                     if not config.enable_prefix_caching:
                         while self.scheduler.evict_lru():
                             pass
+                        self._apply(self.scheduler.take_ops())
             except Exception as exc:
                 errors.append(exc)
             finally:
@@ -470,6 +475,8 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
             self._drafts.pop(seq.seq_id, None)
         state.done = True
         self._requests.pop(state.rid, None)
+        self.draft_tokens["proposed"] += state.drafted
+        self.draft_tokens["accepted"] += state.accepted
         self._apply(self.scheduler.take_ops())  # the pages are free in TVM before the stream ends
         if status == "cancelled":
             for output in state.outputs:
@@ -598,7 +605,8 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
             current_metrics=metrics,
             resource_usage=DetailedResourceUsage(memory_by_component={"weights": weights, "kv_cache": self._cache_bytes()}),
             performance_analysis=PerformanceAnalysis(bottlenecks=bottlenecks),
-            component_diagnostics={"scheduler": to_json(self.scheduler_stats()), "cache": to_json(self.cache_stats())},
+            component_diagnostics={"scheduler": to_json(self.scheduler_stats()), "cache": to_json(self.cache_stats()),
+                                   "speculation": dict(self.draft_tokens)},
             system_info=SystemInfo(
                 os=f"{platform.system()} {platform.release()}",
                 cpu_info=platform.processor() or platform.machine(),

@@ -8,6 +8,7 @@ they are monotone in q and independent of input order.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +24,9 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     lo = math.floor(rank)
     hi = min(lo + 1, n - 1)
     frac = rank - lo
-    return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac)
+    a, b = float(sorted_values[lo]), float(sorted_values[hi])
+    # weighted form, clamped: (b - a) would overflow for values near the float maximum
+    return min(max(a * (1.0 - frac) + b * frac, a), b)
 
 
 @dataclass(frozen=True)
@@ -44,14 +47,14 @@ def summarize(values: Iterable[float]) -> Summary:
     if not data:
         return Summary(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     p50, p90, p95, p99, p999 = (percentile(data, q) for q in PERCENTILES)
-    return Summary(len(data), math.fsum(data) / len(data), data[0], data[-1], p50, p90, p95, p99, p999)
+    return Summary(len(data), mean(data), data[0], data[-1], p50, p90, p95, p99, p999)
 
 
 def rate(count: float, seconds: float) -> float:
     """Events per second; 0.0 for an empty or degenerate interval."""
     if seconds <= 0 or not math.isfinite(seconds) or not math.isfinite(count):
         return 0.0
-    return max(count, 0.0) / seconds
+    return min(max(count, 0.0) / seconds, sys.float_info.max)
 
 
 def utilization(used: float, total: float) -> float:
@@ -62,7 +65,11 @@ def utilization(used: float, total: float) -> float:
 
 
 def mean(values: Sequence[float]) -> float:
-    return math.fsum(values) / len(values) if values else 0.0
+    """Arithmetic mean; each term is divided first so huge samples cannot overflow the sum."""
+    if not values:
+        return 0.0
+    n = len(values)
+    return math.fsum(v / n for v in values)
 
 
 def in_window(events: Iterable[tuple[float, float]], now: float, span: float) -> list[tuple[float, float]]:

@@ -9,12 +9,12 @@ import pytest
 import reference_llama as ref
 from ferrum.errors import ContextLengthExceededError, InvalidRequestError
 from ferrum.types import EngineConfig, FinishReason, InferenceRequest, SamplingParams
-from runtime.sequential_engine import SequentialEngine
+from runtime.batch_engine import ContinuousBatchEngine
 
 
 @pytest.fixture(scope="module")
 def engine(smollm2_artifact):
-    eng = SequentialEngine(EngineConfig(artifact_path=str(smollm2_artifact), max_model_len=2048))
+    eng = ContinuousBatchEngine(EngineConfig(artifact_path=str(smollm2_artifact), max_model_len=2048))
     yield eng
     asyncio.run(eng.shutdown())
 

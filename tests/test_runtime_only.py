@@ -34,9 +34,9 @@ import asyncio, json, sys
 import tvm
 from tvm.base import _LOADED_LIBS
 from ferrum.types import EngineConfig, InferenceRequest, SamplingParams
-from runtime.sequential_engine import SequentialEngine
+from runtime.batch_engine import ContinuousBatchEngine
 
-engine = SequentialEngine(EngineConfig(artifact_path=sys.argv[1]))
+engine = ContinuousBatchEngine(EngineConfig(artifact_path=sys.argv[1]))
 prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
 response = asyncio.run(engine.infer(InferenceRequest(prompt=prompt, sampling_params=SamplingParams.greedy(max_tokens=12))))
 print(json.dumps({
