@@ -90,8 +90,9 @@ def convert_weights(source: LlamaSource, quant: QuantSpec) -> Iterator[tuple[str
             parts.append(w)
         w = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         if item.kind != "norm" and quant.quantized:
-            packed, scale = quantize_q4(w, quant.group_size)
+            packed, scale, low = quantize_q4(w, quant.group_size)
             yield f"{item.name}.q_weight", packed
             yield f"{item.name}.q_scale", scale.astype(quant.model_dtype)
+            yield f"{item.name}.q_min", low.astype(quant.model_dtype)
         else:
             yield f"{item.name}.weight", w.astype(quant.model_dtype)

@@ -34,7 +34,9 @@ class KVCacheConfig:
 class ModelRunner:
     """The compiled model on one device."""
 
-    def __init__(self, artifact: LlmArtifact, device: str = "auto"):
+    def __init__(self, artifact: LlmArtifact, device: str = "auto", params: list | None = None):
+        """``params``: the weights as device tensors in the manifest's ``param_names`` order, for
+        callers that make their own (benchmarks of shape-only artifacts); default: the artifact's."""
         self.artifact = artifact
         self.config = artifact.config
         self.device = resolve_device(artifact.manifest, device)
@@ -43,7 +45,7 @@ class ModelRunner:
             self._vm = VirtualMachine(tvm.runtime.load_module(str(artifact.library_path)), self.device)
         except Exception as exc:  # TVM raises several error types for unloadable libraries
             raise ArtifactError(f"cannot load {artifact.library_path}: {exc}") from None
-        self.params = self._load_params()
+        self.params = params if params is not None else self._load_params()
         self._embed = self._vm["embed"]
         self._prefill = self._vm["batch_prefill"]
         self._decode = self._vm["batch_decode"]
@@ -57,6 +59,9 @@ class ModelRunner:
 
     def _load_params(self):
         names = self.artifact.manifest.extra["param_names"]
+        if not (self.artifact.weights_path / "tensor-cache.json").exists():
+            raise ArtifactError(f"artifact {self.artifact.manifest.name} has no weights "
+                                f"({self.artifact.manifest.extra.get('weights', 'weights/ missing')})")
         _builtin("vm.builtin.tensor_cache.load")(
             str(self.artifact.weights_path), self.device.dlpack_device_type(), self.device.index
         )

@@ -81,8 +81,8 @@ def test_q4f16_int4_kernels_match_reference(tmp_path, tiny_llama):
     cfg, weights = ref.load_hf(tiny_llama)
     for name, w in weights.items():
         if w.ndim == 2:
-            packed, scale = quantize_q4(w.astype(np.float32), 32)
-            weights[name] = dequantize_q4(packed, scale, 32).astype(np.float64)
+            packed, scale, low = quantize_q4(w.astype(np.float32), 32)
+            weights[name] = dequantize_q4(packed, scale, low, 32).astype(np.float64)
     tokens = list(np.random.default_rng(2).integers(0, 300, size=24))
     compiled = all_logits(artifact, tokens)
     expected = ref.forward(cfg, weights, tokens)
@@ -92,10 +92,25 @@ def test_q4f16_int4_kernels_match_reference(tmp_path, tiny_llama):
 
 def test_int4_packing_round_trip():
     w = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
-    packed, scale = quantize_q4(w, 32)
-    assert packed.dtype == np.uint32 and packed.shape == (8, 8) and scale.shape == (8, 2)
-    restored = dequantize_q4(packed, scale, 32)
-    assert np.abs(restored - w).max() <= scale.astype(np.float32).max() / 2 + 1e-6
+    packed, scale, low = quantize_q4(w, 32)
+    assert packed.dtype == np.uint32 and packed.shape == (8, 8) and scale.shape == low.shape == (8, 2)
+    restored = dequantize_q4(packed, scale, low, 32)
+    # half a step, plus the float16 rounding of the minimum
+    assert np.abs(restored - w).max() <= scale.astype(np.float32).max() / 2 + np.abs(w).max() * 1e-3
+
+
+def test_int4_reproduces_gguf_q4_1_blocks():
+    """A Q4_1 block (d, m, nibbles q) dequantizes to q*d + m; re-quantizing those values gives back
+    the same nibbles, d and m, so q4f16 keeps a Q4_1 model's weights."""
+    rng = np.random.default_rng(3)
+    d = rng.uniform(0.001, 0.05, (6, 4)).astype(np.float16)
+    m = (-rng.uniform(0, 0.4, (6, 4))).astype(np.float16)
+    q = rng.integers(0, 16, (6, 4, 32))
+    q[:, :, 0], q[:, :, 1] = 0, 15  # Q4_1 blocks span their whole range
+    w = (q * d.astype(np.float32)[:, :, None] + m.astype(np.float32)[:, :, None]).reshape(6, 128)
+    packed, scale, low = quantize_q4(w, 32)
+    assert np.array_equal(scale, d) and np.array_equal(low, m)
+    assert np.array_equal(dequantize_q4(packed, scale, low, 32), w)
 
 
 def test_batched_prefill_and_decode_equal_single(smollm2_artifact):

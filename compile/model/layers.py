@@ -1,8 +1,8 @@
 """Linear and embedding layers for each quantization scheme.
 
 ``q0*`` layers hold plain weights. ``q4f16`` layers hold int4 weights packed eight to a
-``uint32`` with one float16 scale per group of 32 (symmetric, zero point 7, as MLC-LLM's
-``q4f16_1``). Every linear layer is ONE TensorIR function: for int4 a dequantize block feeds the
+``uint32`` with one float16 scale and one float16 minimum per group of 32 (asymmetric, like
+GGUF's ``Q4_1``, which it reproduces exactly; see ``compile/quantize.py``). Every linear layer is ONE TensorIR function: for int4 a dequantize block feeds the
 product block, and the GPU (dlight GEMV/Matmul) and CPU schedules inline it, so int4 weights are
 read once and never materialized in fp16. Weights stay in their (out, in) layout, so no transpose
 runs at inference time. Accumulation is in float32 for every scheme: fp16 sums over
@@ -18,14 +18,13 @@ from tvm.relax.frontend.nn import Tensor, op
 from ferrum.quantization import QuantSpec
 
 Q4_PER_WORD = 8
-Q4_ZERO = 7
 
 
-def _q4_value(word, k, scale, dtype: str):
-    """The float value of element ``k`` of a row, given that row's packed word and group scale."""
+def _q4_value(word, k, scale, low, dtype: str):
+    """The float value of element ``k`` of a row, given that row's packed word, group scale and minimum."""
     shift = (k % Q4_PER_WORD * 4).astype("uint32")
     nibble = tirx.bitwise_and(tirx.shift_right(word, shift), tirx.const(15, "uint32"))
-    return (nibble.astype(dtype) - tirx.const(Q4_ZERO, dtype)) * scale
+    return nibble.astype(dtype) * scale + low
 
 
 LINEAR_BLOCK = "ferrum_linear"
@@ -34,7 +33,7 @@ LINEAR_BLOCK = "ferrum_linear"
 def linear(x: Tensor, weights: list[Tensor], spec: QuantSpec, out_dtype: str) -> Tensor:
     """``x @ W.T`` as one TensorIR function, W kept in its stored (out, in) layout.
 
-    ``weights`` is ``[weight]`` for ``q0*`` or ``[q_weight, q_scale]`` for ``q4*`` (then a
+    ``weights`` is ``[weight]`` for ``q0*`` or ``[q_weight, q_scale, q_min]`` for ``q4*`` (then a
     ``dequantize`` block precedes the product). The product block is named ``LINEAR_BLOCK`` so
     the CPU schedule rule (``compile/schedules/cpu.py``) can find it; it accumulates in float32
     and a final block casts to ``out_dtype``.
@@ -45,10 +44,10 @@ def linear(x: Tensor, weights: list[Tensor], spec: QuantSpec, out_dtype: str) ->
 
     def fused(x: te.Tensor, *ws: te.Tensor) -> te.Tensor:
         if spec.quantized:
-            qw, qs = ws
+            qw, qs, qm = ws
             w = te.compute(
                 (n_out, n_in),
-                lambda i, k: _q4_value(qw[i, k // Q4_PER_WORD], k, qs[i, k // group], dtype),
+                lambda i, k: _q4_value(qw[i, k // Q4_PER_WORD], k, qs[i, k // group], qm[i, k // group], dtype),
                 name="dequantize",
             )
         else:
@@ -76,11 +75,12 @@ class QLinear(nn.Module):
                 raise ValueError(f"in_features {in_features} is not a multiple of group {spec.group_size}")
             self.q_weight = nn.Parameter((out_features, in_features // Q4_PER_WORD), "uint32")
             self.q_scale = nn.Parameter((out_features, in_features // spec.group_size), spec.model_dtype)
+            self.q_min = nn.Parameter((out_features, in_features // spec.group_size), spec.model_dtype)
         else:
             self.weight = nn.Parameter((out_features, in_features), spec.model_dtype)
 
     def weights(self) -> list[Tensor]:
-        return [self.q_weight, self.q_scale] if self.spec.quantized else [self.weight]
+        return [self.q_weight, self.q_scale, self.q_min] if self.spec.quantized else [self.weight]
 
     def forward(self, x: Tensor) -> Tensor:
         return linear(x, self.weights(), self.spec, self.spec.model_dtype)
@@ -94,6 +94,7 @@ class QEmbedding(nn.Module):
         if spec.quantized:
             self.q_weight = nn.Parameter((vocab_size, dim // Q4_PER_WORD), "uint32")
             self.q_scale = nn.Parameter((vocab_size, dim // spec.group_size), spec.model_dtype)
+            self.q_min = nn.Parameter((vocab_size, dim // spec.group_size), spec.model_dtype)
         else:
             self.weight = nn.Parameter((vocab_size, dim), spec.model_dtype)
 
@@ -102,16 +103,17 @@ class QEmbedding(nn.Module):
             return op.take(self.weight, ids, axis=0)
         group, dtype, dim = self.spec.group_size, self.spec.model_dtype, self.dim
 
-        def gather(ids: te.Tensor, qw: te.Tensor, qs: te.Tensor) -> te.Tensor:
+        def gather(ids: te.Tensor, qw: te.Tensor, qs: te.Tensor, qm: te.Tensor) -> te.Tensor:
             return te.compute(
                 (ids.shape[0], dim),
-                lambda i, k: _q4_value(qw[ids[i], k // Q4_PER_WORD], k, qs[ids[i], k // group], dtype),
+                lambda i, k: _q4_value(qw[ids[i], k // Q4_PER_WORD], k, qs[ids[i], k // group], qm[ids[i], k // group],
+                                       dtype),
                 name="q4_embed",
             )
 
-        return op.tensor_expr_op(gather, "q4_embed", [ids, self.q_weight, self.q_scale])
+        return op.tensor_expr_op(gather, "q4_embed", [ids, self.q_weight, self.q_scale, self.q_min])
 
     def lm_head(self, x: Tensor) -> Tensor:
         """Float32 logits from hidden states, using this table as the output projection."""
-        weights = [self.q_weight, self.q_scale] if self.spec.quantized else [self.weight]
+        weights = [self.q_weight, self.q_scale, self.q_min] if self.spec.quantized else [self.weight]
         return linear(x, weights, self.spec, "float32")

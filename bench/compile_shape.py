@@ -1,0 +1,78 @@
+"""Compile a Llama-family model from its shape alone (no weights) for speed benchmarks.
+
+Speed does not depend on weight values, and an 8B model's weights cannot travel to the GPU
+machine, so the benchmark generates them there (``bench/gpu_bench.py``). This writes a normal
+artifact folder (library, fatbins, manifest) whose manifest lists every parameter's shape and
+dtype under ``extra["param_shapes"]`` and says ``extra["weights"] = "generated at run time"``;
+the engine refuses to serve it (no ``weights/``).
+
+    python bench/compile_shape.py llama3-8b --quant q0f16 --target cuda --arch sm_90a --out .dev/shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import tvm  # noqa: E402
+
+import ferrum  # noqa: E402
+from compile.build import build_fatbins, compile_library  # noqa: E402
+from compile.builders import LIBRARY_NAME  # noqa: E402
+from compile.model.llama import EXPORTED_FUNCTIONS, LlamaForCausalLM  # noqa: E402
+from compile.targets import resolve_target  # noqa: E402
+from ferrum.manifest import GenerationConfig, Manifest, describe_files  # noqa: E402
+from ferrum.model_config import LlamaConfig  # noqa: E402
+from ferrum.quantization import get_quantization  # noqa: E402
+
+SHAPES = {
+    # Meta-Llama-3-8B's config.json
+    "llama3-8b": LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                             num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-5,
+                             rope_theta=500000.0, context_length=8192, tie_word_embeddings=False),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("shape", choices=sorted(SHAPES))
+    parser.add_argument("--quant", default="q0f16")
+    parser.add_argument("--target", default="cuda")
+    parser.add_argument("--arch", default="sm_90a")
+    parser.add_argument("--out", type=Path, default=Path(".dev/shapes"))
+    args = parser.parse_args()
+
+    cfg, quant = SHAPES[args.shape], get_quantization(args.quant)
+    target = resolve_target(args.target, args.arch)
+    name = f"{args.shape}-shape-{quant.name}-{target.tag}"
+    folder = args.out / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    model = LlamaForCausalLM(cfg, quant, target.tvm_target)
+    mod, named = model.export_tvm(spec=model.get_default_spec())
+    shapes = {n: [[int(d) for d in p.shape], str(p.dtype)] for n, p in named}
+    print(f"{name}: {len(shapes)} parameters, compiling", flush=True)
+    executable = compile_library(mod, target, folder / LIBRARY_NAME)
+    kernels = build_fatbins(executable, target.cuda_archs, folder / "kernels", print) if target.info.kind == "cuda" else {}
+    (folder / "generation.json").write_text(json.dumps(GenerationConfig(bos_token_id=128000, eos_token_ids=[128001], context_length=cfg.context_length).to_dict()))
+    Manifest(
+        name=name, modality="llm", architecture="llama", model=cfg.to_dict(), quantization=quant.to_dict(),
+        target=target.info, tvm_version=tvm.__version__, ferrum_version=ferrum.__version__,
+        source={"format": "shape", "name": args.shape}, library=LIBRARY_NAME, functions=list(EXPORTED_FUNCTIONS),
+        files=describe_files(folder), kernels=kernels,
+        extra={"param_names": list(shapes), "param_shapes": shapes, "weights": "generated at run time (benchmark)"},
+        created_at=datetime.now(timezone.utc).isoformat(),
+    ).write(folder)
+    print(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

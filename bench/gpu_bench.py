@@ -1,0 +1,367 @@
+"""GPU speed of compiled artifacts against the memory roofline and a PyTorch peer, in one run.
+
+For every artifact given (real weights, or a shape-only artifact from ``bench/compile_shape.py``
+whose weights are generated here from a seed; speed does not depend on the values):
+
+- decode tokens/s at batch 1, 8, 32, 64, 128 after a 128-token prompt per sequence: the median
+  step time over ``--decode-steps`` steps, measured two ways: ``forward`` (the compiled
+  ``batch_decode`` only, synchronized) and ``with_host_logits`` (what the engine does today:
+  the float32 logits copied to the host every step);
+- prefill time of one 128/512/2048/8192-token prompt (median of repeats) and TTFT at batch 1
+  (prefill + host argmax of the first token);
+- the roofline: a device-to-device copy measures the bandwidth B; batch-1 decode must read every
+  weight byte and the KV of the context once per token, so its ideal step is
+  ``(weight bytes + KV bytes) / B``; reported as ``roofline_fraction`` = ideal / measured;
+- the peer (q0f16 artifacts, ``--peer``): Hugging Face ``LlamaForCausalLM`` in float16 holding
+  the SAME weights (views of ours, Q/K/V and gate/up split back), greedy ``generate`` eager and
+  with a static cache + ``torch.compile``; per-token decode time from the difference of two
+  generation lengths; plus the largest |logit difference| against our model on one prompt.
+
+Device memory in use (total − free, sampled after each phase) is recorded per artifact. Writes
+one JSON file.
+
+    python bench/gpu_bench.py ART [ART ...] --peer --out $OUT/h100_bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import tvm  # noqa: E402
+
+from runtime.artifact import LlmArtifact  # noqa: E402
+from runtime.model_runner import KVCacheConfig, ModelRunner  # noqa: E402
+
+BATCHES = (1, 8, 32, 64, 128)
+PREFILLS = (128, 512, 2048, 8192)
+PROMPT = 128
+
+
+def torch_mod():
+    import torch
+
+    return torch
+
+
+def device_memory_used() -> int:
+    free, total = torch_mod().cuda.mem_get_info()
+    return int(total - free)
+
+
+def copy_bandwidth(nbytes: int = 1 << 30, iters: int = 20) -> float:
+    """Bytes/s of a device-to-device copy (each byte read once and written once)."""
+    torch = torch_mod()
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    seconds = start.elapsed_time(end) / 1000
+    del src, dst
+    return 2 * nbytes * iters / seconds
+
+
+def generated_params(manifest, seed: int) -> tuple[list, dict]:
+    """Weights for a shape-only artifact, made on the GPU: normal(0, 0.02) matrices, unit norms,
+    random int4 nibbles with scales/minimums that keep values in about ±0.05."""
+    torch = torch_mod()
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    shapes = manifest.extra["param_shapes"]
+    params, torch_tensors = [], {}
+    for name in manifest.extra["param_names"]:
+        shape, dtype = shapes[name]
+        if dtype == "uint32":
+            t = torch.randint(-(2**31), 2**31 - 1, shape, dtype=torch.int32, device="cuda", generator=gen)
+            params.append(tvm.runtime.from_dlpack(t)._create_view(shape, "uint32"))
+        else:
+            if name.endswith("layernorm.weight") or name == "norm.weight":
+                t = torch.ones(shape, dtype=torch.float16, device="cuda")
+            elif name.endswith("q_scale"):
+                t = torch.full(shape, 0.1 / 15, dtype=torch.float16, device="cuda")
+            elif name.endswith("q_min"):
+                t = torch.full(shape, -0.05, dtype=torch.float16, device="cuda")
+            else:
+                t = torch.randn(shape, dtype=torch.float16, device="cuda", generator=gen) * 0.02
+            params.append(tvm.runtime.from_dlpack(t))
+        torch_tensors[name] = t
+    return params, torch_tensors
+
+
+def weight_bytes(manifest) -> int:
+    return sum(int(np.prod(s)) * np.dtype(d).itemsize for s, d in manifest.extra["param_shapes"].values())
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of ``fn()`` (which must synchronize)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class Bench:
+    def __init__(self, runner: ModelRunner, seed: int):
+        self.runner = runner
+        self.rng = np.random.default_rng(seed)
+        self.vocab = runner.config.vocab_size
+
+    def tokens(self, n: int) -> list[int]:
+        return [int(t) for t in self.rng.integers(10, self.vocab - 10, n)]
+
+    def decode(self, batch: int, steps: int) -> dict:
+        r = self.runner
+        r.create_kv_cache(KVCacheConfig(batch, batch * (PROMPT + steps + 48) + 64, max(PROMPT * 4, 2048), 16))
+        ids = list(range(batch))
+        for s in ids:
+            r.add_sequence(s)
+        for i in range(0, batch, 8):  # prompts in chunks of at most 8 sequences
+            r.prefill(ids[i:i + 8], [self.tokens(PROMPT) for _ in ids[i:i + 8]])
+        tokens = self.tokens(batch)
+        dev = r.device
+        shape_tuple = tvm.runtime.ShapeTuple
+
+        def forward_only():
+            embeds = r._embed_tokens(np.asarray(tokens, np.int32))._create_view((batch, 1, r.config.hidden_size))
+            r._begin(r.cache, shape_tuple(ids), shape_tuple([1] * batch))
+            _, r.cache = r._decode(embeds, r.cache, r.params)
+            r._end(r.cache)
+            dev.sync()
+
+        def with_logits():
+            r.decode(ids, tokens)
+
+        half = max(steps // 2, 4)
+        fwd = [timed(forward_only, 1) for _ in range(half // 2)]
+        host = [timed(with_logits, 1) for _ in range(half // 2)]
+        for s in ids:
+            r.remove_sequence(s)
+        f, h = statistics.median(fwd), statistics.median(host)
+        return {"batch": batch, "context": PROMPT, "forward_ms": f * 1000, "forward_tok_s": batch / f,
+                "with_host_logits_ms": h * 1000, "with_host_logits_tok_s": batch / h}
+
+    def prefill(self, length: int, repeats: int) -> dict:
+        r = self.runner
+        r.create_kv_cache(KVCacheConfig(1, length + 64, length, 16))
+        prompt = self.tokens(length)
+
+        def once():
+            r.add_sequence(0)
+            logits = r.prefill([0], [prompt])
+            int(logits[0].argmax())
+            r.remove_sequence(0)
+
+        t = timed(once, repeats)
+        return {"tokens": length, "ttft_ms": t * 1000, "prefill_tok_s": length / t}
+
+
+def hf_model(cfg, ours: dict, quant_name: str):
+    """transformers LlamaForCausalLM in float16 whose weights are views of ours."""
+    torch = torch_mod()
+    from transformers import LlamaConfig as HFConfig
+    from transformers import LlamaForCausalLM
+
+    hf_cfg = HFConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                      num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+                      num_key_value_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps,
+                      rope_theta=cfg.rope_theta, max_position_embeddings=cfg.context_length,
+                      tie_word_embeddings=cfg.tie_word_embeddings, rope_scaling=cfg.rope_scaling or None,
+                      torch_dtype=torch.float16)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(hf_cfg)
+    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+    state = {"model.embed_tokens.weight": ours["embed_tokens.weight"], "model.norm.weight": ours["norm.weight"]}
+    state["lm_head.weight"] = ours["embed_tokens.weight"] if cfg.tie_word_embeddings else ours["lm_head.weight"]
+    for i in range(cfg.num_hidden_layers):
+        p, h = f"layers.{i}", f"model.layers.{i}"
+        qkv = ours[f"{p}.self_attn.qkv_proj.weight"]
+        gate_up = ours[f"{p}.mlp.gate_up_proj.weight"]
+        state.update({
+            f"{h}.self_attn.q_proj.weight": qkv[:q], f"{h}.self_attn.k_proj.weight": qkv[q:q + kv],
+            f"{h}.self_attn.v_proj.weight": qkv[q + kv:], f"{h}.self_attn.o_proj.weight": ours[f"{p}.self_attn.o_proj.weight"],
+            f"{h}.mlp.gate_proj.weight": gate_up[:cfg.intermediate_size],
+            f"{h}.mlp.up_proj.weight": gate_up[cfg.intermediate_size:],
+            f"{h}.mlp.down_proj.weight": ours[f"{p}.mlp.down_proj.weight"],
+            f"{h}.input_layernorm.weight": ours[f"{p}.input_layernorm.weight"],
+            f"{h}.post_attention_layernorm.weight": ours[f"{p}.post_attention_layernorm.weight"],
+        })
+    model.load_state_dict(state, assign=True, strict=True)
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=hf_cfg, device="cuda")
+    return model.eval()
+
+
+def peer(cfg, ours: dict, runner: ModelRunner, prompt: list[int], short: int, long: int, compile_timeout_s: float) -> dict:
+    torch = torch_mod()
+    model = hf_model(cfg, ours, "q0f16")
+    ids = torch.tensor([prompt], device="cuda")
+    result: dict = {"library": {"torch": torch.__version__, "transformers": __import__("transformers").__version__}}
+    with torch.no_grad():
+        hf_logits = model(ids).logits[0, -1].float().cpu().numpy()
+    runner.create_kv_cache(KVCacheConfig(1, len(prompt) + 64, len(prompt), 16))
+    runner.add_sequence(0)
+    our_logits = runner.prefill([0], [prompt])[0]
+    runner.remove_sequence(0)
+    result["max_abs_logit_diff"] = float(np.abs(hf_logits - our_logits).max())
+    result["logit_scale"] = float(np.abs(our_logits).max())
+    result["same_argmax"] = bool(hf_logits.argmax() == our_logits.argmax())
+
+    def per_token(generate) -> float:
+        t_short = timed(lambda: generate(short), 2)
+        t_long = timed(lambda: generate(long), 2)
+        return (t_long - t_short) / (long - short)
+
+    def eager(n: int) -> None:
+        model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        torch.cuda.synchronize()
+
+    result["eager_ms_per_token"] = per_token(eager) * 1000
+    try:
+        start = time.perf_counter()
+        model.generation_config.cache_implementation = "static"
+        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+        eager(short)
+        if time.perf_counter() - start > compile_timeout_s:
+            raise TimeoutError("torch.compile warm-up too slow")
+        result["compile_warmup_s"] = time.perf_counter() - start
+        result["static_compiled_ms_per_token"] = per_token(eager) * 1000
+    except Exception as exc:  # the peer's best mode is reported as unavailable, not guessed
+        result["static_compiled_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return result
+
+
+def ours_per_token(runner: ModelRunner, prompt: list[int], short: int, long: int) -> float:
+    """Greedy batch-1 generation through the runner (host argmax per token), like the peer's."""
+    runner.create_kv_cache(KVCacheConfig(1, len(prompt) + long + 64, len(prompt), 16))
+
+    def generate(n: int) -> None:
+        runner.add_sequence(0)
+        token = int(runner.prefill([0], [prompt])[0].argmax())
+        for _ in range(n - 1):
+            token = int(runner.decode([0], [token])[0].argmax())
+        runner.remove_sequence(0)
+
+    t_short = timed(lambda: generate(short), 2)
+    t_long = timed(lambda: generate(long), 2)
+    return (t_long - t_short) / (long - short)
+
+
+def run_artifact(path: str, args, bandwidth: float) -> dict:
+    torch = torch_mod()
+    artifact = LlmArtifact.open(path)
+    manifest = artifact.manifest
+    memory = {"before_load": device_memory_used()}
+    ours_torch: dict = {}
+    if "param_shapes" in manifest.extra:
+        params, ours_torch = generated_params(manifest, args.seed)
+        runner = ModelRunner(artifact, params=params)
+        weights = weight_bytes(manifest)
+    else:
+        runner = ModelRunner(artifact)
+        weights = sum(info["bytes"] for rel, info in manifest.files.items() if rel.startswith("weights/"))
+        if args.peer and manifest.quantization["name"] == "q0f16":
+            ours_torch = {n: torch.from_dlpack(p) for n, p in zip(manifest.extra["param_names"], runner.params)}
+    memory["after_load"] = device_memory_used()
+    cfg = runner.config
+    bench = Bench(runner, args.seed)
+    entry = {"artifact": manifest.name, "model": cfg.to_dict(), "quantization": manifest.quantization["name"],
+             "weight_bytes": weights, "weights": manifest.extra.get("weights", "from the artifact")}
+    entry["decode"] = []
+    for b in args.batches:
+        entry["decode"].append(bench.decode(b, args.decode_steps))
+        memory[f"decode_b{b}"] = device_memory_used()
+        print(f"  {manifest.name} decode b={b}: {entry['decode'][-1]['forward_tok_s']:.0f} tok/s forward, "
+              f"{entry['decode'][-1]['with_host_logits_tok_s']:.0f} with host logits", flush=True)
+    entry["prefill"] = []
+    for n in args.prefills:
+        if n > cfg.context_length:
+            continue
+        entry["prefill"].append(bench.prefill(n, args.repeats))
+        memory[f"prefill_{n}"] = device_memory_used()
+        print(f"  {manifest.name} prefill {n}: {entry['prefill'][-1]['ttft_ms']:.1f} ms", flush=True)
+    kv_read = PROMPT * cfg.kv_bytes_per_token(2)
+    ideal = (weights + kv_read) / bandwidth
+    b1 = entry["decode"][0]
+    entry["roofline"] = {"bytes_per_token": weights + kv_read, "ideal_ms": ideal * 1000,
+                         "fraction_forward": ideal / (b1["forward_ms"] / 1000),
+                         "fraction_with_host_logits": ideal / (b1["with_host_logits_ms"] / 1000)}
+    if args.peer and ours_torch and manifest.quantization["name"] == "q0f16":
+        prompt = bench.tokens(32)
+        entry["peer"] = peer(cfg, ours_torch, runner, prompt, args.peer_short, args.peer_long, args.compile_timeout)
+        entry["peer"]["ours_ms_per_token"] = ours_per_token(runner, prompt, args.peer_short, args.peer_long) * 1000
+        p = entry["peer"]
+        p["speedup_vs_eager"] = p["eager_ms_per_token"] / p["ours_ms_per_token"]
+        if "static_compiled_ms_per_token" in p:
+            p["speedup_vs_static_compiled"] = p["static_compiled_ms_per_token"] / p["ours_ms_per_token"]
+        print(f"  {manifest.name} peer: {json.dumps(p)}", flush=True)
+        memory["after_peer"] = device_memory_used()
+    entry["device_memory_used_bytes"] = memory
+    entry["device_memory_peak_bytes"] = max(memory.values())
+    del runner, bench, ours_torch
+    gc.collect()
+    torch.cuda.empty_cache()
+    return entry
+
+
+def device_info() -> dict:
+    torch = torch_mod()
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                          "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+    return {"gpu": torch.cuda.get_device_name(), "nvidia_smi": smi, "tvm": tvm.__version__,
+            "torch": torch.__version__, "host": platform.node(), "python": platform.python_version()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("artifacts", nargs="+")
+    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
+    parser.add_argument("--prefills", type=int, nargs="+", default=list(PREFILLS))
+    parser.add_argument("--decode-steps", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--peer", action="store_true")
+    parser.add_argument("--peer-short", type=int, default=16)
+    parser.add_argument("--peer-long", type=int, default=80)
+    parser.add_argument("--compile-timeout", type=float, default=240)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    report = {"command": " ".join(sys.argv), "device": device_info(), "prompt_tokens_before_decode": PROMPT}
+    report["copy_bandwidth_gb_s"] = copy_bandwidth() / 1e9
+    print(f"copy bandwidth {report['copy_bandwidth_gb_s']:.0f} GB/s", flush=True)
+    report["results"] = []
+    for path in args.artifacts:
+        try:
+            report["results"].append(run_artifact(path, args, report["copy_bandwidth_gb_s"] * 1e9))
+        except Exception as exc:  # keep the other artifacts' figures
+            import traceback
+
+            traceback.print_exc()
+            report["results"].append({"artifact": Path(path).name, "error": f"{type(exc).__name__}: {exc}"})
+        args.out.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
