@@ -47,6 +47,7 @@ def main() -> int:
     parser.add_argument("--target", default="cuda")
     parser.add_argument("--arch", default="sm_90a")
     parser.add_argument("--out", type=Path, default=Path(".dev/shapes"))
+
     args = parser.parse_args()
 
     cfg, quant = SHAPES[args.shape], get_quantization(args.quant)

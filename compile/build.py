@@ -25,6 +25,7 @@ from tvm import relax
 from tvm.relax.frontend import nn
 
 from compile.schedules.cpu import CPULinear
+from compile.schedules.cuda import RowDispatch
 from compile.targets import BuildTarget
 from ferrum.errors import FerrumError
 
@@ -40,6 +41,8 @@ def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     passes = stages.library_dispatch_passes(target) + stages.legalize_passes(target)
     if target.kind.name == "llvm":
         passes.append(dl.ApplyDefaultSchedule(CPULinear(), dl.cpu.Reduction()))
+    else:  # before dlight's default schedules, which skip what is already scheduled
+        passes.insert(len(passes) - 1, RowDispatch())
     passes += stages.dataflow_lower_passes(target) + stages.finalize_passes(target)
 
     @tvm.transform.module_pass(opt_level=0)
