@@ -90,8 +90,9 @@ def _decode_other(data: bytes) -> tuple[np.ndarray, int]:
     try:
         samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        reason = getattr(exc, "error_string", None) or str(exc)
         raise InvalidRequestError(
-            f"cannot decode the audio (expected WAV, FLAC, MP3 or Ogg): {exc}", param="file"
+            f"cannot decode the audio: not a readable WAV, FLAC, MP3 or Ogg file ({reason})", param="file"
         ) from None
     return samples.mean(axis=1), int(rate)
 
