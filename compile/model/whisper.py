@@ -58,8 +58,12 @@ def linear_bias(x: Tensor, weight: Tensor, bias: Tensor, out_dtype: str, gelu: b
 
 
 def attention_scores(q: Tensor, k: Tensor, layer: int | None, heads: int, causal: bool) -> Tensor:
-    """Softmax input ``(heads, n, m)``: ``q[n, D] . k[m, D] / sqrt(head_dim)`` per head, k read
-    from ``k[layer]`` when ``layer`` is given; ``causal`` masks key j > query i + (m - n)."""
+    """Softmax input ``(n, heads, m)``: ``q[n, D] . k[m, D] / sqrt(head_dim)`` per head, k read
+    from ``k[layer]`` when ``layer`` is given; ``causal`` masks key j > query i + (m - n).
+
+    The product is computed as ``(n, heads * m)`` so the CPU schedule's tiles run over key rows
+    of one head while every query passes over them (heads leading would stream all queries
+    through cache once per tile)."""
     hd = int(q.shape[1]) // heads
     scale = tirx.const(1 / math.sqrt(hd), F32)
 
@@ -71,28 +75,31 @@ def attention_scores(q: Tensor, k: Tensor, layer: int | None, heads: int, causal
             return k[layer, j, col] if layer is not None else k[j, col]
 
         acc = te.compute(
-            (heads, n, m),
-            lambda h, i, j: te.sum(q[i, h * hd + c].astype(F32) * key(j, h * hd + c).astype(F32), axis=c),
+            (n, heads * m),
+            lambda i, hj: te.sum(
+                q[i, hj // m * hd + c].astype(F32) * key(hj % m, hj // m * hd + c).astype(F32), axis=c
+            ),
             name=LINEAR_BLOCK,
         )
         if not causal:
-            return te.compute(acc.shape, lambda h, i, j: acc[h, i, j] * scale, name="scale")
+            return te.compute(acc.shape, lambda i, hj: acc[i, hj] * scale, name="scale")
         return te.compute(
             acc.shape,
-            lambda h, i, j: tirx.if_then_else(j <= i + (m - n), acc[h, i, j] * scale, tirx.min_value(F32)),
+            lambda i, hj: tirx.if_then_else(hj % m <= i + (m - n), acc[i, hj] * scale, tirx.min_value(F32)),
             name="scale_mask",
         )
 
-    return op.tensor_expr_op(fused, "attention_scores", [q, k])
+    scores = op.tensor_expr_op(fused, "attention_scores", [q, k])
+    return op.reshape(scores, (q.shape[0], heads, k.shape[-2]))
 
 
 def attention_values(p: Tensor, vt: Tensor, layer: int | None, out_dtype: str) -> Tensor:
-    """``out[n, D]``: per head, probabilities ``p[h, n, m]`` times V, given transposed as
+    """``out[n, D]``: per head, probabilities ``p[n, h, m]`` times V, given transposed as
     ``vt[D, m]`` (or ``vt[layer]``)."""
-    hd = int(vt.shape[-2]) // int(p.shape[0])
+    hd = int(vt.shape[-2]) // int(p.shape[1])
 
     def fused(p: te.Tensor, vt: te.Tensor) -> te.Tensor:
-        n, m, d = p.shape[1], p.shape[2], vt.shape[-2]
+        n, m, d = p.shape[0], p.shape[2], vt.shape[-2]
         j = te.reduce_axis((0, m), name="j")
 
         def value(col, pos):
@@ -100,7 +107,7 @@ def attention_values(p: Tensor, vt: Tensor, layer: int | None, out_dtype: str) -
 
         acc = te.compute(
             (n, d),
-            lambda i, col: te.sum(p[col // hd, i, j] * value(col, j).astype(F32), axis=j),
+            lambda i, col: te.sum(p[i, col // hd, j] * value(col, j).astype(F32), axis=j),
             name=LINEAR_BLOCK,
         )
         return te.compute(acc.shape, lambda i, col: acc[i, col].astype(out_dtype), name="cast")
