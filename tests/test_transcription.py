@@ -149,3 +149,29 @@ def test_corrupt_upload_and_unknown_language_are_rejected(engine):
     with pytest.raises(InvalidRequestError, match="cannot read audio file"):
         asyncio.run(engine.transcribe_file("/nonexistent/audio.wav"))
     assert asyncio.run(engine.status()).is_ready
+
+
+# -- numerics against an independent numpy Whisper -----------------------------------------
+@needs_espeak
+def test_encoder_and_cached_decoder_match_numpy_reference(engine, spoken):
+    from compile.sources import open_source
+    from reference_whisper import ReferenceWhisper
+
+    ref = ReferenceWhisper(open_source("whisper-base").arrays)
+    audio = decode_audio(spoken[0].read_bytes(), 16000)
+    mel = mel_windows(audio, 16000, 400, 160, 80, 3000)[0]
+    runner, sp = engine.runner, engine.special
+    state = runner.encode(mel)
+    encoded = ref.encoder(mel)
+    cross_k, cross_v = state.cross_k.numpy(), state.cross_v.numpy()
+    for layer in (0, 5):
+        k, v = ref.cross_kv(encoded, layer)
+        assert np.max(np.abs(cross_k[layer] - k)) < 1e-3 * np.max(np.abs(k))
+        assert np.max(np.abs(cross_v[layer].T - v)) < 1e-3 * np.max(np.abs(v))
+    prompt = [sp["sot"], engine.languages["en"], sp["transcribe"], sp["no_timestamps"]]
+    runner.step(state, prompt[:1])  # prefill, then the cached path with several and with one token
+    runner.step(state, prompt[1:])
+    got = runner.step(state, [440])  # " The"
+    want = ref.logits(encoded, prompt + [440])
+    assert np.max(np.abs(got - want)) < 1e-3 * np.max(np.abs(want))
+    assert int(np.argmax(got)) == int(np.argmax(want))

@@ -63,12 +63,28 @@ def _ct2_name(param: str) -> str:
     return f"{prefix}/{table[module]}"
 
 
+def sinusoids(length: int, channels: int) -> np.ndarray:
+    """Whisper's audio position table: sin | cos of position times geometric frequencies."""
+    inv_timescales = np.exp(-np.log(10000) / (channels // 2 - 1) * np.arange(channels // 2))
+    angles = np.arange(length)[:, None] * inv_timescales[None, :]
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
 def whisper_weights(source: WhisperSource, param_names: list[str], dtype: str) -> Iterator[tuple[str, np.ndarray]]:
-    """Every parameter in call order, in the model dtype; conv weights flattened to (out, in*k)."""
+    """Every parameter in call order, in the model dtype; conv weights flattened to (out, in*k).
+
+    The audio position table is recomputed in float64: the checkpoint stores it in float16,
+    whose rounding (up to 2.4e-4) moves the encoder output by up to 1 %; OpenAI's Whisper
+    computes it in float32. The stored table must still match the formula."""
     for name in param_names:
         array = source.tensor(_ct2_name(name))
         if name.startswith("conv") and name.endswith(".weight"):
             array = array.reshape(array.shape[0], -1)
+        if name == "audio_positions":
+            exact = sinusoids(*array.shape)
+            if np.max(np.abs(exact - array)) > 1e-3:
+                raise ModelSourceError("the checkpoint's audio positions are not Whisper's sinusoids")
+            array = exact
         yield name, array.astype(dtype)
 
 
@@ -107,7 +123,7 @@ def build_whisper(
         f"{source.name}: whisper, {cfg.n_encoder_layers}+{cfg.n_decoder_layers} layers, d_model {cfg.d_model}, "
         f"vocab {cfg.vocab_size}; {quant.name} for {target.info.kind} {target.info.arch or ''}".rstrip()
     )
-    mod, param_names = export_module(WhisperModel(cfg, quant))
+    mod, param_names = export_module(WhisperModel(cfg, quant, target.info.kind))
     progress(f"lowering and compiling {len(EXPORTED_FUNCTIONS)} functions")
     executable = compile_library(mod, target, staging / LIBRARY_NAME)
     kernels = {}

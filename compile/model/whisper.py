@@ -57,67 +57,76 @@ def linear_bias(x: Tensor, weight: Tensor, bias: Tensor, out_dtype: str, gelu: b
     return op.tensor_expr_op(fused, "linear_bias_gelu" if gelu else "linear_bias", [x, weight, bias])
 
 
-def attention_scores(q: Tensor, k: Tensor, layer: int | None, heads: int, causal: bool) -> Tensor:
+def attention_scores(q: Tensor, k: Tensor, layer: int | None, heads: int, causal: bool, flat: bool) -> Tensor:
     """Softmax input ``(n, heads, m)``: ``q[n, D] . k[m, D] / sqrt(head_dim)`` per head, k read
     from ``k[layer]`` when ``layer`` is given; ``causal`` masks key j > query i + (m - n).
 
-    The product is computed as ``(n, heads * m)`` so the CPU schedule's tiles run over key rows
-    of one head while every query passes over them (heads leading would stream all queries
-    through cache once per tile)."""
+    ``flat`` (CPU, static key count: encoder and cross-attention) computes the product as
+    ``(n, heads * m)``, so the CPU schedule's tiles run over key rows of one head while every
+    query passes over them (heads in the leading loops would stream all queries through cache
+    once per tile). Otherwise it is ``(n, heads, m)``: no division of the output index, which
+    dlight's GPU rules cannot analyse (and a symbolic length could not be divided by)."""
     hd = int(q.shape[1]) // heads
     scale = tirx.const(1 / math.sqrt(hd), F32)
+    static = flat and isinstance(k.shape[-2], int)
 
     def fused(q: te.Tensor, k: te.Tensor) -> te.Tensor:
         n, m = q.shape[0], k.shape[-2]
         c = te.reduce_axis((0, hd), name="c")
 
-        def key(j, col):
-            return k[layer, j, col] if layer is not None else k[j, col]
+        def product(i, h, j):
+            key = k[layer, j, h * hd + c] if layer is not None else k[j, h * hd + c]
+            return te.sum(q[i, h * hd + c].astype(F32) * key.astype(F32), axis=c)
 
-        acc = te.compute(
-            (n, heads * m),
-            lambda i, hj: te.sum(
-                q[i, hj // m * hd + c].astype(F32) * key(hj % m, hj // m * hd + c).astype(F32), axis=c
-            ),
-            name=LINEAR_BLOCK,
-        )
-        if not causal:
-            return te.compute(acc.shape, lambda i, hj: acc[i, hj] * scale, name="scale")
-        return te.compute(
-            acc.shape,
-            lambda i, hj: tirx.if_then_else(hj % m <= i + (m - n), acc[i, hj] * scale, tirx.min_value(F32)),
-            name="scale_mask",
-        )
+        def epilogue(value, i, j):
+            if not causal:
+                return value * scale
+            return tirx.if_then_else(j <= i + (m - n), value * scale, tirx.min_value(F32))
+
+        if static:
+            acc = te.compute((n, heads * m), lambda i, hj: product(i, hj // m, hj % m), name=LINEAR_BLOCK)
+            return te.compute(acc.shape, lambda i, hj: epilogue(acc[i, hj], i, hj % m), name="scale")
+        acc = te.compute((n, heads, m), product, name=LINEAR_BLOCK)
+        return te.compute(acc.shape, lambda i, h, j: epilogue(acc[i, h, j], i, j), name="scale")
 
     scores = op.tensor_expr_op(fused, "attention_scores", [q, k])
-    return op.reshape(scores, (q.shape[0], heads, k.shape[-2]))
+    return op.reshape(scores, (q.shape[0], heads, k.shape[-2])) if static else scores
 
 
-def attention_values(p: Tensor, vt: Tensor, layer: int | None, out_dtype: str) -> Tensor:
+def attention_values(p: Tensor, vt: Tensor, layer: int | None, out_dtype: str, flat: bool) -> Tensor:
     """``out[n, D]``: per head, probabilities ``p[n, h, m]`` times V, given transposed as
-    ``vt[D, m]`` (or ``vt[layer]``)."""
-    hd = int(vt.shape[-2]) // int(p.shape[1])
+    ``vt[D, m]`` (or ``vt[layer]``). ``flat`` (CPU) writes ``(n, D)`` directly, reading the head
+    as ``column // head_dim``; otherwise ``(n, heads, head_dim)`` is written and reshaped, as
+    dlight's GPU rules cannot analyse a divided output index."""
+    heads = int(p.shape[1])
+    hd = int(vt.shape[-2]) // heads
 
     def fused(p: te.Tensor, vt: te.Tensor) -> te.Tensor:
-        n, m, d = p.shape[0], p.shape[2], vt.shape[-2]
+        n, m = p.shape[0], p.shape[2]
         j = te.reduce_axis((0, m), name="j")
 
         def value(col, pos):
-            return vt[layer, col, pos] if layer is not None else vt[col, pos]
+            return (vt[layer, col, pos] if layer is not None else vt[col, pos]).astype(F32)
 
-        acc = te.compute(
-            (n, d),
-            lambda i, col: te.sum(p[i, col // hd, j] * value(col, j).astype(F32), axis=j),
-            name=LINEAR_BLOCK,
-        )
-        return te.compute(acc.shape, lambda i, col: acc[i, col].astype(out_dtype), name="cast")
+        if flat:
+            acc = te.compute(
+                (n, heads * hd), lambda i, col: te.sum(p[i, col // hd, j] * value(col, j), axis=j), name=LINEAR_BLOCK
+            )
+        else:
+            acc = te.compute(
+                (n, heads, hd), lambda i, h, c: te.sum(p[i, h, j] * value(h * hd + c, j), axis=j), name=LINEAR_BLOCK
+            )
+        return te.compute(acc.shape, lambda *idx: acc[idx].astype(out_dtype), name="cast")
 
-    return op.tensor_expr_op(fused, "attention_values", [p, vt])
+    out = op.tensor_expr_op(fused, "attention_values", [p, vt])
+    return out if flat else op.reshape(out, (p.shape[0], heads * hd))
 
 
-def attend(q: Tensor, k: Tensor, vt: Tensor, layer: int | None, heads: int, causal: bool, dtype: str) -> Tensor:
-    probs = op.softmax(attention_scores(q, k, layer, heads, causal), axis=-1)
-    return attention_values(probs, vt, layer, dtype)
+def attend(
+    q: Tensor, k: Tensor, vt: Tensor, layer: int | None, heads: int, causal: bool, dtype: str, flat: bool
+) -> Tensor:
+    probs = op.softmax(attention_scores(q, k, layer, heads, causal, flat), axis=-1)
+    return attention_values(probs, vt, layer, dtype, flat)
 
 
 def im2col(x: Tensor, kernel: int, stride: int, time_major: bool) -> Tensor:
@@ -172,8 +181,8 @@ class MLP(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, cfg: WhisperConfig, dtype: str):
-        self.heads, self.dtype = cfg.n_heads, dtype
+    def __init__(self, cfg: WhisperConfig, dtype: str, flat: bool):
+        self.heads, self.dtype, self.flat = cfg.n_heads, dtype, flat
         self.attn_ln = nn.LayerNorm(cfg.d_model, dtype=dtype)
         self.qkv = Linear(cfg.d_model, 3 * cfg.d_model, dtype)
         self.out = Linear(cfg.d_model, cfg.d_model, dtype)
@@ -182,14 +191,14 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = op.split(self.qkv(self.attn_ln(x)), 3, axis=-1)
-        x = x + self.out(attend(q, k, op.permute_dims(v, [1, 0]), None, self.heads, False, self.dtype))
+        x = x + self.out(attend(q, k, op.permute_dims(v, [1, 0]), None, self.heads, False, self.dtype, self.flat))
         return x + self.mlp(self.mlp_ln(x))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: WhisperConfig, dtype: str):
+    def __init__(self, cfg: WhisperConfig, dtype: str, flat: bool):
         d = cfg.d_model
-        self.heads, self.dtype = cfg.n_heads, dtype
+        self.heads, self.dtype, self.flat = cfg.n_heads, dtype, flat
         self.self_ln = nn.LayerNorm(d, dtype=dtype)
         self.self_qkv = Linear(d, 3 * d, dtype)
         self.self_out = Linear(d, d, dtype)
@@ -212,9 +221,9 @@ class DecoderLayer(nn.Module):
             k, vt = _append_kv(past_k, past_v, k, v, layer)
         else:
             vt = op.permute_dims(v, [1, 0])
-        x = x + self.self_out(attend(q, k, vt, None, self.heads, True, self.dtype))
+        x = x + self.self_out(attend(q, k, vt, None, self.heads, True, self.dtype, self.flat))
         cq = self.cross_q(self.cross_ln(x))
-        x = x + self.cross_out(attend(cq, cross_k, cross_v, layer, self.heads, False, self.dtype))
+        x = x + self.cross_out(attend(cq, cross_k, cross_v, layer, self.heads, False, self.dtype, self.flat))
         return x + self.mlp(self.mlp_ln(x)), k, vt
 
 
@@ -235,18 +244,21 @@ def _append_kv(past_k: Tensor, past_v: Tensor, k: Tensor, v: Tensor, layer: int)
 
 
 class WhisperModel(nn.Module):
-    def __init__(self, cfg: WhisperConfig, quant: QuantSpec):
+    def __init__(self, cfg: WhisperConfig, quant: QuantSpec, target_kind: str):
+        """``target_kind`` (``llvm``/``cuda``) picks the attention-score layout (see
+        ``attention_scores``); weights and results are the same for both."""
         dt = quant.model_dtype
+        flat = target_kind == "llvm"
         self.cfg, self.quant, self.dtype = cfg, quant, dt
         d = cfg.d_model
         self.conv1 = Conv1d(cfg.n_mels, d, 3, 1, dt)
         self.conv2 = Conv1d(d, d, 3, 2, dt)
         self.audio_positions = nn.Parameter((cfg.n_audio_ctx, d), dt)
-        self.encoder_layers = nn.ModuleList([EncoderLayer(cfg, dt) for _ in range(cfg.n_encoder_layers)])
+        self.encoder_layers = nn.ModuleList([EncoderLayer(cfg, dt, flat) for _ in range(cfg.n_encoder_layers)])
         self.encoder_ln = nn.LayerNorm(d, dtype=dt)
         self.token_embedding = nn.Parameter((cfg.vocab_size, d), dt)
         self.text_positions = nn.Parameter((cfg.n_text_ctx, d), dt)
-        self.decoder_layers = nn.ModuleList([DecoderLayer(cfg, dt) for _ in range(cfg.n_decoder_layers)])
+        self.decoder_layers = nn.ModuleList([DecoderLayer(cfg, dt, flat) for _ in range(cfg.n_decoder_layers)])
         self.decoder_ln = nn.LayerNorm(d, dtype=dt)
 
     def encode(self, mel: Tensor):
