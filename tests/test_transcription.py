@@ -7,8 +7,10 @@ skip only when espeak-ng is absent (CI installs it: .ci/run).
 from __future__ import annotations
 
 import asyncio
-import math
-import struct
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +96,19 @@ def test_wav_sample_formats_decode_to_the_same_signal(bits, float_format):
     assert np.max(np.abs(decoded - x)) < (0.01 if bits == 8 else 1e-4)
 
 
+def test_flac_decodes_through_soundfile():
+    import io
+
+    soundfile = pytest.importorskip("soundfile")
+    t = np.arange(8000) / 8000
+    x = 0.5 * np.sin(2 * np.pi * 300 * t)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, x, 8000, format="FLAC", subtype="PCM_16")
+    decoded = decode_audio(buffer.getvalue(), 16000)
+    expected = 0.5 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)
+    assert len(decoded) == 16000 and np.max(np.abs(decoded[100:-100] - expected[100:-100])) < 0.01
+
+
 @pytest.mark.parametrize(
     "data,message",
     [
@@ -175,3 +190,28 @@ def test_encoder_and_cached_decoder_match_numpy_reference(engine, spoken):
     want = ref.logits(encoded, prompt + [440])
     assert np.max(np.abs(got - want)) < 1e-3 * np.max(np.abs(want))
     assert int(np.argmax(got)) == int(np.argmax(want))
+
+
+RUNTIME_ONLY_SCRIPT = r"""
+import asyncio, json, sys
+import tvm
+from ferrum.types import EngineConfig
+from runtime.engines import open_engine
+
+engine = open_engine(EngineConfig(artifact_path=sys.argv[1]))
+text = asyncio.run(engine.transcribe_file(sys.argv[2]))
+print(json.dumps({"runtime_only": tvm.base._RUNTIME_ONLY, "text": text,
+                  "loaded": sorted(m for m in sys.modules if m.startswith(("tvm.relax", "tvm.s_tir", "compile")))}))
+"""
+
+
+@needs_espeak
+def test_transcription_runs_on_runtime_only_tvm(engine, whisper_artifact, spoken):
+    """With TVM's compiler library switched off, the artifact gives the same transcript."""
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", RUNTIME_ONLY_SCRIPT, str(whisper_artifact), str(spoken[4])],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["runtime_only"] is True and report["loaded"] == []
+    assert report["text"] == asyncio.run(engine.transcribe_file(str(spoken[4])))
