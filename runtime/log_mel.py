@@ -14,6 +14,8 @@ import functools
 
 import numpy as np
 
+_FRAMES_PER_BLOCK = 3000
+
 
 def hz_to_mel(freq: np.ndarray) -> np.ndarray:
     """Slaney mel scale: linear below 1 kHz, logarithmic above."""
@@ -52,13 +54,15 @@ def log_mel_spectrogram(samples: np.ndarray, sample_rate: int, n_fft: int, hop: 
     if len(x) <= pad:
         x = np.concatenate([x, np.zeros(pad + 1 - len(x), np.float32)])
     x = np.pad(x, pad, mode="reflect")
-    n_frames = 1 + (len(x) - n_fft) // hop
+    n_frames = 1 + (len(x) - n_fft) // hop - 1  # Whisper drops the last (centered past the end) frame
     frames = np.lib.stride_tricks.as_strided(x, (n_frames, n_fft), (x.strides[0] * hop, x.strides[0]))
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
-    power = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2
-    power = power[:-1]  # Whisper drops the last (centered past the end) frame
-    mel = mel_filters(sample_rate, n_fft, n_mels) @ power.T.astype(np.float32)
-    log_spec = np.log10(np.maximum(mel, 1e-10))
+    filters = mel_filters(sample_rate, n_fft, n_mels)
+    log_spec = np.empty((n_mels, n_frames), np.float32)
+    for start in range(0, n_frames, _FRAMES_PER_BLOCK):  # bounded memory for long audio
+        block = frames[start : start + _FRAMES_PER_BLOCK]
+        power = np.abs(np.fft.rfft(block * window, axis=1)) ** 2
+        log_spec[:, start : start + len(block)] = np.log10(np.maximum(filters @ power.T.astype(np.float32), 1e-10))
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
     return ((log_spec + 4.0) / 4.0).astype(np.float32)
 
