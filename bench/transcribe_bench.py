@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import sys
@@ -30,6 +31,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import numpy as np  # noqa: E402
 
 from ferrum.types import EngineConfig  # noqa: E402
+from runtime.audio_decode import decode_audio  # noqa: E402
+from runtime.log_mel import mel_windows  # noqa: E402
 from runtime.whisper_engine import WhisperEngine  # noqa: E402
 from speech import SENTENCES, read_wav_int16, speak, wav_bytes, word_error_rate, word_errors  # noqa: E402
 
@@ -77,7 +80,7 @@ def main() -> int:
         "artifact": Path(args.artifact).name,
         "device_kind": engine.runner.device_kind,
         "cpu": cpu_name(),
-        "cores": __import__("os").cpu_count(),
+        "cores": os.cpu_count(),
         "sentences": [],
     }
     if engine.runner.device_kind == "cuda":
@@ -100,13 +103,8 @@ def main() -> int:
     text, wall = timed(engine, wav_bytes(long, rate), 1)
     report["long_file"] = {"audio_s": 65.0, "windows": 3, "wall_s": round(wall, 2), "rtf": round(wall / 65.0, 3),
                            "transcript_words": len(text.split())}
-    from runtime.log_mel import mel_windows
-
-    mel = mel_windows(long[: 30 * rate], rate, 400, 160, 80, 3000)[0] if rate == 16000 else None
-    if mel is None:
-        from runtime.audio_decode import resample
-
-        mel = mel_windows(resample(long[: 30 * rate].astype(np.float32), rate, 16000), 16000, 400, 160, 80, 3000)[0]
+    first_window = decode_audio(wav_bytes(long[: 30 * rate], rate), 16000)
+    mel = mel_windows(first_window, 16000, 400, 160, 80, 3000)[0]
     report["model"] = model_timings(engine, mel)
     asyncio.run(engine.shutdown())
     text = json.dumps(report, indent=2)
