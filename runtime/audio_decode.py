@@ -1,6 +1,6 @@
 """Encoded audio → mono float32 samples at the model's sample rate.
 
-WAV (RIFF/RIFX-free little-endian ``RIFF``/``WAVE``; PCM 8/16/24/32-bit, IEEE float 32/64,
+WAV (little-endian ``RIFF``/``WAVE``; PCM 8/16/24/32-bit, IEEE float 32/64,
 ``WAVE_FORMAT_EXTENSIBLE``) is parsed here, so the common case needs nothing beyond numpy. FLAC,
 MP3 and Ogg go through ``soundfile`` (libsndfile, bundled in its wheels). Anything else, or a
 truncated/corrupt file, raises ``InvalidRequestError`` saying what is wrong.
