@@ -89,7 +89,7 @@ def convert_weights(source: LlamaSource, quant: QuantSpec) -> Iterator[tuple[str
                 raise ModelSourceError(f"{source.path}: {name} has shape {w.shape}, config implies {shapes[name]}")
             parts.append(w)
         w = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-        if item.kind != "norm" and quant.quantized:
+        if item.kind == "linear" and item.name != "lm_head" and quant.quantized:  # see layers.Embedding
             packed, scale, low = quantize_q4(w, quant.group_size)
             yield f"{item.name}.q_weight", packed
             yield f"{item.name}.q_scale", scale.astype(quant.model_dtype)

@@ -26,6 +26,10 @@ class QuantSpec:
     def dtype_bytes(self) -> int:
         return {"float32": 4, "float16": 2}[self.model_dtype]
 
+    def unquantized(self) -> QuantSpec:
+        """The scheme for layers this one keeps in the model dtype (embeddings, LM head)."""
+        return QuantSpec(self.name, self.model_dtype, 0, 0)
+
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 

@@ -86,34 +86,19 @@ class QLinear(nn.Module):
         return linear(x, self.weights(), self.spec, self.spec.model_dtype)
 
 
-class QEmbedding(nn.Module):
-    """Token embedding table, optionally reused as the LM head (tied embeddings)."""
+class Embedding(nn.Module):
+    """Token embedding table in the model dtype, optionally reused as the LM head (tied embeddings).
 
-    def __init__(self, vocab_size: int, dim: int, spec: QuantSpec):
-        self.vocab_size, self.dim, self.spec = vocab_size, dim, spec
-        if spec.quantized:
-            self.q_weight = nn.Parameter((vocab_size, dim // Q4_PER_WORD), "uint32")
-            self.q_scale = nn.Parameter((vocab_size, dim // spec.group_size), spec.model_dtype)
-            self.q_min = nn.Parameter((vocab_size, dim // spec.group_size), spec.model_dtype)
-        else:
-            self.weight = nn.Parameter((vocab_size, dim), spec.model_dtype)
+    Never int4, whatever the scheme: the table and the LM head are the layers most sensitive to
+    quantization (GGUF files keep them at 8 bits or more; AWQ/GPTQ keep them in float16), and
+    SmolLM2's answers change when they are rounded to 4 bits."""
+
+    def __init__(self, vocab_size: int, dim: int, dtype: str):
+        self.weight = nn.Parameter((vocab_size, dim), dtype)
 
     def forward(self, ids: Tensor) -> Tensor:
-        if not self.spec.quantized:
-            return op.take(self.weight, ids, axis=0)
-        group, dtype, dim = self.spec.group_size, self.spec.model_dtype, self.dim
+        return op.take(self.weight, ids, axis=0)
 
-        def gather(ids: te.Tensor, qw: te.Tensor, qs: te.Tensor, qm: te.Tensor) -> te.Tensor:
-            return te.compute(
-                (ids.shape[0], dim),
-                lambda i, k: _q4_value(qw[ids[i], k // Q4_PER_WORD], k, qs[ids[i], k // group], qm[ids[i], k // group],
-                                       dtype),
-                name="q4_embed",
-            )
-
-        return op.tensor_expr_op(gather, "q4_embed", [ids, self.q_weight, self.q_scale, self.q_min])
-
-    def lm_head(self, x: Tensor) -> Tensor:
+    def lm_head(self, x: Tensor, spec: QuantSpec) -> Tensor:
         """Float32 logits from hidden states, using this table as the output projection."""
-        weights = [self.q_weight, self.q_scale, self.q_min] if self.spec.quantized else [self.weight]
-        return linear(x, weights, self.spec, "float32")
+        return linear(x, [self.weight], spec, "float32")

@@ -22,7 +22,7 @@ from tvm.relax.frontend.nn import Tensor, op, spec
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 from tvm.target import Target
 
-from compile.model.layers import QEmbedding, QLinear
+from compile.model.layers import Embedding, QLinear
 from ferrum.model_config import LlamaConfig
 from ferrum.quantization import QuantSpec
 
@@ -72,15 +72,15 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaForCausalLM(nn.Module):
     def __init__(self, cfg: LlamaConfig, q: QuantSpec, target: Target):
         self.cfg, self.quant, self.target = cfg, q, target
-        self.embed_tokens = QEmbedding(cfg.vocab_size, cfg.hidden_size, q)
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, q.model_dtype)
         self.layers = nn.ModuleList([LlamaDecoderLayer(cfg, q) for _ in range(cfg.num_hidden_layers)])
         self.norm = nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False, dtype=q.model_dtype)
         if not cfg.tie_word_embeddings:
-            self.lm_head = QLinear(cfg.hidden_size, cfg.vocab_size, q)
+            self.lm_head = QLinear(cfg.hidden_size, cfg.vocab_size, q.unquantized())  # see Embedding
 
     def _logits(self, hidden: Tensor) -> Tensor:
         if self.cfg.tie_word_embeddings:
-            return self.embed_tokens.lm_head(hidden)
+            return self.embed_tokens.lm_head(hidden, self.quant.unquantized())
         logits = self.lm_head(hidden)
         return logits if logits.dtype == "float32" else logits.astype("float32")
 
