@@ -39,15 +39,17 @@ def open_engines(artifacts: list[str], base: EngineConfig) -> ServedModels:
 
 async def run_server(models: ServedModels, host: str, port: int, options: ServerOptions,
                      stop: asyncio.Event | None = None) -> None:
-    """Serve until ``stop`` is set (by SIGINT/SIGTERM when not given), then shut down gracefully."""
+    """Serve until ``stop`` is set, then shut down gracefully. Without ``stop`` (the CLI: main
+    thread), SIGINT and SIGTERM set it."""
     app = build_app(models, options)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    signals = (signal.SIGINT, signal.SIGTERM) if stop is None else ()
+    stop = stop or asyncio.Event()
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     print(f"ferrum: serving {', '.join(models.names())} on http://{host}:{port}", flush=True)
     try:
@@ -57,5 +59,5 @@ async def run_server(models: ServedModels, host: str, port: int, options: Server
         await site.stop()  # stop accepting; open streams continue while engines drain
         await asyncio.gather(*(engine.shutdown() for engine in models.engines.values()))
         await runner.cleanup()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in signals:
             loop.remove_signal_handler(sig)
