@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+from multidict import CIMultiDict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,11 +61,11 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def request(method: str, url: str, *, json_body=None, data=None, headers=None) -> tuple[int, dict, bytes]:
-    """One HTTP call: (status, headers, body bytes)."""
+async def request(method: str, url: str, *, json_body=None, data=None, headers=None) -> tuple[int, CIMultiDict, bytes]:
+    """One HTTP call: (status, headers (case-insensitive), body bytes)."""
     async with aiohttp.ClientSession() as session:
         async with session.request(method, url, json=json_body, data=data, headers=headers) as response:
-            return response.status, dict(response.headers), await response.read()
+            return response.status, CIMultiDict(response.headers), await response.read()
 
 
 async def sse_events(url: str, body: dict, headers=None) -> list:

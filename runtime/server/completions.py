@@ -18,7 +18,7 @@ from ferrum.engine import LlmInferenceEngine
 from ferrum.errors import FerrumError, UnsupportedFeatureError
 from ferrum.types import FinishReason, InferenceRequest, StreamChunk, TokenLogprob, TokenUsage
 from runtime.server import sse
-from runtime.server.errors import error_body, ferrum_error_body
+from runtime.server.errors import REQUEST_ID, error_body, ferrum_error_body
 from runtime.server.openai_responses import Shaper
 from runtime.server.openai_schema import GenerationRequest
 from runtime.server.prom_metrics import RequestTimer, ServerMetrics
@@ -78,7 +78,7 @@ def _token_text(engine: LlmInferenceEngine):
 async def generate(request: web.Request, engine: LlmInferenceEngine, parsed: GenerationRequest,
                    metrics: ServerMetrics) -> web.StreamResponse:
     started = time.monotonic()
-    inference = build_request(engine, parsed, request["request_id"])
+    inference = build_request(engine, parsed, request[REQUEST_ID])
     stream = await engine.infer_stream(inference)
     n = inference.sampling_params.n
     shaper = Shaper(parsed.kind, inference.id, parsed.model, _token_text(engine))
@@ -124,13 +124,13 @@ async def _stream(request: web.Request, stream, shaper: Shaper, parsed: Generati
         if usage_flag:
             await response.write(sse.event(shaper.usage_chunk(usage)))
     except ConnectionResetError:
-        log.info("client of request %s went away; request cancelled", request["request_id"])
+        log.info("client of request %s went away; request cancelled", request[REQUEST_ID])
         return response
     except FerrumError as exc:  # the engine failed mid-stream: the 200 is already sent
-        log.warning("request %s failed mid-stream: %s", request["request_id"], exc.message)
+        log.warning("request %s failed mid-stream: %s", request[REQUEST_ID], exc.message)
         await _try_write(response, sse.event(ferrum_error_body(exc)))
     except Exception:
-        rid = request["request_id"]
+        rid = request[REQUEST_ID]
         log.exception("internal error while streaming request %s", rid)
         await _try_write(response, sse.event(error_body(f"internal server error (request id {rid})",
                                                         "internal_error", code="internal_error")))

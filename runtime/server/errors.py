@@ -19,6 +19,7 @@ from ferrum.errors import FerrumError, OverloadedError
 log = logging.getLogger("ferrum.server")
 
 REQUEST_ID_HEADER = "X-Request-Id"
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def error_body(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict:
@@ -69,8 +70,8 @@ def http_exception_response(request: web.Request, exc: web.HTTPException) -> web
 @web.middleware
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     """Tag the request with an id and turn every exception into an OpenAI-shaped response."""
-    request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-    request["request_id"] = request_id
+    request_id = uuid.uuid4().hex  # never the client's: engines key their requests by it
+    request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
     except FerrumError as exc:

@@ -65,7 +65,12 @@ async def embeddings(request: web.Request, models: ServedModels) -> web.Response
 async def transcriptions(request: web.Request, models: ServedModels) -> web.Response:
     if not request.content_type.startswith("multipart/"):
         raise InvalidRequestError("send the audio as multipart/form-data with a 'file' field", param="file")
-    form = await request.post()
+    try:
+        form = await request.post()
+    except web.HTTPException:  # 413: over the body limit
+        raise
+    except Exception as exc:  # aiohttp's multipart parser raises assorted types for malformed bodies
+        raise InvalidRequestError(f"malformed multipart body: {exc}") from None
     model = form.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequestError("'model' is required", param="model")

@@ -105,8 +105,10 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
-def _post(summary: str, request: dict, ok: dict, *, stream: bool = False) -> dict:
+def _post(summary: str, request: dict, ok: dict, *, stream: bool = False, example: dict | None = None) -> dict:
     content = dict(ok["content"])
+    if example is not None:
+        request = {kind: {**media, "example": example} for kind, media in request.items()}
     if stream:
         content["text/event-stream"] = {"schema": {"type": "string",
                                                     "description": "`data: {chunk}` events, then `data: [DONE]`"}}
@@ -118,7 +120,18 @@ def _get(summary: str, ok: dict, extra: dict | None = None) -> dict:
     return {"get": {"summary": summary, "responses": {"200": {"description": "success", **ok}, **(extra or {})}}}
 
 
+def _first(models: ServedModels, modality: str) -> str:
+    """A served model of ``modality`` for the examples (else any name: the example then shows the 404)."""
+    names = [m["id"] for m in models.openai_list()["data"] if m["modality"] == modality]
+    return names[0] if names else "model"
+
+
 def openapi_document(models: ServedModels) -> dict:
+    llm = _first(models, "llm")
+    chat_example = {"model": llm, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8}
+    completion_example = {"model": llm, "prompt": "Once upon a time", "max_tokens": 8}
+    embedding_example = {"model": _first(models, "embedding"), "input": "Hello"}
+    speech_example = {"model": _first(models, "tts"), "input": "Hello", "voice": "default"}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Ferrum OpenAI-compatible server", "version": ferrum.__version__,
@@ -126,19 +139,20 @@ def openapi_document(models: ServedModels) -> dict:
         "paths": {
             "/v1/chat/completions": _post("Chat completion (stream with `stream: true`)",
                                           _json(_ref("ChatCompletionRequest"))["content"],
-                                          _json(_ref("ChatCompletion")), stream=True),
+                                          _json(_ref("ChatCompletion")), stream=True, example=chat_example),
             "/v1/completions": _post("Text completion (stream with `stream: true`)",
                                      _json(_ref("CompletionRequest"))["content"],
-                                     _json(_ref("Completion")), stream=True),
+                                     _json(_ref("Completion")), stream=True, example=completion_example),
             "/v1/embeddings": _post("Embed texts", _json(_ref("EmbeddingRequest"))["content"],
-                                    _json(_ref("EmbeddingList"))),
+                                    _json(_ref("EmbeddingList")), example=embedding_example),
             "/v1/audio/transcriptions": _post(
                 "Transcribe audio", {"multipart/form-data": {"schema": _ref("TranscriptionRequest")}},
                 {"content": {"application/json": {"schema": {"type": "object", "properties": {"text": _STR}}},
                              "text/plain": {"schema": _STR}}}),
             "/v1/audio/speech": _post("Synthesize speech", _json(_ref("SpeechRequest"))["content"],
                                       {"content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}},
-                                                   "audio/pcm": {"schema": {"type": "string", "format": "binary"}}}}),
+                                                   "audio/pcm": {"schema": {"type": "string", "format": "binary"}}}},
+                                      example=speech_example),
             "/v1/models": _get("Served models", _json(_ref("ModelList")), {"401": _ERRORS["401"]}),
             "/v1/status": _get("EngineStatus, EngineMetrics, CacheStats and SchedulerStats per model",
                                _json({"type": "object"}), {"401": _ERRORS["401"]}),
