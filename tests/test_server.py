@@ -321,7 +321,13 @@ def test_openapi_describes_all_routes(server):
     assert status == 200 and doc["openapi"].startswith("3.")
     assert set(doc["paths"]) == {"/v1/chat/completions", "/v1/completions", "/v1/embeddings",
                                  "/v1/audio/transcriptions", "/v1/audio/speech", "/v1/models", "/v1/status",
-                                 "/health", "/metrics", "/openapi.json"}
+                                 "/health", "/metrics", "/openapi.json", "/"}
+
+
+def test_chat_page_served_open(server):
+    status, headers, body = run(request("GET", server.url + "/"))
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b'fetch("/v1/chat/completions"' in body and b"stream: true" in body
 
 
 def test_schemathesis_finds_no_server_errors(server):

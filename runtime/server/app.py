@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
@@ -134,6 +135,14 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response({"models": out})
 
 
+_CHAT_PAGE = Path(__file__).with_name("chat_page.html")
+
+
+async def chat_page(request: web.Request) -> web.Response:
+    """A one-file chat UI that streams from /v1/chat/completions with fetch."""
+    return web.Response(body=_CHAT_PAGE.read_bytes(), content_type="text/html", charset="utf-8")
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(request.app[MODELS]))
 
@@ -160,4 +169,5 @@ def build_app(models: ServedModels, options: ServerOptions | None = None) -> web
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/", chat_page)
     return app

@@ -160,6 +160,7 @@ def openapi_document(models: ServedModels) -> dict:
                             {"503": {"description": "unhealthy", **_json(_ref("HealthStatus"))}}),
             "/metrics": _get("Prometheus metrics", {"content": {"text/plain": {"schema": _STR}}}),
             "/openapi.json": _get("This document", _json({"type": "object"})),
+            "/": _get("Chat page (HTML)", {"content": {"text/html": {"schema": _STR}}}),
         },
         "components": {
             "schemas": _SCHEMAS,
