@@ -12,7 +12,7 @@ QUANT ?=
 ARCH ?=
 COMPILE_ARGS = $(if $(MODEL),$(MODEL)) $(if $(TARGET),--target $(TARGET)) $(if $(QUANT),--quant $(QUANT)) $(if $(ARCH),--arch $(ARCH))
 
-.PHONY: install compile run test clean
+.PHONY: install compile run serve test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ compile: $(STAMP)
 run: $(STAMP)
 	@artifact=$$($(PY) -m ferrum compile --skip-existing $(COMPILE_ARGS)) && \
 	$(PY) -m ferrum chat "$$artifact"
+
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+serve: $(STAMP)
+	@artifact=$$($(PY) -m ferrum compile --skip-existing $(COMPILE_ARGS)) && \
+	$(PY) -m ferrum serve "$$artifact" --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
 	$(PY) -m ferrum compile --skip-existing --target llvm

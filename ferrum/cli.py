@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -104,6 +105,21 @@ def cmd_chat(args: argparse.Namespace) -> None:
     asyncio.run(run())
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import logging
+
+    from runtime.server.app import ServerOptions
+    from runtime.server.serve import open_engines, run_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    base = EngineConfig(device=args.device, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
+                        kv_cache_tokens=args.kv_cache_tokens, max_queue_size=args.max_queue_size)
+    models = open_engines(args.artifacts, base)
+    options = ServerOptions(api_key=args.api_key or os.environ.get("FERRUM_API_KEY") or None,
+                            cors_origins=args.cors_origin, max_body_bytes=args.max_body_bytes)
+    asyncio.run(run_server(models, args.host, args.port, options))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferrum", description="Compile and serve LLMs with Apache TVM.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +146,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="system prompt")
     _add_sampling(p)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("serve", help="serve artifacts over an OpenAI-compatible HTTP API")
+    p.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="artifact folders (any modality)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* "
+                   "(default: $FERRUM_API_KEY; none: open)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow browser calls from ORIGIN ('*' for any); repeatable; default: CORS off")
+    p.add_argument("--max-body-bytes", type=int, default=32 << 20, help="largest accepted request body")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--max-num-seqs", type=int, default=32, help="requests generated together")
+    p.add_argument("--max-model-len", type=int, default=None, help="context limit (default: the model's)")
+    p.add_argument("--kv-cache-tokens", type=int, default=None, help="KV cache size in tokens (default: sized "
+                   "from memory)")
+    p.add_argument("--max-queue-size", type=int, default=1024, help="waiting requests before 429")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

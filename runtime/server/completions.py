@@ -1,0 +1,145 @@
+"""``/v1/chat/completions`` and ``/v1/completions`` on an ``LlmInferenceEngine``.
+
+The engine validates and admits the request before anything is sent (so bad requests get a
+plain 4xx), then the chunk stream is either collected into one response or forwarded as SSE.
+The engine's stream is always closed when the handler ends: a client that disconnects (the
+handler is cancelled, or a write fails) cancels its request and frees its KV pages.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from ferrum.engine import LlmInferenceEngine
+from ferrum.errors import FerrumError, UnsupportedFeatureError
+from ferrum.types import FinishReason, InferenceRequest, StreamChunk, TokenLogprob, TokenUsage
+from runtime.server import sse
+from runtime.server.errors import REQUEST_ID, error_body, ferrum_error_body
+from runtime.server.openai_responses import Shaper
+from runtime.server.openai_schema import GenerationRequest
+from runtime.server.prom_metrics import RequestTimer, ServerMetrics
+
+log = logging.getLogger("ferrum.server")
+
+
+def build_request(engine: LlmInferenceEngine, parsed: GenerationRequest, request_id: str) -> InferenceRequest:
+    """Render the prompt (chat template), tokenize it once, and fill in the default max_tokens:
+    whatever room the context leaves, as the OpenAI API does."""
+    tokenizer = getattr(engine, "tokenizer", None)
+    if tokenizer is None:
+        raise UnsupportedFeatureError(f"model {parsed.model} exposes no tokenizer to the server", status=400)
+    prompt = parsed.prompt or ""
+    if parsed.kind == "chat":
+        prompt = tokenizer.apply_chat_template(parsed.messages, add_generation_prompt=parsed.add_generation_prompt)
+    ids = parsed.prompt_token_ids if parsed.prompt_token_ids is not None else tokenizer.encode(prompt)
+    sampling = parsed.sampling
+    if not parsed.max_tokens_given:
+        limit = getattr(engine, "max_model_len", None)
+        sampling.max_tokens = max(limit - len(ids), 1) if limit else sampling.max_tokens
+    return InferenceRequest(prompt=prompt, model_id=parsed.model, sampling_params=sampling, stream=parsed.stream,
+                            id=request_id, prompt_token_ids=ids)
+
+
+class _Choices:
+    """Per completion index: text, finish reason, logprobs and usage, as chunks arrive."""
+
+    def __init__(self, n: int):
+        self.text = [[] for _ in range(n)]
+        self.reason: list[FinishReason | None] = [None] * n
+        self.logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
+        self.usage: list[TokenUsage | None] = [None] * n
+        self.offsets = [0] * n
+
+    def add(self, chunk: StreamChunk) -> None:
+        i = chunk.index
+        self.text[i].append(chunk.text)
+        self.offsets[i] += len(chunk.text)
+        if chunk.logprobs:
+            self.logprobs[i].extend(chunk.logprobs)
+        if chunk.finish_reason is not None:
+            self.reason[i] = chunk.finish_reason
+            self.usage[i] = chunk.usage
+
+    def total_usage(self) -> TokenUsage:
+        done = [u for u in self.usage if u is not None]
+        prompt = done[0].prompt_tokens if done else 0
+        return TokenUsage.of(prompt, sum(u.completion_tokens for u in done))
+
+
+def _token_text(engine: LlmInferenceEngine):
+    tokenizer = engine.tokenizer
+    return lambda token: tokenizer.decode([token], skip_special_tokens=False)
+
+
+async def generate(request: web.Request, engine: LlmInferenceEngine, parsed: GenerationRequest,
+                   metrics: ServerMetrics) -> web.StreamResponse:
+    started = time.monotonic()
+    inference = build_request(engine, parsed, request[REQUEST_ID])
+    stream = await engine.infer_stream(inference)
+    n = inference.sampling_params.n
+    shaper = Shaper(parsed.kind, inference.id, parsed.model, _token_text(engine))
+    timer = RequestTimer(metrics, parsed.model, started)
+    want_logprobs = inference.sampling_params.logprobs
+    choices = _Choices(n)
+    try:
+        if not parsed.stream:
+            async for chunk in stream:
+                if chunk.token is not None:
+                    timer.on_tokens(time.monotonic())
+                choices.add(chunk)
+            usage = choices.total_usage()
+            timer.on_finish(time.monotonic(), usage.prompt_tokens, usage.completion_tokens)
+            body = shaper.response(
+                [("".join(t), r, lp if want_logprobs else None)
+                 for t, r, lp in zip(choices.text, choices.reason, choices.logprobs)], usage)
+            return web.json_response(body)
+        return await _stream(request, stream, shaper, parsed, n, choices, timer)
+    finally:
+        await stream.aclose()
+
+
+async def _stream(request: web.Request, stream, shaper: Shaper, parsed: GenerationRequest, n: int,
+                  choices: _Choices, timer: RequestTimer) -> web.StreamResponse:
+    response = await sse.open_stream(request)
+    usage_flag = parsed.include_usage
+    try:
+        if parsed.kind == "chat":
+            for index in range(n):
+                await response.write(sse.event(shaper.chunk(index, "", None, role=True, include_usage=usage_flag)))
+        async for chunk in stream:
+            if chunk.token is not None:
+                timer.on_tokens(time.monotonic())
+            offset = choices.offsets[chunk.index]
+            choices.add(chunk)
+            if chunk.text or chunk.finish_reason is not None or chunk.logprobs:
+                await response.write(sse.event(shaper.chunk(chunk.index, chunk.text, chunk.finish_reason,
+                                                             chunk.logprobs, offset=offset,
+                                                             include_usage=usage_flag)))
+        usage = choices.total_usage()
+        timer.on_finish(time.monotonic(), usage.prompt_tokens, usage.completion_tokens)
+        if usage_flag:
+            await response.write(sse.event(shaper.usage_chunk(usage)))
+    except ConnectionResetError:
+        log.info("client of request %s went away; request cancelled", request[REQUEST_ID])
+        return response
+    except FerrumError as exc:  # the engine failed mid-stream: the 200 is already sent
+        log.warning("request %s failed mid-stream: %s", request[REQUEST_ID], exc.message)
+        await _try_write(response, sse.event(ferrum_error_body(exc)))
+    except Exception:
+        rid = request[REQUEST_ID]
+        log.exception("internal error while streaming request %s", rid)
+        await _try_write(response, sse.event(error_body(f"internal server error (request id {rid})",
+                                                        "internal_error", code="internal_error")))
+    await _try_write(response, sse.DONE)
+    return response
+
+
+async def _try_write(response: web.StreamResponse, data: bytes) -> Any:
+    try:
+        await response.write(data)
+    except ConnectionResetError:
+        pass

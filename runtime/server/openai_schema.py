@@ -1,0 +1,259 @@
+"""OpenAI request bodies → Ferrum types, with the checks the OpenAI API makes.
+
+Every field is type-checked here, so a wrong type answers 400 naming the parameter instead of
+failing deep in the engine; value ranges are checked by ``SamplingParams.validate`` (the same
+rules the CLI and engines apply). Features the engines do not have (constrained decoding, tools,
+images, several prompts per request) are refused with a 400 that says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ferrum.errors import InvalidRequestError, UnsupportedFeatureError
+from ferrum.types import SamplingParams
+
+_KINDS: dict[str, tuple[str, Any]] = {
+    "number": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "bool": ("a boolean", lambda v: isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "list": ("an array", lambda v: isinstance(v, list)),
+    "dict": ("an object", lambda v: isinstance(v, dict)),
+}
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or 400 saying why not."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("the request body must be a JSON object")
+    return data
+
+
+class Body:
+    """Typed access to a JSON object's fields; a present field of the wrong type is a 400."""
+
+    def __init__(self, data: dict[str, Any]):
+        self.data = data
+
+    def get(self, name: str, kind: str, default: Any = None) -> Any:
+        value = self.data.get(name)
+        if value is None:
+            return default
+        label, check = _KINDS[kind]
+        if not check(value):
+            raise InvalidRequestError(f"'{name}' must be {label}, got {json.dumps(value)[:80]}", param=name)
+        if kind == "number" and not math.isfinite(value):
+            raise InvalidRequestError(f"'{name}' must be finite", param=name)
+        return value
+
+    def required(self, name: str, kind: str) -> Any:
+        value = self.get(name, kind)
+        if value is None:
+            raise InvalidRequestError(f"'{name}' is required", param=name)
+        return value
+
+
+@dataclass
+class GenerationRequest:
+    """A parsed chat or completions request, before the served model resolves its prompt."""
+
+    kind: str  # "chat" or "completion"
+    model: str
+    sampling: SamplingParams
+    max_tokens_given: bool
+    stream: bool = False
+    include_usage: bool = False
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    prompt: str | None = None
+    prompt_token_ids: list[int] | None = None
+    add_generation_prompt: bool = True
+
+
+def _stop(body: Body) -> list[str]:
+    stop = body.data.get("stop")
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return list(stop)
+    raise InvalidRequestError("'stop' must be a string or an array of strings", param="stop")
+
+
+def _logit_bias(body: Body) -> dict[int, float]:
+    raw = body.get("logit_bias", "dict", {})
+    bias = {}
+    for key, value in raw.items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise InvalidRequestError(f"logit_bias keys must be token ids, got {key!r}", param="logit_bias") from None
+        if not _KINDS["number"][1](value):
+            raise InvalidRequestError(f"logit_bias values must be numbers, got {value!r}", param="logit_bias")
+        bias[token] = float(value)
+    return bias
+
+
+def _refuse_constrained(body: Body) -> None:
+    fmt = body.get("response_format", "dict")
+    if fmt is not None:
+        kind = fmt.get("type")
+        if kind in ("json_object", "json_schema"):
+            raise UnsupportedFeatureError("constrained decoding not supported by this engine",
+                                          param="response_format", status=400)
+        if kind != "text":
+            raise InvalidRequestError("response_format.type must be 'text', 'json_object' or 'json_schema'",
+                                      param="response_format")
+    for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar"):
+        if body.data.get(name) is not None:
+            raise UnsupportedFeatureError("constrained decoding not supported by this engine", param=name, status=400)
+
+
+def _sampling(body: Body, *, chat: bool) -> tuple[SamplingParams, bool]:
+    max_tokens = body.get("max_completion_tokens", "int") if chat else None
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens", "int")
+    top_k = body.get("top_k", "int")
+    if top_k is not None and top_k in (-1, 0):  # vLLM's spelling of "no top-k"
+        top_k = None
+    if chat:
+        logprobs = body.get("logprobs", "bool", False)
+        top_logprobs = body.get("top_logprobs", "int", 0)
+        if top_logprobs and not logprobs:
+            raise InvalidRequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
+    else:
+        count = body.get("logprobs", "int")
+        logprobs, top_logprobs = count is not None, count or 0
+    params = SamplingParams(
+        max_tokens=max_tokens if max_tokens is not None else SamplingParams.max_tokens,
+        temperature=float(body.get("temperature", "number", 1.0)),
+        top_p=float(body.get("top_p", "number", 1.0)),
+        top_k=top_k,
+        min_p=body.get("min_p", "number"),
+        repetition_penalty=float(body.get("repetition_penalty", "number", 1.0)),
+        presence_penalty=float(body.get("presence_penalty", "number", 0.0)),
+        frequency_penalty=float(body.get("frequency_penalty", "number", 0.0)),
+        stop_sequences=_stop(body),
+        stop_token_ids=_int_list(body, "stop_token_ids"),
+        seed=body.get("seed", "int"),
+        logit_bias=_logit_bias(body),
+        n=body.get("n", "int", 1),
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+        ignore_eos=body.get("ignore_eos", "bool", False),
+    )
+    params.validate()
+    return params, max_tokens is not None
+
+
+def _int_list(body: Body, name: str) -> list[int]:
+    values = body.get(name, "list", [])
+    if not all(_KINDS["int"][1](v) for v in values):
+        raise InvalidRequestError(f"'{name}' must be an array of integers", param=name)
+    return list(values)
+
+
+def _stream_options(body: Body, stream: bool) -> bool:
+    options = body.get("stream_options", "dict")
+    if options is None:
+        return False
+    if not stream:
+        raise InvalidRequestError("stream_options is only allowed when stream is true", param="stream_options")
+    include = options.get("include_usage", False)
+    if not isinstance(include, bool):
+        raise InvalidRequestError("stream_options.include_usage must be a boolean", param="stream_options")
+    return include
+
+
+def _refuse_tools(body: Body) -> None:
+    if body.data.get("tools") or body.data.get("functions"):
+        raise UnsupportedFeatureError("tool calling not supported by this engine", param="tools", status=400)
+
+
+def _message_text(index: int, content: Any) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                if isinstance(part, dict) and part.get("type") in ("image_url", "input_audio", "file"):
+                    raise UnsupportedFeatureError(f"messages[{index}]: {part['type']} content is not supported by "
+                                                  "this model", param="messages", status=400)
+                raise InvalidRequestError(f"messages[{index}].content parts must be {{'type': 'text', 'text': ...}}",
+                                          param="messages")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise InvalidRequestError(f"messages[{index}].content must be a string or an array of text parts",
+                              param="messages")
+
+
+_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def parse_chat(data: dict[str, Any]) -> GenerationRequest:
+    body = Body(data)
+    model = body.required("model", "str")
+    raw = body.required("messages", "list")
+    if not raw:
+        raise InvalidRequestError("'messages' must not be empty", param="messages")
+    messages = []
+    for i, message in enumerate(raw):
+        if not isinstance(message, dict):
+            raise InvalidRequestError(f"messages[{i}] must be an object", param="messages")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise InvalidRequestError(f"messages[{i}].role must be one of {', '.join(_ROLES)}", param="messages")
+        messages.append({"role": "system" if role == "developer" else role,
+                         "content": _message_text(i, message.get("content"))})
+    _refuse_constrained(body)
+    _refuse_tools(body)
+    sampling, given = _sampling(body, chat=True)
+    stream = body.get("stream", "bool", False)
+    return GenerationRequest("chat", model, sampling, given, stream, _stream_options(body, stream), messages=messages,
+                             add_generation_prompt=body.get("add_generation_prompt", "bool", True))
+
+
+def parse_completion(data: dict[str, Any]) -> GenerationRequest:
+    body = Body(data)
+    model = body.required("model", "str")
+    if "prompt" not in data or data["prompt"] is None:
+        raise InvalidRequestError("'prompt' is required", param="prompt")
+    prompt, token_ids = _prompt(data["prompt"])
+    if body.get("echo", "bool", False):
+        raise UnsupportedFeatureError("echo is not supported by this engine", param="echo", status=400)
+    if body.get("suffix", "str"):
+        raise UnsupportedFeatureError("suffix (insertion) is not supported by this engine", param="suffix", status=400)
+    _refuse_constrained(body)
+    sampling, given = _sampling(body, chat=False)
+    best_of = body.get("best_of", "int")
+    if best_of is not None and best_of != sampling.n:
+        raise UnsupportedFeatureError("best_of other than n is not supported", param="best_of", status=400)
+    if sampling.top_logprobs > 5:
+        raise InvalidRequestError("logprobs must be at most 5 for completions", param="logprobs")
+    stream = body.get("stream", "bool", False)
+    return GenerationRequest("completion", model, sampling, given, stream, _stream_options(body, stream),
+                             prompt=prompt, prompt_token_ids=token_ids)
+
+
+def _prompt(value: Any) -> tuple[str | None, list[int] | None]:
+    """One prompt: a string or an array of token ids (also each wrapped in a one-element array)."""
+    is_ids = isinstance(value, list) and value and all(_KINDS["int"][1](t) for t in value)
+    if isinstance(value, str):
+        return value, None
+    if is_ids:
+        return None, list(value)
+    if isinstance(value, list) and len(value) == 1:
+        return _prompt(value[0])
+    if isinstance(value, list) and len(value) > 1 and all(isinstance(v, (str, list)) for v in value):
+        raise UnsupportedFeatureError("several prompts in one request are not supported; send one request each",
+                                      param="prompt", status=400)
+    raise InvalidRequestError("'prompt' must be a string or an array of token ids", param="prompt")

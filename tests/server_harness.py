@@ -1,0 +1,83 @@
+"""Helpers for the server tests: free ports, a `ferrum serve` subprocess, raw HTTP and SSE calls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+from multidict import CIMultiDict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    """``python -m ferrum serve ...`` on a free port, ready once /health answers."""
+
+    def __init__(self, artifacts: list[str], *extra: str, timeout: float = 120.0):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("FERRUM_API_KEY", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ferrum", "serve", *artifacts, "--port", str(self.port), *extra],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ferrum serve exited early:\n{self.proc.stdout.read()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.proc.kill()
+        raise RuntimeError("ferrum serve did not start in time")
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def request(method: str, url: str, *, json_body=None, data=None, headers=None) -> tuple[int, CIMultiDict, bytes]:
+    """One HTTP call: (status, headers (case-insensitive), body bytes)."""
+    async with aiohttp.ClientSession() as session:
+        async with session.request(method, url, json=json_body, data=data, headers=headers) as response:
+            return response.status, CIMultiDict(response.headers), await response.read()
+
+
+async def sse_events(url: str, body: dict, headers=None) -> list:
+    """POST and read an SSE stream: the decoded ``data:`` payloads, ``"[DONE]"`` kept as a string."""
+    events = []
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json=body, headers=headers) as response:
+            assert response.status == 200, await response.text()
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            async for line in response.content:
+                line = line.decode().strip()
+                if line.startswith("data: "):
+                    payload = line[len("data: "):]
+                    events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
