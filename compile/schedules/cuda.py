@@ -8,6 +8,11 @@ bodies chosen at run time by the row count: dlight's ``LowBatchGEMV`` with a row
 and 8 (each thread block reads a weight tile once for all rows of the bucket), and the ``Matmul``
 schedule above 8 rows. The branch condition is thread-invariant, so the kernels stay uniform.
 Functions that are not a GEMV/GEMM over exactly one symbolic extent are left to the default rules.
+
+NO_TENSOR_CORES: every PrimFunc is marked ``dlight.do_not_tensorize``. dlight's tensor-core GEMM
+(``MatmulTensorization``) segfaults inside ``s_tir::Tensorize`` in TVM 0.27 (a plain fp16 matmul
+reproduces it), and dlight attempts it for any plain ``sm_NN`` target such as the default sm_80
+build. GEMMs therefore run on CUDA cores: the main limit on prefill speed (bench/results/README.md).
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class RowDispatch:
         for gvar, func in mod.functions_items():
             if not isinstance(func, tirx.PrimFunc) or "tirx.is_scheduled" in func.attrs:
                 continue
+            func = func.with_attr("dlight.do_not_tensorize", True)  # see NO_TENSOR_CORES
+            mod.update_func(gvar, func)
             rows = _symbolic_extent(func)
             if rows is None:
                 continue
