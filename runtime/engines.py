@@ -15,6 +15,7 @@ from ferrum.types import EngineConfig
 # modality → "module:class" implementing the matching engine trait
 ENGINES = {
     "llm": "runtime.batch_engine:ContinuousBatchEngine",
+    "tts": "runtime.tts_engine:PiperTtsEngine",
 }
 
 

@@ -260,9 +260,32 @@ class DDSConv(nn.Module):
         return x
 
 
-def _select(values: Tensor, onehot: Tensor) -> Tensor:
-    """Per element, the entry of ``values`` (last axis) that ``onehot`` marks."""
-    return op.sum(values * onehot, axis=-1)
+def _bin_index(x: Tensor, knots: Tensor) -> Tensor:
+    """``searchsorted``: per element of ``x`` (``[1, 1, T]``), the number of ``knots`` (``[1, 1, T, K+1]``)
+    at or below it, minus one, clamped to a valid bin (elements outside the spline are discarded
+    later). The count is unrolled over the few knots, so it is elementwise, not a reduction."""
+
+    def compute(a: te.Tensor, k: te.Tensor) -> te.Tensor:
+        n_knots = int(k.shape[-1])
+
+        def value(b, c, t):
+            count = tirx.const(-1, "int32")
+            for i in range(n_knots):
+                count = count + tirx.Select(a[b, c, t] >= k[b, c, t, i], tirx.const(1, "int32"), tirx.const(0, "int32"))
+            return tirx.max(tirx.min(count, n_knots - 2), 0)
+
+        return te.compute(a.shape, value, name="bin_index")
+
+    return op.tensor_expr_op(compute, "bin_index", [x, knots])
+
+
+def _take_bin(values: Tensor, index: Tensor) -> Tensor:
+    """Per element, ``values[..., index]``."""
+
+    def compute(v: te.Tensor, i: te.Tensor) -> te.Tensor:
+        return te.compute(i.shape, lambda b, c, t: v[b, c, t, i[b, c, t]], name="take_bin")
+
+    return op.tensor_expr_op(compute, "take_bin", [values, index])
 
 
 def _knots(unnormalized: Tensor, bins: int, low: float, high: float) -> tuple[Tensor, Tensor]:
@@ -280,7 +303,7 @@ def rational_quadratic_inverse(x: Tensor, uw: Tensor, uh: Tensor, ud: Tensor, bi
     as VITS's ``piecewise_rational_quadratic_transform(inverse=True, tails="linear")``.
 
     Dense formulation: every element computes its spline and the result is kept only inside
-    ``[-B, B]`` (identity outside); the bin lookup is a one-hot over the bins, not a gather.
+    ``[-B, B]`` (identity outside), instead of the boolean-mask indexing of the original.
     ``x`` is ``[1, 1, T]``; ``uw``, ``uh`` are ``[1, 1, T, bins]``; ``ud`` is ``[1, 1, T, bins-1]``.
     """
     bound = SPLINE_TAIL_BOUND
@@ -290,16 +313,14 @@ def rational_quadratic_inverse(x: Tensor, uw: Tensor, uh: Tensor, ud: Tensor, bi
     cumwidths, widths = _knots(uw, bins, -bound, bound)
     cumheights, heights = _knots(uh, bins, -bound, bound)
     lower_heights, top = op.split(cumheights, [bins], axis=-1)
-    xs = op.unsqueeze(x, -1)
-    index = op.sum(op.astype(op.greater_equal(xs, op.concat([lower_heights, top + SEARCHSORTED_EPS], dim=-1)), "float32"), axis=-1) - 1.0
-    onehot = op.astype(op.equal(op.unsqueeze(index, -1), Tensor.from_const(np.arange(bins, dtype="float32"))), "float32")
+    index = _bin_index(x, op.concat([lower_heights, top + SEARCHSORTED_EPS], dim=-1))
     d_lo, d_hi = op.split(derivatives, [bins], axis=-1)[0], op.split(derivatives, [1], axis=-1)[1]
-    in_cumwidth = _select(op.split(cumwidths, [bins], axis=-1)[0], onehot)
-    in_width = _select(widths, onehot)
-    in_cumheight = _select(lower_heights, onehot)
-    in_height = _select(heights, onehot)
-    in_delta = _select(heights / widths, onehot)
-    in_d, in_d1 = _select(d_lo, onehot), _select(d_hi, onehot)
+    in_cumwidth = _take_bin(op.split(cumwidths, [bins], axis=-1)[0], index)
+    in_width = _take_bin(widths, index)
+    in_cumheight = _take_bin(lower_heights, index)
+    in_height = _take_bin(heights, index)
+    in_delta = _take_bin(heights / widths, index)
+    in_d, in_d1 = _take_bin(d_lo, index), _take_bin(d_hi, index)
     shifted = x - in_cumheight
     curvature = in_d + in_d1 - 2.0 * in_delta
     a = shifted * curvature + in_height * (in_delta - in_d)

