@@ -10,8 +10,8 @@ TVM's legalized ``conv1d``/``conv1d_transpose`` have no CPU schedule here and ru
   that sums the ``K / stride`` frames landing on each output sample.
 
 Parameters keep PyTorch's layouts and names (``weight``, ``bias``); the reshaping of the weight
-is a small per-call transpose. Grouped (depthwise) convolutions stay on ``op.conv1d``: they are
-cheap and have no matmul form.
+is a small per-call transpose. Depthwise convolutions (the duration predictor's) are an
+elementwise kernel with the taps unrolled.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Conv1d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.groups != 1:
-            return op.conv1d(x, self.weight, self.bias, 1, self.padding, self.dilation, self.groups)
+            return self._depthwise(x)
         cin, k, d, p = self.cin, self.kernel, self.dilation, self.padding
 
         def im2col(a: te.Tensor) -> te.Tensor:
@@ -62,6 +62,28 @@ class Conv1d(nn.Module):
         cols = op.tensor_expr_op(im2col, "im2col", [x])
         w = op.reshape(op.permute_dims(self.weight, [0, 2, 1]), [self.cout, k * cin])
         return _with_bias(linear(cols, [w], _F32, "float32"), self.bias)
+
+    def _depthwise(self, x: Tensor) -> Tensor:
+        """One filter per channel, the few taps unrolled: an elementwise kernel on every target."""
+        if not self.groups == self.cin == self.cout or self.bias is None:
+            raise ValueError("only depthwise grouped convolutions with bias are supported")
+        k, d, p = self.kernel, self.dilation, self.padding
+
+        def compute(a: te.Tensor, w: te.Tensor, bias: te.Tensor) -> te.Tensor:
+            t = a.shape[2]
+
+            def value(b, c, i):
+                total = bias[c]
+                for tap in range(k):
+                    src = i + tap * d - p
+                    total = total + w[c, 0, tap] * tirx.if_then_else(
+                        tirx.all(src >= 0, src < t), a[b, c, src], tirx.const(0.0, "float32")
+                    )
+                return total
+
+            return te.compute((a.shape[0], a.shape[1], t + 2 * p - d * (k - 1)), value, name="depthwise_conv")
+
+        return op.tensor_expr_op(compute, "depthwise_conv1d", [x, self.weight, self.bias])
 
 
 class ConvTranspose1d(nn.Module):
