@@ -247,7 +247,9 @@ class DDSConv(nn.Module):
     """Dilated depth-separable convolutions with residual connections."""
 
     def __init__(self, channels: int, kernel: int, dilations: list[int]):
-        self.convs_sep = nn.ModuleList([_conv(channels, channels, _same(kernel, d), groups=channels) for d in dilations])
+        self.convs_sep = nn.ModuleList(
+            [_conv(channels, channels, _same(kernel, d), groups=channels) for d in dilations]
+        )
         self.convs_1x1 = nn.ModuleList([_conv(channels, channels, ConvSpec(1)) for _ in dilations])
         self.norms_1 = nn.ModuleList([ChannelLayerNorm(channels) for _ in dilations])
         self.norms_2 = nn.ModuleList([ChannelLayerNorm(channels) for _ in dilations])

@@ -105,7 +105,8 @@ class PiperVoiceSource(ModelSource):
         if node not in self._attrs:
             raise ModelSourceError(f"{self.path}: expected graph node {node} is missing")
         a = self._attrs[node]
-        return ConvSpec(a["kernel_shape"][0], a.get("dilations", [1])[0], a.get("pads", [0])[0], a.get("strides", [1])[0])
+        rest = (a.get(key, [default])[0] for key, default in (("dilations", 1), ("pads", 0), ("strides", 1)))
+        return ConvSpec(a["kernel_shape"][0], *rest)
 
     # -- hyperparameters ----------------------------------------------------------------------
     def _read_config(self) -> VitsConfig:
@@ -165,4 +166,11 @@ class PiperVoiceSource(ModelSource):
         }
 
     def describe(self) -> dict[str, str]:
-        return {**super().describe(), "license": "see the voice package's MODEL_CARD"}
+        """Provenance, plus the license line of the voice's ``MODEL_CARD`` when it ships one."""
+        info = super().describe()
+        card = self.path.with_name("MODEL_CARD")
+        if card.is_file():
+            licenses = [line.split(":", 1)[1].strip() for line in card.read_text().splitlines() if "License:" in line]
+            if licenses:
+                info["license"] = ", ".join(licenses)
+        return info
