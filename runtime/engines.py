@@ -16,6 +16,7 @@ from ferrum.types import EngineConfig
 ENGINES = {
     "llm": "runtime.batch_engine:ContinuousBatchEngine",
     "transcription": "runtime.whisper_engine:WhisperEngine",
+    "tts": "runtime.tts_engine:PiperTtsEngine",
 }
 
 

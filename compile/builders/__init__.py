@@ -45,6 +45,7 @@ class Builder:
 BUILDERS = {
     "llama": "compile.builders.llama:BUILDER",
     "whisper": "compile.builders.whisper:BUILDER",
+    "piper-vits": "compile.builders.tts:BUILDER",
 }
 
 

