@@ -15,6 +15,7 @@ from ferrum.types import EngineConfig
 # modality → "module:class" implementing the matching engine trait
 ENGINES = {
     "llm": "runtime.sequential_engine:SequentialEngine",
+    "embedding": "runtime.embedding_engine:EmbeddingEngine",
 }
 
 

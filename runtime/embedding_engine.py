@@ -1,0 +1,208 @@
+"""Sentence-embedding engine: concurrent ``embed_text`` calls are batched into one model call.
+
+Each call tokenizes its text (truncated to the model's ``max_length`` tokens, see below) and
+queues it. One drain task per engine takes queued texts in arrival order into a batch — up to
+``max_num_seqs`` texts, and no more than ``max_num_batched_tokens`` padded tokens unless a single
+text alone needs more — runs it on one worker thread (TVM is only touched from that thread, the
+event loop stays free), resolves every waiting call with its vector, and repeats while texts are
+queued. Texts that arrive while a batch runs therefore form the next batch together.
+
+Truncation: a text longer than the model's ``max_length`` tokens (``max_seq_length`` of its
+sentence-transformers config, 256 for all-MiniLM-L6-v2) keeps its first ``max_length - 2``
+word pieces between ``[CLS]`` and ``[SEP]``, exactly as sentence-transformers encodes it; the
+rest does not influence the vector. Nothing is reported for it, as in sentence-transformers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer
+
+import ferrum
+from ferrum.engine import EmbedEngine
+from ferrum.errors import EngineShutdownError, InvalidRequestError, OverloadedError, UnsupportedFeatureError
+from ferrum.metrics import (
+    ComponentHealth,
+    ComponentStatus,
+    EngineMetrics,
+    EngineStatus,
+    HealthStatus,
+    HealthStatusType,
+)
+from ferrum.serde import utc_now
+from ferrum.types import EngineConfig
+from runtime.embedding_runner import EmbeddingArtifact, EmbeddingRunner
+from runtime.telemetry import EngineTelemetry
+
+
+@dataclass
+class _Queued:
+    rid: str
+    ids: list[int]
+    future: asyncio.Future
+
+
+class EmbeddingEngine(EmbedEngine):
+    """EmbedEngine over a compiled BERT sentence encoder."""
+
+    def __init__(self, config: EngineConfig):
+        self._config = config
+        self.artifact = EmbeddingArtifact.open(config.artifact_path)
+        self.model_id = config.model_id or self.artifact.manifest.name
+        self.max_length = self.artifact.config.max_length
+        self.tokenizer = Tokenizer.from_file(str(self.artifact.tokenizer_path))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_length)
+        self.runner = EmbeddingRunner(self.artifact, config.device)
+        self.max_batch = max(1, config.max_num_seqs)
+        self.max_batch_tokens = config.max_num_batched_tokens
+        self.telemetry = EngineTelemetry()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ferrum-embed")
+        self._queue: deque[_Queued] = deque()
+        self._drainer: asyncio.Task | None = None
+        self._running = 0
+        self._closed = False
+        self._last_error: str | None = None
+        self._last_heartbeat = utc_now()
+
+    # -- embeddings -------------------------------------------------------------------------
+    def embedding_dim(self) -> int:
+        return self.artifact.config.hidden_size
+
+    async def embed_image(self, image: str) -> list[float]:
+        raise UnsupportedFeatureError(
+            f"{self.model_id} is a text embedding model: this model has no image tower", param="input", status=400
+        )
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids the model sees for ``text``: [CLS] pieces [SEP], at most ``max_length``."""
+        return self.tokenizer.encode(text).ids
+
+    async def embed_text(self, text: str) -> list[float]:
+        if self._closed:
+            raise EngineShutdownError("the engine is shut down")
+        if not isinstance(text, str):
+            raise InvalidRequestError("input must be a string", param="input")
+        if len(self._queue) >= self._config.max_queue_size:
+            self.telemetry.on_rejected()
+            raise OverloadedError(f"{len(self._queue)} texts are already queued; retry later")
+        start = time.perf_counter()
+        ids = self.tokenize(text)
+        self.telemetry.add_phase_time("tokenization", time.perf_counter() - start)
+        rid = uuid.uuid4().hex
+        self.telemetry.on_arrival(rid)
+        loop = asyncio.get_running_loop()
+        item = _Queued(rid, ids, loop.create_future())
+        self._queue.append(item)
+        if self._drainer is None or self._drainer.done():
+            self._drainer = loop.create_task(self._drain())
+        status, error = "cancelled", None
+        try:
+            vector = await item.future
+            status = "completed"
+            return vector
+        except Exception as exc:
+            status, error = "failed", exc
+            raise
+        finally:
+            self.telemetry.on_finish(rid, status, len(ids), 0, len(text), error)
+
+    def _next_batch(self) -> list[_Queued]:
+        """Queued texts in arrival order, within the batch and padded-token limits (at least one)."""
+        batch: list[_Queued] = []
+        longest = 0
+        while self._queue and len(batch) < self.max_batch:
+            item = self._queue[0]
+            if item.future.done():  # its caller was cancelled while it waited
+                self._queue.popleft()
+                continue
+            width = max(longest, len(item.ids))
+            if batch and width * (len(batch) + 1) > self.max_batch_tokens:
+                break
+            batch.append(self._queue.popleft())
+            longest = width
+        return batch
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            batch = self._next_batch()
+            if not batch:
+                continue
+            for item in batch:
+                self.telemetry.on_admitted(item.rid)
+            self._running = len(batch)
+            start = time.perf_counter()
+            try:
+                vectors = await loop.run_in_executor(self._executor, self.runner.embed, [b.ids for b in batch])
+            except Exception as exc:
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            finally:
+                self._running = 0
+                seconds = time.perf_counter() - start
+                self.telemetry.add_phase_time("model_execution", seconds)
+            self._last_error = None
+            self._last_heartbeat = utc_now()
+            tokens = len(batch) * max(len(b.ids) for b in batch)
+            self.telemetry.on_step(len(batch), tokens, seconds, self.max_batch)
+            for item, vector in zip(batch, vectors):
+                self.telemetry.on_tokens(item.rid, len(item.ids))
+                if not item.future.done():
+                    item.future.set_result(vector.tolist())
+
+    # -- lifecycle / status -----------------------------------------------------------------
+    def config(self) -> EngineConfig:
+        return self._config
+
+    async def shutdown(self) -> None:
+        """Refuse new texts, finish the queued ones, then stop the worker thread."""
+        self._closed = True
+        if self._drainer is not None and not self._drainer.done():
+            await self._drainer
+        self._executor.shutdown(wait=True)
+
+    async def status(self) -> EngineStatus:
+        on_gpu = self.runner.device_kind == "cuda"
+        return EngineStatus(
+            is_ready=not self._closed,
+            loaded_models=[self.model_id],
+            active_requests=self._running,
+            queued_requests=len(self._queue),
+            memory_usage=self.telemetry.memory_usage(0, self.artifact.weight_bytes if on_gpu else None),
+            uptime_seconds=int(self.telemetry.uptime),
+            last_heartbeat=self._last_heartbeat,
+            version=ferrum.__version__,
+        )
+
+    def metrics(self) -> EngineMetrics:
+        return self.telemetry.engine_metrics(len(self._queue))
+
+    async def health_check(self) -> HealthStatus:
+        model = ComponentHealth.healthy("model", weight_bytes=float(self.artifact.weight_bytes))
+        if self._last_error:
+            model = ComponentHealth(HealthStatusType.Warning, f"last batch failed: {self._last_error}")
+        scheduler = ComponentHealth.healthy(
+            "scheduler", waiting=float(len(self._queue)), running=float(self._running)
+        )
+        if self._closed:
+            scheduler = ComponentHealth(HealthStatusType.Unhealthy, "engine is shut down")
+        return HealthStatus.from_components(
+            ComponentStatus(
+                scheduler=scheduler,
+                model_executor=model,
+                tokenizer=ComponentHealth.healthy("tokenizer", max_length=float(self.max_length)),
+                kv_cache=ComponentHealth(HealthStatusType.Healthy, "no KV cache: encoder-only model"),
+                memory_manager=ComponentHealth.healthy("memory"),
+                backend=ComponentHealth.healthy(f"tvm {self.runner.device_kind}"),
+            )
+        )

@@ -1,0 +1,179 @@
+"""all-MiniLM-L6-v2 through compile → artifact → runtime, checked against a numpy float64 BERT."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from ferrum.errors import EngineShutdownError, InvalidRequestError, ModelSourceError, UnsupportedFeatureError
+from ferrum.manifest import Manifest
+from ferrum.serde import to_json
+from ferrum.types import EngineConfig
+
+SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The new movie is awesome.",
+    "The new movie is so great!",
+    "The stock market fell sharply on Tuesday after the central bank raised interest rates.",
+    "Quantum entanglement links the states of two particles.",
+    "a",
+    "",
+]
+
+
+@pytest.fixture(scope="session")
+def minilm_folder():
+    from compile.sources import packaged_model_path
+
+    return packaged_model_path("all-minilm-l6-v2")
+
+
+@pytest.fixture(scope="session")
+def minilm_artifact():
+    from compile.compile_model import compile_model
+
+    return compile_model("all-minilm-l6-v2", "llvm", "q0f32", output_root=ROOT / "artifacts", skip_existing=True)
+
+
+@pytest.fixture(scope="session")
+def reference(minilm_folder):
+    from reference_bert import ReferenceBert
+
+    return ReferenceBert(minilm_folder)
+
+
+@pytest.fixture
+def engine(minilm_artifact):
+    from runtime.embedding_engine import EmbeddingEngine
+
+    return EmbeddingEngine(EngineConfig(artifact_path=str(minilm_artifact), max_num_seqs=64))
+
+
+def embed_all(engine, texts: list[str]) -> np.ndarray:
+    async def run():
+        return await asyncio.gather(*(engine.embed_text(t) for t in texts))
+
+    return np.array(asyncio.run(run()))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_manifest_describes_the_embedding_model(minilm_artifact):
+    m = Manifest.load(minilm_artifact)
+    assert (m.modality, m.architecture, m.functions) == ("embedding", "bert", ["embed"])
+    assert m.model["hidden_size"] == 384 and m.model["max_length"] == 256
+    assert m.extra["pooling"] == "mean" and m.extra["normalize"] is True
+    assert m.extra["inputs"]["tensors"] == ["input_ids", "token_type_ids", "attention_mask"]
+    assert m.source["name"] == "all-minilm-l6-v2" and m.quantization["name"] == "q0f32"
+
+
+def test_batched_embeddings_match_numpy_reference(engine, reference):
+    vectors = embed_all(engine, SENTENCES)
+    assert vectors.shape == (len(SENTENCES), engine.embedding_dim()) == (len(SENTENCES), 384)
+    # every text went into one padded batch: the mask must make padding invisible
+    assert engine.telemetry.steps_total == 1
+    for text, vector in zip(SENTENCES, vectors):
+        expected = reference.embed(engine.tokenize(text))
+        assert cosine(vector, expected) >= 0.9999, text
+        assert abs(np.linalg.norm(vector) - 1.0) < 1e-5
+
+
+def test_similar_sentences_score_higher_than_unrelated(engine):
+    food, bread, movie, great, stocks, quantum, *_ = embed_all(engine, SENTENCES)
+    assert food @ bread > max(food @ movie, food @ stocks, food @ quantum) + 0.3
+    assert movie @ great > max(movie @ food, movie @ stocks, movie @ quantum) + 0.3
+
+
+def test_batching_does_not_change_a_vector(engine):
+    alone = embed_all(engine, [SENTENCES[4]])[0]
+    together = embed_all(engine, SENTENCES)[4]
+    np.testing.assert_allclose(alone, together, atol=2e-6)
+
+
+def test_long_text_is_truncated_to_max_length(engine, reference):
+    long_text = " ".join(f"word{i} is here" for i in range(300))
+    ids = engine.tokenize(long_text)
+    assert len(ids) == 256 and ids[0] == 101 and ids[-1] == 102
+    vector = embed_all(engine, [long_text])[0]
+    assert cosine(vector, reference.embed(ids)) >= 0.9999
+    # words beyond the limit do not change the vector
+    assert np.allclose(vector, embed_all(engine, [long_text + " completely different ending"])[0], atol=1e-6)
+
+
+def test_batches_respect_the_padded_token_limit(minilm_artifact):
+    from runtime.embedding_engine import EmbeddingEngine
+
+    engine = EmbeddingEngine(EngineConfig(artifact_path=str(minilm_artifact), max_num_seqs=4,
+                                          max_num_batched_tokens=64))
+    vectors = embed_all(engine, SENTENCES * 2)
+    assert len(vectors) == 16
+    batching = engine.telemetry.batching_metrics()
+    assert batching.batches_created >= 4 and batching.avg_batch_size <= 4
+    np.testing.assert_allclose(vectors[:8], vectors[8:], atol=2e-6)
+
+
+def test_image_input_is_a_400(engine):
+    with pytest.raises(UnsupportedFeatureError, match="no image tower") as err:
+        asyncio.run(engine.embed_image("cat.png"))
+    assert err.value.status == 400
+
+
+def test_non_string_input_is_rejected(engine):
+    with pytest.raises(InvalidRequestError) as err:
+        asyncio.run(engine.embed_text(["not", "a", "string"]))
+    assert err.value.status == 400
+
+
+def test_status_metrics_health_and_shutdown(engine):
+    embed_all(engine, SENTENCES[:3])
+
+    async def lifecycle():
+        status, health = await engine.status(), await engine.health_check()
+        metrics = engine.metrics()
+        await engine.shutdown()
+        return status, health, metrics, await engine.health_check()
+
+    status, health, metrics, after = asyncio.run(lifecycle())
+    assert status.is_ready and status.loaded_models == ["all-minilm-l6-v2-q0f32-llvm"]
+    assert status.queued_requests == 0 and status.memory_usage.used_bytes > 0
+    assert metrics.total_requests == metrics.successful_requests == 3
+    assert metrics.tokens_per_second > 0 and metrics.performance_breakdown.model_execution_time_ms > 0
+    assert health.status.value == "Healthy" and after.status.value == "Unhealthy"
+    json.dumps(to_json(metrics))
+    with pytest.raises(EngineShutdownError):
+        asyncio.run(engine.embed_text("late"))
+
+
+def test_serve_picks_the_engine_from_the_manifest(minilm_artifact):
+    from runtime.embedding_engine import EmbeddingEngine
+    from runtime.engines import open_engine
+
+    assert isinstance(open_engine(EngineConfig(artifact_path=str(minilm_artifact))), EmbeddingEngine)
+
+
+def test_q4f16_is_refused(tmp_path):
+    from compile.compile_model import compile_model
+
+    with pytest.raises(ModelSourceError, match="q4f16 is not available for bert"):
+        compile_model("all-minilm-l6-v2", "llvm", "q4f16", output_root=tmp_path)
+
+
+def test_unsupported_pooling_is_refused(minilm_folder, tmp_path):
+    from compile.sources import open_source
+
+    folder = tmp_path / "cls-pooled"
+    shutil.copytree(minilm_folder, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    (folder / "model.safetensors").symlink_to(minilm_folder / "model.safetensors")
+    pooling = folder / "1_Pooling" / "config.json"
+    cfg = json.loads(pooling.read_text())
+    pooling.write_text(json.dumps({**cfg, "pooling_mode_mean_tokens": False, "pooling_mode_cls_token": True}))
+    with pytest.raises(ModelSourceError, match="pooling"):
+        open_source(str(folder))
