@@ -14,7 +14,7 @@ from ferrum.types import EngineConfig
 
 # modality → "module:class" implementing the matching engine trait
 ENGINES = {
-    "llm": "runtime.sequential_engine:SequentialEngine",
+    "llm": "runtime.batch_engine:ContinuousBatchEngine",
     "embedding": "runtime.embedding_engine:EmbeddingEngine",
 }
 

@@ -129,14 +129,17 @@ class ModelRunner:
         self._end(self.cache)
         return logits.numpy().reshape(b, -1)
 
-    def verify(self, seq_id: int, tokens: Sequence[int]) -> np.ndarray:
-        """Append ``tokens`` to one sequence; return logits after every one of them (n, vocab)."""
-        n = len(tokens)
-        embeds = self._embed_tokens(np.asarray(tokens, dtype=np.int32))._create_view((1, n, self.config.hidden_size))
-        self._begin(self.cache, ShapeTuple([seq_id]), ShapeTuple([n]))
+    def verify(self, seq_ids: Sequence[int], chunks: Sequence[Sequence[int]]) -> np.ndarray:
+        """Like ``prefill``, but return logits after every appended token: (total tokens, vocab),
+        chunks concatenated in order. Speculative decoding checks draft tokens with it."""
+        lengths = [len(c) for c in chunks]
+        total = sum(lengths)
+        tokens = np.concatenate([np.asarray(c, dtype=np.int32) for c in chunks])
+        embeds = self._embed_tokens(tokens)._create_view((1, total, self.config.hidden_size))
+        self._begin(self.cache, ShapeTuple(list(seq_ids)), ShapeTuple(lengths))
         logits, self.cache = self._verify(embeds, self.cache, self.params)
         self._end(self.cache)
-        return logits.numpy().reshape(n, -1)
+        return logits.numpy().reshape(total, -1)
 
     def kv_bytes_per_token(self) -> int:
         return self.config.kv_bytes_per_token(np.dtype(self.artifact.model_dtype).itemsize)

@@ -26,7 +26,7 @@ def all_logits(artifact_path, tokens: list[int]) -> np.ndarray:
     runner = ModelRunner(LlmArtifact.open(artifact_path))
     runner.create_kv_cache(KVCacheConfig(2, 1024, 256, 16))
     runner.add_sequence(0)
-    return runner.verify(0, tokens)
+    return runner.verify([0], [tokens])
 
 
 def assert_matches(compiled: np.ndarray, expected: np.ndarray, bound: float) -> None:
