@@ -10,7 +10,7 @@ scores so padding is never attended to, and weights the mean pooling so padding 
 padded rows therefore give the same vector as the sequence run alone. Then the vector is L2
 normalized when the model's sentence-transformers pipeline says so.
 
-Precision: linear layers and the attention products accumulate in float32 (``layers.linear``);
+Precision: linear layers and the attention products accumulate in float32;
 LayerNorm, softmax, pooling and normalization run in float32 whatever the model dtype, so a
 float16 build only rounds the stored weights and the activations between layers.
 """
@@ -21,7 +21,7 @@ from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op, spec
 
-from compile.model.layers import linear
+from compile.model.layers import LINEAR_BLOCK
 from ferrum.embedding_config import BertConfig
 from ferrum.quantization import QuantSpec
 
@@ -42,16 +42,43 @@ class LayerNorm(nn.Module):
         return y if self.dtype == "float32" else y.astype(self.dtype)
 
 
-class Dense(nn.Module):
-    """``x @ W.T + b`` with W in its stored (out, in) layout (the CPU-scheduled ``linear``)."""
+def _dense(x: Tensor, weight: Tensor, bias: Tensor, gelu: bool) -> Tensor:
+    """``x @ W.T + b`` (then exact GELU) as ONE TensorIR function: the float32 product block is
+    named ``LINEAR_BLOCK`` for the CPU schedule, and bias, activation and cast are a single
+    epilogue block it computes right after each tile. (Relax's own GELU fused behind the linear
+    is several blocks that the schedule cannot all place per tile, which made it ~30x slower.)"""
+    n_out, n_in = (int(d) for d in weight.shape)
+    dtype = weight.dtype
 
-    def __init__(self, in_features: int, out_features: int, q: QuantSpec):
-        self.q = q
+    def fused(x: te.Tensor, w: te.Tensor, b: te.Tensor) -> te.Tensor:
+        k = te.reduce_axis((0, n_in), name="k")
+        acc = te.compute(
+            (*x.shape[:-1], n_out),
+            lambda *i: te.sum(x[(*i[:-1], k)].astype("float32") * w[i[-1], k].astype("float32"), axis=k),
+            name=LINEAR_BLOCK,
+        )
+
+        def epilogue(*i):
+            y = acc[i] + b[i[-1]].astype("float32")
+            if gelu:  # BERT's "gelu": 0.5 x (1 + erf(x / sqrt 2))
+                y = 0.5 * y * (1.0 + tirx.erf(y * 0.7071067811865476))
+            return y.astype(dtype)
+
+        return te.compute(acc.shape, epilogue, name="bias_act")
+
+    return op.tensor_expr_op(fused, "dense_gelu" if gelu else "dense", [x, weight, bias])
+
+
+class Dense(nn.Module):
+    """``x @ W.T + b`` (optionally followed by GELU) with W in its stored (out, in) layout."""
+
+    def __init__(self, in_features: int, out_features: int, q: QuantSpec, gelu: bool = False):
+        self.gelu = gelu
         self.weight = nn.Parameter((out_features, in_features), q.model_dtype)
         self.bias = nn.Parameter((out_features,), q.model_dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear(x, [self.weight], self.q, self.q.model_dtype) + self.bias
+        return _dense(x, self.weight, self.bias, self.gelu)
 
 
 class BertEmbeddings(nn.Module):
@@ -118,15 +145,14 @@ class BertLayer(nn.Module):
     def __init__(self, cfg: BertConfig, q: QuantSpec):
         self.attention = BertAttention(cfg, q)
         self.intermediate = nn.Module()
-        self.intermediate.dense = Dense(cfg.hidden_size, cfg.intermediate_size, q)
+        self.intermediate.dense = Dense(cfg.hidden_size, cfg.intermediate_size, q, gelu=True)
         self.output = nn.Module()
         self.output.dense = Dense(cfg.intermediate_size, cfg.hidden_size, q)
         self.output.LayerNorm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, q.model_dtype)
 
     def forward(self, x: Tensor, bias: Tensor) -> Tensor:
         x = self.attention(x, bias)
-        h = op.gelu(self.intermediate.dense(x))  # exact (erf) GELU, BERT's "gelu"
-        return self.output.LayerNorm(self.output.dense(h) + x)
+        return self.output.LayerNorm(self.output.dense(self.intermediate.dense(x)) + x)
 
 
 def _pool(hidden: Tensor, mask: Tensor, normalize: bool) -> Tensor:
