@@ -1,11 +1,12 @@
 """Sentence-embedding engine: concurrent ``embed_text`` calls are batched into one model call.
 
-Each call tokenizes its text (truncated to the model's ``max_length`` tokens, see below) and
-queues it. One drain task per engine takes queued texts in arrival order into a batch — up to
-``max_num_seqs`` texts, and no more than ``max_num_batched_tokens`` padded tokens unless a single
-text alone needs more — runs it on one worker thread (TVM is only touched from that thread, the
-event loop stays free), resolves every waiting call with its vector, and repeats while texts are
-queued. Texts that arrive while a batch runs therefore form the next batch together.
+Each call (``embed_text`` for one text, ``embed_texts`` for a list) tokenizes its texts
+(truncated to the model's ``max_length`` tokens, see below) and queues them. One drain task per
+engine takes queued texts in arrival order into a batch — up to ``max_num_seqs`` texts, and no
+more than ``max_num_batched_tokens`` padded tokens unless a single text alone needs more — runs
+it on one worker thread (TVM is only touched from that thread, the event loop stays free),
+resolves every waiting call with its vector, and repeats while texts are queued. Texts that
+arrive while a batch runs therefore form the next batch together.
 
 Truncation: a text longer than the model's ``max_length`` tokens (``max_seq_length`` of its
 sentence-transformers config, 256 for all-MiniLM-L6-v2) keeps its first ``max_length - 2``
@@ -85,33 +86,53 @@ class EmbeddingEngine(EmbedEngine):
         return self.tokenizer.encode(text).ids
 
     async def embed_text(self, text: str) -> list[float]:
+        return (await self.embed_texts([text]))[0]
+
+    async def embed_texts(self, texts: list[str]) -> list[list[float]]:
+        """Embed a list of texts (``/v1/embeddings`` with a list input), vectors in input order.
+
+        The texts join the queue together, so they share model calls with each other and with
+        whatever else is queued; the call is all or nothing: a bad entry rejects the whole list
+        before anything runs, and a failed model call fails the list."""
         if self._closed:
             raise EngineShutdownError("the engine is shut down")
-        if not isinstance(text, str):
-            raise InvalidRequestError("input must be a string", param="input")
-        if len(self._queue) >= self._config.max_queue_size:
+        if not isinstance(texts, (list, tuple)) or not texts:
+            raise InvalidRequestError("input must be a non-empty list of strings", param="input")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidRequestError(f"input[{i}] must be a string, not {type(text).__name__}", param="input")
+        if len(self._queue) + len(texts) > self._config.max_queue_size:
             self.telemetry.on_rejected()
-            raise OverloadedError(f"{len(self._queue)} texts are already queued; retry later")
+            raise OverloadedError(
+                f"{len(self._queue)} texts are already queued and {len(texts)} more do not fit; retry later"
+            )
         start = time.perf_counter()
-        ids = self.tokenize(text)
+        encoded = [self.tokenize(t) for t in texts]
         self.telemetry.add_phase_time("tokenization", time.perf_counter() - start)
-        rid = uuid.uuid4().hex
-        self.telemetry.on_arrival(rid)
         loop = asyncio.get_running_loop()
-        item = _Queued(rid, ids, loop.create_future())
-        self._queue.append(item)
+        items = [_Queued(uuid.uuid4().hex, ids, loop.create_future()) for ids in encoded]
+        for item in items:
+            self.telemetry.on_arrival(item.rid)
+        self._queue.extend(items)
         if self._drainer is None or self._drainer.done():
             self._drainer = loop.create_task(self._drain())
-        status, error = "cancelled", None
         try:
-            vector = await item.future
-            status = "completed"
-            return vector
-        except Exception as exc:
-            status, error = "failed", exc
-            raise
+            return await asyncio.gather(*(item.future for item in items))
         finally:
-            self.telemetry.on_finish(rid, status, len(ids), 0, len(text), error)
+            for item, text in zip(items, texts):
+                self._finish(item, text)
+
+    def _finish(self, item: _Queued, text: str) -> None:
+        """Record one text's outcome; a text still queued is cancelled (the drain skips it)."""
+        if not item.future.done():
+            item.future.cancel()
+        if item.future.cancelled():
+            status, error = "cancelled", None
+        elif item.future.exception() is not None:
+            status, error = "failed", item.future.exception()
+        else:
+            status, error = "completed", None
+        self.telemetry.on_finish(item.rid, status, len(item.ids), 0, len(text), error)
 
     def _next_batch(self) -> list[_Queued]:
         """Queued texts in arrival order, within the batch and padded-token limits (at least one)."""

@@ -5,12 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import ROOT
-from ferrum.errors import EngineShutdownError, InvalidRequestError, ModelSourceError, UnsupportedFeatureError
+from ferrum.engine import EmbedEngine
+from ferrum.errors import (
+    EngineShutdownError,
+    InvalidRequestError,
+    ModelSourceError,
+    OverloadedError,
+    UnsupportedFeatureError,
+)
 from ferrum.manifest import Manifest
 from ferrum.serde import to_json
 from ferrum.types import EngineConfig
@@ -70,6 +78,7 @@ def test_manifest_describes_the_embedding_model(minilm_artifact):
     m = Manifest.load(minilm_artifact)
     assert (m.modality, m.architecture, m.functions) == ("embedding", "bert", ["embed"])
     assert m.model["hidden_size"] == 384 and m.model["max_length"] == 256
+    assert (m.extra["embedding_dim"], m.extra["max_length"]) == (384, 256)
     assert m.extra["pooling"] == "mean" and m.extra["normalize"] is True
     assert m.extra["inputs"]["tensors"] == ["input_ids", "token_type_ids", "attention_mask"]
     assert m.source["name"] == "all-minilm-l6-v2" and m.quantization["name"] == "q0f32"
@@ -92,10 +101,53 @@ def test_similar_sentences_score_higher_than_unrelated(engine):
     assert movie @ great > max(movie @ food, movie @ stocks, movie @ quantum) + 0.3
 
 
-def test_batching_does_not_change_a_vector(engine):
-    alone = embed_all(engine, [SENTENCES[4]])[0]
-    together = embed_all(engine, SENTENCES)[4]
-    np.testing.assert_allclose(alone, together, atol=2e-6)
+def test_concurrent_requests_equal_each_alone(engine):
+    together = embed_all(engine, SENTENCES)
+    assert engine.telemetry.steps_total == 1
+    for text, vector in zip(SENTENCES, together):
+        np.testing.assert_allclose(embed_all(engine, [text])[0], vector, atol=2e-6, err_msg=text)
+    assert engine.telemetry.steps_total == 1 + len(SENTENCES)
+
+
+def test_embed_texts_returns_vectors_in_input_order(engine, reference):
+    texts = SENTENCES[::-1]
+    vectors = np.array(asyncio.run(engine.embed_texts(texts)))
+    assert vectors.shape == (len(texts), 384) and engine.telemetry.steps_total == 1
+    for text, vector in zip(texts, vectors):
+        assert cosine(vector, reference.embed(engine.tokenize(text))) >= 0.9999, text
+    np.testing.assert_allclose(vectors, embed_all(engine, texts), atol=2e-6)
+
+
+def test_embed_texts_and_embed_text_share_batches(engine):
+    async def run():
+        return await asyncio.gather(engine.embed_texts(SENTENCES[:4]), engine.embed_text(SENTENCES[4]),
+                                    engine.embed_texts(SENTENCES[5:]))
+
+    first, single, rest = asyncio.run(run())
+    assert engine.telemetry.steps_total == 1
+    np.testing.assert_allclose(np.array([*first, single, *rest]), embed_all(engine, SENTENCES), atol=2e-6)
+
+
+@pytest.mark.parametrize("bad", [[], ["fine", 3], "not a list", [None]])
+def test_embed_texts_rejects_bad_input_before_running(engine, bad):
+    with pytest.raises(InvalidRequestError) as err:
+        asyncio.run(engine.embed_texts(bad))
+    assert err.value.status == 400 and err.value.param == "input"
+    assert engine.telemetry.steps_total == 0
+
+
+def test_full_queue_is_a_429(minilm_artifact):
+    from runtime.embedding_engine import EmbeddingEngine
+
+    engine = EmbeddingEngine(EngineConfig(artifact_path=str(minilm_artifact), max_queue_size=4))
+    with pytest.raises(OverloadedError) as err:
+        asyncio.run(engine.embed_texts(SENTENCES[:5]))
+    assert err.value.status == 429 and engine.telemetry.steps_total == 0
+    assert len(asyncio.run(engine.embed_texts(SENTENCES[:4]))) == 4
+
+
+def test_engine_implements_embed_engine(engine):
+    assert isinstance(engine, EmbedEngine) and engine.embedding_dim() == 384
 
 
 def test_long_text_is_truncated_to_max_length(engine, reference):
@@ -177,3 +229,15 @@ def test_unsupported_pooling_is_refused(minilm_folder, tmp_path):
     pooling.write_text(json.dumps({**cfg, "pooling_mode_mean_tokens": False, "pooling_mode_cls_token": True}))
     with pytest.raises(ModelSourceError, match="pooling"):
         open_source(str(folder))
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None and not list(Path("/usr/local").glob("cuda*/bin/nvcc")),
+                    reason="the CUDA build needs nvcc")
+def test_cuda_build_compiles(tmp_path):
+    """Compile only (no GPU here): the encoder lowers for sm_90a and nvcc builds its kernels."""
+    from compile.compile_model import compile_model
+
+    folder = Path(compile_model("all-minilm-l6-v2", "cuda", None, output_root=tmp_path, arch="sm_90a"))
+    m = Manifest.load(folder)
+    assert (m.modality, m.target.kind, m.target.arch, m.quantization["name"]) == ("embedding", "cuda", "sm_90a", "q0f16")
+    assert m.kernels and all((folder / rel).is_file() for rel in m.kernels.values())

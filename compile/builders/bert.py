@@ -2,8 +2,9 @@
 
 Writes the library (one ``embed`` function, dynamic batch and length), the weights as a TVM
 tensor cache in the order the compiled function takes them, and ``tokenizer.json``. The
-manifest's ``extra`` carries what the runtime needs to feed the function: the input spec, the
-pooling it applies and the parameter names.
+manifest's ``extra`` carries what the runtime needs to feed the function and what a client sees:
+the input spec, the embedding size, the longest input (``max_length`` tokens, longer ones are
+truncated), the pooling and normalization the function applies, and the parameter names.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def build_bert(
                 "max_length": cfg.max_length,
             },
             "output": {"dtype": "float32", "shape": ["batch", cfg.hidden_size]},
+            "embedding_dim": cfg.hidden_size,
+            "max_length": cfg.max_length,
             "pooling": cfg.pooling,
             "normalize": cfg.normalize,
         },
