@@ -241,3 +241,19 @@ def test_cuda_build_compiles(tmp_path):
     m = Manifest.load(folder)
     assert (m.modality, m.target.kind, m.target.arch, m.quantization["name"]) == ("embedding", "cuda", "sm_90a", "q0f16")
     assert m.kernels and all((folder / rel).is_file() for rel in m.kernels.values())
+
+
+def test_cpu_calls_group_texts_by_length_without_changing_vectors(engine):
+    """A batch over ``call_tokens`` runs as several length-sorted model calls; vectors stay in
+    input order and equal one padded call over the whole batch."""
+    engine.call_tokens = 32
+    calls = []
+    embed = engine.runner.embed
+    engine.runner.embed = lambda seqs: calls.append([len(s) for s in seqs]) or embed(seqs)
+    texts = SENTENCES * 2
+    vectors = np.array(asyncio.run(engine.embed_texts(texts)))
+    assert engine.telemetry.steps_total == 1 and len(calls) > 2
+    assert all(max(c) * len(c) <= 32 or len(c) == 1 for c in calls)
+    flat = [n for c in calls for n in c]
+    assert flat == sorted(flat) and len(flat) == len(texts)
+    np.testing.assert_allclose(vectors, embed([engine.tokenize(t) for t in texts]), atol=2e-6)
