@@ -112,6 +112,11 @@ class EmbeddingEngine(EmbedEngine):
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InvalidRequestError(f"input[{i}] must be a string, not {type(text).__name__}", param="input")
+        if len(texts) > self._config.max_queue_size:  # could never fit: retrying would not help
+            raise InvalidRequestError(
+                f"{len(texts)} texts in one request; this engine takes at most {self._config.max_queue_size}",
+                param="input",
+            )
         if len(self._queue) + len(texts) > self._config.max_queue_size:
             self.telemetry.on_rejected()
             raise OverloadedError(

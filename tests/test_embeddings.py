@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -140,10 +143,20 @@ def test_full_queue_is_a_429(minilm_artifact):
     from runtime.embedding_engine import EmbeddingEngine
 
     engine = EmbeddingEngine(EngineConfig(artifact_path=str(minilm_artifact), max_queue_size=4))
-    with pytest.raises(OverloadedError) as err:
-        asyncio.run(engine.embed_texts(SENTENCES[:5]))
-    assert err.value.status == 429 and engine.telemetry.steps_total == 0
+
+    async def crowded():
+        first = asyncio.ensure_future(engine.embed_texts(SENTENCES[:3]))
+        await asyncio.sleep(0)  # the first three are queued; the drain has not taken them yet
+        with pytest.raises(OverloadedError) as err:
+            await engine.embed_texts(SENTENCES[3:5])
+        return err.value, await first
+
+    error, first = asyncio.run(crowded())
+    assert error.status == 429 and len(first) == 3
     assert len(asyncio.run(engine.embed_texts(SENTENCES[:4]))) == 4
+    with pytest.raises(InvalidRequestError, match="at most 4") as err:  # could never fit: a 400, not a 429
+        asyncio.run(engine.embed_texts(SENTENCES[:5]))
+    assert err.value.status == 400
 
 
 def test_engine_implements_embed_engine(engine):
@@ -257,3 +270,27 @@ def test_cpu_calls_group_texts_by_length_without_changing_vectors(engine):
     flat = [n for c in calls for n in c]
     assert flat == sorted(flat) and len(flat) == len(texts)
     np.testing.assert_allclose(vectors, embed([engine.tokenize(t) for t in texts]), atol=2e-6)
+
+
+RUNTIME_ONLY_SCRIPT = r"""
+import asyncio, json, sys
+import tvm
+from ferrum.types import EngineConfig
+from runtime.engines import open_engine
+
+engine = open_engine(EngineConfig(artifact_path=sys.argv[1]))
+vectors = asyncio.run(engine.embed_texts(sys.argv[2:]))
+print(json.dumps({"runtime_only": tvm.base._RUNTIME_ONLY, "vectors": vectors,
+                  "loaded": sorted(m for m in sys.modules if m.startswith(("tvm.relax", "tvm.s_tir", "compile")))}))
+"""
+
+
+def test_engine_runs_on_the_tvm_runtime_alone(minilm_artifact, engine):
+    """``TVM_USE_RUNTIME_LIB=1``: no compiler library, no compiler module, same vectors."""
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", RUNTIME_ONLY_SCRIPT, str(minilm_artifact), *SENTENCES[:3]],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["runtime_only"] is True and report["loaded"] == []
+    np.testing.assert_allclose(np.array(report["vectors"]), embed_all(engine, SENTENCES[:3]), atol=2e-6)
