@@ -478,6 +478,8 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
         self.draft_tokens["proposed"] += state.drafted
         self.draft_tokens["accepted"] += state.accepted
         self._apply(self.scheduler.take_ops())  # the pages are free in TVM before the stream ends
+        with self._lock:  # before the final event, so a caller that saw it finds the engine idle
+            self._in_flight -= 1
         if status == "cancelled":
             for output in state.outputs:
                 if not output.finished:
@@ -488,8 +490,6 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
         outputs = state.outputs
         self.telemetry.on_finish(state.rid, status, len(state.prompt_ids), sum(len(o.tokens) for o in outputs),
                                  sum(len(o.text) for o in outputs), error)
-        with self._lock:
-            self._in_flight -= 1
 
     def _reject_unfittable(self) -> None:
         """Nothing could run: the head of the queue needs more KV pages than the whole cache has."""

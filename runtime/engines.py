@@ -17,6 +17,7 @@ ENGINES = {
     "llm": "runtime.batch_engine:ContinuousBatchEngine",
     "transcription": "runtime.whisper_engine:WhisperEngine",
     "tts": "runtime.tts_engine:PiperTtsEngine",
+    "embedding": "runtime.embedding_engine:EmbeddingEngine",
 }
 
 

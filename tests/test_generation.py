@@ -105,4 +105,7 @@ def test_metrics_come_from_real_requests(engine):
     assert metrics.avg_request_latency_ms > 0 and metrics.performance_breakdown.model_execution_time_ms > 0
     assert engine.telemetry.latency_metrics().avg_ttft_ms > 0
     health = run(engine.health_check())
-    assert health.component_status.kv_cache.metrics["free_pages"] == health.component_status.kv_cache.metrics["total_pages"]
+    kv, pages = health.component_status.kv_cache.metrics, engine.scheduler.pages
+    # nothing runs: the only pages in use hold prefix-cache entries
+    assert engine.scheduler.num_running == 0 and len(pages.sequences()) == len(engine.scheduler.prefix_cache)
+    assert kv["free_pages"] == kv["total_pages"] - pages.used_pages == engine.runner.available_pages()

