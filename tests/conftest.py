@@ -33,6 +33,28 @@ def smollm2_artifact() -> Path:
     return compile_model(None, "llvm", "q0f32", output_root=ROOT / "artifacts", skip_existing=True)
 
 
+def _compiled(model: str) -> Path:
+    """A model compiled for this CPU (reused from artifacts/ when intact)."""
+    from compile.compile_model import compile_model
+
+    return compile_model(model, "llvm", "q0f32", output_root=ROOT / "artifacts", skip_existing=True)
+
+
+@pytest.fixture(scope="session")
+def whisper_artifact() -> Path:
+    return _compiled("whisper-base")
+
+
+@pytest.fixture(scope="session")
+def piper_artifact() -> Path:
+    return _compiled("piper-joe")
+
+
+@pytest.fixture(scope="session")
+def minilm_artifact() -> Path:
+    return _compiled("all-minilm-l6-v2")
+
+
 @pytest.fixture(scope="session")
 def smollm2_reference(smollm2_gguf):
     import reference_llama

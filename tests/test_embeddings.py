@@ -46,13 +46,6 @@ def minilm_folder():
 
 
 @pytest.fixture(scope="session")
-def minilm_artifact():
-    from compile.compile_model import compile_model
-
-    return compile_model("all-minilm-l6-v2", "llvm", "q0f32", output_root=ROOT / "artifacts", skip_existing=True)
-
-
-@pytest.fixture(scope="session")
 def reference(minilm_folder):
     from reference_bert import ReferenceBert
 

@@ -26,13 +26,6 @@ from speech import SENTENCES, espeak_available, read_wav_int16, speak, upsample_
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (apt-get install espeak-ng)")
 
 
-@pytest.fixture(scope="session")
-def whisper_artifact() -> Path:
-    from compile.compile_model import compile_model
-
-    return compile_model("whisper-base", "llvm", "q0f32", output_root=ROOT / "artifacts", skip_existing=True)
-
-
 @pytest.fixture(scope="module")
 def engine(whisper_artifact):
     from runtime.engines import open_engine

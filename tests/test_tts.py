@@ -17,13 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 VOICE = "piper-joe"
 
 
-@pytest.fixture(scope="session")
-def piper_artifact() -> Path:
-    from compile.compile_model import compile_model
-
-    return compile_model(VOICE, "llvm", "q0f32", output_root=ROOT / "artifacts", skip_existing=True)
-
-
 @pytest.fixture(scope="module")
 def engine(piper_artifact):
     from runtime.engines import open_engine

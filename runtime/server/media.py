@@ -7,6 +7,8 @@ a 400 that says so rather than silently ignored.
 
 from __future__ import annotations
 
+import asyncio
+
 import base64
 import io
 import wave
@@ -48,9 +50,10 @@ async def embeddings(request: web.Request, models: ServedModels) -> web.Response
     if dimensions is not None and dimensions != engine.embedding_dim():
         raise _unsupported(f"this model only produces {engine.embedding_dim()}-dimensional embeddings",
                            "dimensions")
+    batch = getattr(engine, "embed_texts", None)  # one batched call when the engine has it
+    vectors = await (batch(texts) if callable(batch) else asyncio.gather(*(engine.embed_text(t) for t in texts)))
     data = []
-    for index, text in enumerate(texts):
-        vector = await engine.embed_text(text)
+    for index, vector in enumerate(vectors):
         value = (base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
                  if encoding == "base64" else [float(v) for v in vector])
         data.append({"object": "embedding", "index": index, "embedding": value})
