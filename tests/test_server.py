@@ -330,6 +330,47 @@ def test_chat_page_served_open(server):
     assert b'fetch("/v1/chat/completions"' in body and b"stream: true" in body
 
 
+def test_chat_page_streams_an_answer_in_headless_chromium(server):
+    """The page lists the models, sends a chat turn and shows the streamed answer; the browser's
+    own fetch/ReadableStream parse the SSE, so this checks what a user sees."""
+    from browser import Browser, chromium_path
+
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip("no chromium (.ci/run installs it)")
+
+    async def chat() -> dict:
+        browser = Browser(executable)
+        try:
+            ws = await browser.page()
+            await browser.call(ws, "Page.enable")
+            await browser.call(ws, "Page.navigate", url=server.url + "/")
+            for _ in range(100):
+                if await browser.evaluate(ws, "document.readyState === 'complete' && typeof loadModels === 'function'"):
+                    break
+                await asyncio.sleep(0.1)
+            await browser.evaluate(ws, f"document.getElementById('key').value = '{API_KEY}'; loadModels()")
+            models = await browser.evaluate(ws, "[...document.getElementById('model').options].map(o => o.value)")
+            await browser.evaluate(ws, "form.q.value = 'What is the capital of France?'; form.requestSubmit(); true")
+            seen = set()
+            for _ in range(600):
+                state = await browser.evaluate(ws, "({n: messages.length, text: (document.querySelector('.assistant')"
+                                                   " || {}).textContent, error: !!document.querySelector('.error')})")
+                seen.add(state["text"])
+                if state["n"] == 2 or state["error"]:
+                    break
+                await asyncio.sleep(0.1)
+            return {"models": models, "state": state, "partial_views": len(seen)}
+        finally:
+            await browser.close()
+
+    result = run(chat())
+    assert result["models"] == [server.model]
+    assert not result["state"]["error"] and result["state"]["n"] == 2
+    assert result["state"]["text"].strip()
+    assert result["partial_views"] >= 3  # empty, partial, whole: the answer appeared piece by piece
+
+
 def test_schemathesis_finds_no_server_errors(server):
     exe = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     if exe is None:
