@@ -19,22 +19,14 @@ import numpy as np
 import tvm
 from tvm.runtime.vm import VirtualMachine
 
-import ferrum
 from ferrum.engine import TtsEngine
 from ferrum.errors import ArtifactError, EngineShutdownError, InvalidRequestError, UnsupportedFeatureError
 from ferrum.manifest import Manifest, verify_files
-from ferrum.metrics import (
-    ComponentHealth,
-    ComponentStatus,
-    EngineMetrics,
-    EngineStatus,
-    HealthStatus,
-    HealthStatusType,
-)
 from ferrum.serde import utc_now
 from ferrum.types import EngineConfig, new_request_id
 from runtime.artifact import check_host, check_tvm_version, resolve_device
 from runtime.phonemizer import EspeakPhonemizer
+from runtime.serial_engine import SerialEngineMixin
 from runtime.telemetry import EngineTelemetry
 from runtime.tvm_env import register_kernels
 
@@ -43,8 +35,10 @@ MAX_SENTENCE_IDS = 2000  # attention in the text encoder is quadratic in phoneme
 _builtin = tvm.get_global_func
 
 
-class PiperTtsEngine(TtsEngine):
+class PiperTtsEngine(SerialEngineMixin, TtsEngine):
     """Serves one compiled Piper voice."""
+
+    text_front_end = "phonemizer"
 
     def __init__(self, config: EngineConfig, verify_hashes: bool = True):
         self._config = config
@@ -166,48 +160,6 @@ class PiperTtsEngine(TtsEngine):
         self.telemetry.add_phase_time("model_execution", time.monotonic() - start)
         self.telemetry.on_finish(rid, "completed", 0, 0, len(text))
         return [pcm[i : i + chunk_frames].tolist() for i in range(0, len(pcm), chunk_frames)]
-
-    # -- lifecycle ----------------------------------------------------------------------------
-    def config(self) -> EngineConfig:
-        return self._config
-
-    async def shutdown(self) -> None:
-        self._closed = True
-        async with self._lock:
-            self._executor.shutdown(wait=True)
-
-    async def status(self) -> EngineStatus:
-        return EngineStatus(
-            is_ready=not self._closed,
-            loaded_models=[self.model_id],
-            active_requests=self._running,
-            queued_requests=self._waiting,
-            memory_usage=self.telemetry.memory_usage(0),
-            uptime_seconds=int(self.telemetry.uptime),
-            last_heartbeat=self._last_heartbeat,
-            version=ferrum.__version__,
-        )
-
-    def metrics(self) -> EngineMetrics:
-        return self.telemetry.engine_metrics(self._waiting)
-
-    async def health_check(self) -> HealthStatus:
-        model = ComponentHealth.healthy("model")
-        if self._last_error:
-            model = ComponentHealth(HealthStatusType.Warning, f"last request failed: {self._last_error}")
-        scheduler = ComponentHealth.healthy("scheduler", waiting=float(self._waiting), running=float(self._running))
-        if self._closed:
-            scheduler = ComponentHealth(HealthStatusType.Unhealthy, "engine is shut down")
-        return HealthStatus.from_components(
-            ComponentStatus(
-                scheduler=scheduler,
-                model_executor=model,
-                tokenizer=ComponentHealth.healthy("phonemizer"),
-                kv_cache=ComponentHealth.healthy("kv_cache"),
-                memory_manager=ComponentHealth.healthy("memory"),
-                backend=ComponentHealth.healthy(f"tvm-{self.device_kind}"),
-            )
-        )
 
     @property
     def device_kind(self) -> str:

@@ -29,12 +29,11 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-import ferrum
 from ferrum.engine import TranscribeEngine
 from ferrum.errors import EngineShutdownError, InvalidRequestError
-from ferrum.metrics import ComponentHealth, ComponentStatus, EngineMetrics, EngineStatus, HealthStatus, HealthStatusType
 from ferrum.serde import utc_now
 from ferrum.types import EngineConfig
+from runtime.serial_engine import SerialEngineMixin
 from runtime.audio_decode import decode_audio
 from runtime.log_mel import mel_windows
 from runtime.telemetry import EngineTelemetry
@@ -48,7 +47,7 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum())
 
 
-class WhisperEngine(TranscribeEngine):
+class WhisperEngine(SerialEngineMixin, TranscribeEngine):
     """InferenceEngine + TranscribeEngine over a Whisper artifact."""
 
     def __init__(self, config: EngineConfig):
@@ -165,44 +164,6 @@ class WhisperEngine(TranscribeEngine):
             logits = self.runner.step(state, [token])
         return tokens, language
 
-    # -- lifecycle / status -----------------------------------------------------------------
-    def config(self) -> EngineConfig:
-        return self._config
-
-    async def shutdown(self) -> None:
-        self._closed = True
-        async with self._lock:
-            self._executor.shutdown(wait=True)
-
-    async def status(self) -> EngineStatus:
-        return EngineStatus(
-            is_ready=not self._closed,
-            loaded_models=[self.model_id],
-            active_requests=self._running,
-            queued_requests=self._waiting,
-            memory_usage=self.telemetry.memory_usage(0),
-            uptime_seconds=int(self.telemetry.uptime),
-            last_heartbeat=self._last_heartbeat,
-            version=ferrum.__version__,
-        )
-
-    def metrics(self) -> EngineMetrics:
-        return self.telemetry.engine_metrics(self._waiting)
-
-    async def health_check(self) -> HealthStatus:
-        model = ComponentHealth.healthy("model")
-        if self._last_error:
-            model = ComponentHealth(HealthStatusType.Warning, f"last request failed: {self._last_error}")
-        scheduler = ComponentHealth.healthy("scheduler", waiting=float(self._waiting), running=float(self._running))
-        if self._closed:
-            scheduler = ComponentHealth(HealthStatusType.Unhealthy, "engine is shut down")
-        return HealthStatus.from_components(
-            ComponentStatus(
-                scheduler=scheduler,
-                model_executor=model,
-                tokenizer=ComponentHealth.healthy("tokenizer"),
-                kv_cache=ComponentHealth.healthy("kv_cache"),
-                memory_manager=ComponentHealth.healthy("memory"),
-                backend=ComponentHealth.healthy(f"tvm {self.runner.device_kind}"),
-            )
-        )
+    @property
+    def device_kind(self) -> str:
+        return self.runner.device_kind
