@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import tvm
-from tvm.runtime.vm import VirtualMachine
 
 from ferrum.embedding_config import BertConfig
 from ferrum.errors import ArtifactError, InvalidRequestError
 from ferrum.manifest import Manifest, verify_files
 from ferrum.quantization import get_quantization
+from runtime.vm_loader import load_params, load_vm
 from runtime.artifact import check_host, check_tvm_version, resolve_device
 from runtime.tvm_env import register_kernels
 
@@ -82,22 +82,9 @@ class EmbeddingRunner:
         self.config = artifact.config
         self.device = resolve_device(artifact.manifest, device)
         self.device_kind = artifact.manifest.target.device_type
-        try:
-            self._vm = VirtualMachine(tvm.runtime.load_module(str(artifact.library_path)), self.device)
-        except Exception as exc:  # TVM raises several error types for unloadable libraries
-            raise ArtifactError(f"cannot load {artifact.library_path}: {exc}") from None
-        self.params = self._load_params()
+        self._vm = load_vm(artifact.library_path, self.device)
+        self.params = load_params(artifact.weights_path, artifact.manifest.extra["param_names"], self.device)
         self._embed = self._vm["embed"]
-
-    def _load_params(self):
-        names = self.artifact.manifest.extra["param_names"]
-        _builtin("vm.builtin.tensor_cache.load")(
-            str(self.artifact.weights_path), self.device.dlpack_device_type(), self.device.index
-        )
-        try:
-            return _builtin("vm.builtin.param_array_from_cache_by_name")(names)
-        finally:
-            _builtin("vm.builtin.tensor_cache.clear")()
 
     def embed(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
         """float32 (len(sequences), hidden): one vector per token id list (single segment, type 0)."""

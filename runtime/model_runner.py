@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 import tvm
 from tvm.runtime import ShapeTuple
-from tvm.runtime.vm import VirtualMachine
 
 from ferrum.errors import ArtifactError, InvalidRequestError
 from runtime.artifact import LlmArtifact, resolve_device
+from runtime.vm_loader import load_params, load_vm
 
 _builtin = tvm.get_global_func
 
@@ -41,10 +41,7 @@ class ModelRunner:
         self.config = artifact.config
         self.device = resolve_device(artifact.manifest, device)
         self.device_kind = artifact.manifest.target.device_type
-        try:
-            self._vm = VirtualMachine(tvm.runtime.load_module(str(artifact.library_path)), self.device)
-        except Exception as exc:  # TVM raises several error types for unloadable libraries
-            raise ArtifactError(f"cannot load {artifact.library_path}: {exc}") from None
+        self._vm = load_vm(artifact.library_path, self.device)
         self.params = params if params is not None else self._load_params()
         self._embed = self._vm["embed"]
         self._prefill = self._vm["batch_prefill"]
@@ -62,13 +59,7 @@ class ModelRunner:
         if not (self.artifact.weights_path / "tensor-cache.json").exists():
             raise ArtifactError(f"artifact {self.artifact.manifest.name} has no weights "
                                 f"({self.artifact.manifest.extra.get('weights', 'weights/ missing')})")
-        _builtin("vm.builtin.tensor_cache.load")(
-            str(self.artifact.weights_path), self.device.dlpack_device_type(), self.device.index
-        )
-        try:
-            return _builtin("vm.builtin.param_array_from_cache_by_name")(names)
-        finally:
-            _builtin("vm.builtin.tensor_cache.clear")()
+        return load_params(self.artifact.weights_path, names, self.device)
 
     # -- KV cache ---------------------------------------------------------------------------
     def create_kv_cache(self, kv: KVCacheConfig) -> None:

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import tvm
-from tvm.runtime.vm import VirtualMachine
 
 from ferrum.engine import TtsEngine
 from ferrum.errors import ArtifactError, EngineShutdownError, InvalidRequestError, UnsupportedFeatureError
 from ferrum.manifest import Manifest, verify_files
 from ferrum.serde import utc_now
 from ferrum.types import EngineConfig, new_request_id
+from runtime.vm_loader import load_params, load_vm
 from runtime.artifact import check_host, check_tvm_version, resolve_device
 from runtime.phonemizer import EspeakPhonemizer
 from runtime.serial_engine import SerialEngineMixin
@@ -57,17 +57,8 @@ class PiperTtsEngine(SerialEngineMixin, TtsEngine):
         self.front_end = front
         self.phonemizer = EspeakPhonemizer(front["espeak_voice"], front["phoneme_id_map"])
         self.device = resolve_device(manifest, config.device)
-        try:
-            self._vm = VirtualMachine(tvm.runtime.load_module(str(folder / manifest.library)), self.device)
-        except Exception as exc:  # TVM raises several error types for unloadable libraries
-            raise ArtifactError(f"cannot load {folder / manifest.library}: {exc}") from None
-        _builtin("vm.builtin.tensor_cache.load")(
-            str(folder / "weights"), self.device.dlpack_device_type(), self.device.index
-        )
-        try:
-            self._params = _builtin("vm.builtin.param_array_from_cache_by_name")(manifest.extra["param_names"])
-        finally:
-            _builtin("vm.builtin.tensor_cache.clear")()
+        self._vm = load_vm(folder / manifest.library, self.device)
+        self._params = load_params(folder / "weights", manifest.extra["param_names"], self.device)
         self._encode, self._decode = self._vm["encode"], self._vm["decode"]
         self._channels = int(manifest.model["hidden"])
         self._seed = 0 if config.seed is None else int(config.seed)

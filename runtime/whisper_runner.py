@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import tvm
-from tvm.runtime.vm import VirtualMachine
 
 from ferrum.errors import ArtifactError, InvalidRequestError
 from ferrum.manifest import Manifest, verify_files
+from runtime.vm_loader import load_params, load_vm
 from runtime.artifact import check_host, check_tvm_version, resolve_device
 from runtime.tvm_env import register_kernels
 
@@ -71,18 +71,8 @@ class WhisperRunner:
         self.device_kind = artifact.manifest.target.device_type
         self.dtype = {"q0f32": "float32", "q0f16": "float16"}[artifact.manifest.quantization["name"]]
         self.n_text_ctx = int(artifact.model["n_text_ctx"])
-        try:
-            self._vm = VirtualMachine(tvm.runtime.load_module(str(artifact.folder / artifact.manifest.library)), self.device)
-        except Exception as exc:  # TVM raises several error types for unloadable libraries
-            raise ArtifactError(f"cannot load {artifact.folder / artifact.manifest.library}: {exc}") from None
-        names = artifact.manifest.extra["param_names"]
-        _builtin("vm.builtin.tensor_cache.load")(
-            str(artifact.folder / "weights"), self.device.dlpack_device_type(), self.device.index
-        )
-        try:
-            self.params = _builtin("vm.builtin.param_array_from_cache_by_name")(names)
-        finally:
-            _builtin("vm.builtin.tensor_cache.clear")()
+        self._vm = load_vm(artifact.folder / artifact.manifest.library, self.device)
+        self.params = load_params(artifact.folder / "weights", artifact.manifest.extra["param_names"], self.device)
         self._encode, self._prefill, self._decode = self._vm["encode"], self._vm["prefill"], self._vm["decode"]
 
     def encode(self, mel: np.ndarray) -> DecoderState:
