@@ -24,9 +24,10 @@ sys.path.insert(0, str(ROOT))
 import tvm  # noqa: E402
 
 import ferrum  # noqa: E402
-from compile.build import build_fatbins, compile_library  # noqa: E402
+from compile.build import build_fatbins  # noqa: E402
 from compile.builders import LIBRARY_NAME  # noqa: E402
-from compile.model.llama import EXPORTED_FUNCTIONS, LlamaForCausalLM  # noqa: E402
+from compile.builders.llama import compile_llama  # noqa: E402
+from compile.model.llama import LlamaForCausalLM  # noqa: E402
 from compile.targets import resolve_target  # noqa: E402
 from ferrum.manifest import GenerationConfig, Manifest, describe_files  # noqa: E402
 from ferrum.model_config import LlamaConfig  # noqa: E402
@@ -37,6 +38,10 @@ SHAPES = {
     "llama3-8b": LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                              num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-5,
                              rope_theta=500000.0, context_length=8192, tie_word_embeddings=False),
+    # SmolLM2-135M-Instruct's GGUF metadata (the default model, here without its weights)
+    "smollm2-135m": LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                num_attention_heads=9, num_key_value_heads=3, head_dim=64, rms_norm_eps=1e-5,
+                                rope_theta=100000.0, context_length=8192, tie_word_embeddings=True),
 }
 
 
@@ -56,19 +61,20 @@ def main() -> int:
     folder = args.out / name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    model = LlamaForCausalLM(cfg, quant, target.tvm_target)
-    mod, named = model.export_tvm(spec=model.get_default_spec())
-    shapes = {n: [[int(d) for d in p.shape], str(p.dtype)] for n, p in named}
+    shapes = {n: [[int(d) for d in p.shape], str(p.dtype)]
+              for n, p in LlamaForCausalLM(cfg, quant, target.tvm_target).named_parameters()}
     print(f"{name}: {len(shapes)} parameters, compiling", flush=True)
-    executable = compile_library(mod, target, folder / LIBRARY_NAME)
+    executable, param_names, functions, extra = compile_llama(cfg, quant, target, folder / LIBRARY_NAME, print)
+    assert param_names == list(shapes), "parameter order differs from the model's"
     kernels = build_fatbins(executable, target.cuda_archs, folder / "kernels", print) if target.info.kind == "cuda" else {}
     (folder / "generation.json").write_text(json.dumps(GenerationConfig(bos_token_id=128000, eos_token_ids=[128001], context_length=cfg.context_length).to_dict()))
     Manifest(
         name=name, modality="llm", architecture="llama", model=cfg.to_dict(), quantization=quant.to_dict(),
         target=target.info, tvm_version=tvm.__version__, ferrum_version=ferrum.__version__,
-        source={"format": "shape", "name": args.shape}, library=LIBRARY_NAME, functions=list(EXPORTED_FUNCTIONS),
+        source={"format": "shape", "name": args.shape}, library=LIBRARY_NAME, functions=functions,
         files=describe_files(folder), kernels=kernels,
-        extra={"param_names": list(shapes), "param_shapes": shapes, "weights": "generated at run time (benchmark)"},
+        extra={"param_names": param_names, "param_shapes": shapes, "weights": "generated at run time (benchmark)",
+               **extra},
         created_at=datetime.now(timezone.utc).isoformat(),
     ).write(folder)
     print(folder)

@@ -4,14 +4,16 @@ For every artifact given (real weights, or a shape-only artifact from ``bench/co
 whose weights are generated here from a seed; speed does not depend on the values):
 
 - decode tokens/s at batch 1, 8, 32, 64, 128 after a 128-token prompt per sequence: the median
-  step time over ``--decode-steps`` steps, measured two ways: ``forward`` (the compiled
-  ``batch_decode`` only, synchronized) and ``with_host_logits`` (what the engine does today:
-  the float32 logits copied to the host every step);
+  step time over ``--decode-steps`` steps, measured three ways: ``forward`` (the compiled
+  ``batch_decode`` only, synchronized), ``sampled`` (decode + greedy sampling on the GPU, token
+  ids to the host: what the engine does for requests without penalties/logprobs) and
+  ``with_host_logits`` (the float32 logits copied to the host, the engine's fallback);
 - prefill time of one 128/512/2048/8192-token prompt (median of repeats) and TTFT at batch 1
-  (prefill + host argmax of the first token);
+  (prefill + the first token sampled, on the GPU when the artifact can);
 - the roofline: a device-to-device copy measures the bandwidth B; batch-1 decode must read every
-  weight byte and the KV of the context once per token, so its ideal step is
-  ``(weight bytes + KV bytes) / B``; reported as ``roofline_fraction`` = ideal / measured;
+  weight it uses (all but the embedding table, of which it reads one row) and the KV of the
+  context once per token, so its ideal step is ``(bytes read) / B``; reported as
+  ``fraction_*`` = ideal / measured;
 - the peer (q0f16 artifacts, ``--peer``): Hugging Face ``LlamaForCausalLM`` in float16 holding
   the SAME weights (views of ours, Q/K/V and gate/up split back), greedy ``generate`` eager and
   with a static cache + ``torch.compile``; per-token decode time from the difference of two
@@ -109,6 +111,13 @@ def weight_bytes(manifest) -> int:
     return sum(int(np.prod(s)) * np.dtype(d).itemsize for s, d in manifest.extra["param_shapes"].values())
 
 
+def decode_read_bytes(weights: int, cfg, dtype_bytes: int) -> int:
+    """Weight bytes one decode step reads: an untied embedding table contributes one row."""
+    if cfg.tie_word_embeddings:
+        return weights
+    return weights - (cfg.vocab_size - 1) * cfg.hidden_size * dtype_bytes
+
+
 def timed(fn, repeats: int) -> float:
     """Median seconds of ``fn()`` (which must synchronize)."""
     fn()
@@ -151,28 +160,47 @@ class Bench:
         def with_logits():
             r.decode(ids, tokens)
 
-        half = max(steps // 2, 4)
-        fwd = [timed(forward_only, 1) for _ in range(half // 2)]
-        host = [timed(with_logits, 1) for _ in range(half // 2)]
+        greedy = np.zeros((batch, 5), np.float32)
+        greedy[:, 1] = 1.0
+
+        def sampled():
+            r.decode_sample(ids, tokens, greedy)
+
+        third = max(steps // 3, 4)
+        result = {"batch": batch, "context": PROMPT}
+        ways = {"forward": forward_only, "with_host_logits": with_logits}
+        if r.samples_on_device:
+            ways["sampled"] = sampled
+        for name, fn in ways.items():
+            t = statistics.median([timed(fn, 1) for _ in range(third)])
+            result[f"{name}_ms"] = t * 1000
+            result[f"{name}_tok_s"] = batch / t
         for s in ids:
             r.remove_sequence(s)
-        f, h = statistics.median(fwd), statistics.median(host)
-        return {"batch": batch, "context": PROMPT, "forward_ms": f * 1000, "forward_tok_s": batch / f,
-                "with_host_logits_ms": h * 1000, "with_host_logits_tok_s": batch / h}
+        return result
 
     def prefill(self, length: int, repeats: int) -> dict:
         r = self.runner
         r.create_kv_cache(KVCacheConfig(1, length + 64, length, 16))
         prompt = self.tokens(length)
+        greedy = np.array([[0.0, 1.0, 0.0, 0.0, 0.0]], np.float32)
 
-        def once():
+        def forward():
             r.add_sequence(0)
-            logits = r.prefill([0], [prompt])
-            int(logits[0].argmax())
+            r._prefill_logits([0], [prompt])
+            r.device.sync()
             r.remove_sequence(0)
 
-        t = timed(once, repeats)
-        return {"tokens": length, "ttft_ms": t * 1000, "prefill_tok_s": length / t}
+        def first_token():
+            r.add_sequence(0)
+            if r.samples_on_device:
+                int(r.prefill_sample([0], [prompt], greedy)[0])
+            else:
+                int(r.prefill([0], [prompt])[0].argmax())
+            r.remove_sequence(0)
+
+        p, t = timed(forward, repeats), timed(first_token, repeats)
+        return {"tokens": length, "prefill_ms": p * 1000, "ttft_ms": t * 1000, "prefill_tok_s": length / p}
 
 
 def hf_model(cfg, ours: dict, quant_name: str):
@@ -211,6 +239,9 @@ def hf_model(cfg, ours: dict, quant_name: str):
 
 
 def peer(cfg, ours: dict, runner: ModelRunner, prompt: list[int], short: int, long: int, compile_timeout_s: float) -> dict:
+    """transformers with our weights: logits on one prompt, then per-token greedy decode time
+    eager (``generate``) and in its fastest setup, a static KV cache with the decode step under
+    ``torch.compile(mode="reduce-overhead")`` (CUDA graphs), argmax inside the graph."""
     torch = torch_mod()
     model = hf_model(cfg, ours, "q0f16")
     ids = torch.tensor([prompt], device="cuda")
@@ -236,14 +267,7 @@ def peer(cfg, ours: dict, runner: ModelRunner, prompt: list[int], short: int, lo
 
     result["eager_ms_per_token"] = per_token(eager) * 1000
     try:
-        start = time.perf_counter()
-        model.generation_config.cache_implementation = "static"
-        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
-        eager(short)
-        if time.perf_counter() - start > compile_timeout_s:
-            raise TimeoutError("torch.compile warm-up too slow")
-        result["compile_warmup_s"] = time.perf_counter() - start
-        result["static_compiled_ms_per_token"] = per_token(eager) * 1000
+        result.update(static_compiled(model, ids, short, long, per_token, compile_timeout_s))
     except Exception as exc:  # the peer's best mode is reported as unavailable, not guessed
         result["static_compiled_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     del model
@@ -252,15 +276,68 @@ def peer(cfg, ours: dict, runner: ModelRunner, prompt: list[int], short: int, lo
     return result
 
 
+def static_compiled(model, ids, short: int, long: int, per_token, timeout_s: float) -> dict:
+    """gpt-fast's recipe on transformers: StaticCache, eager prefill, compiled one-token step."""
+    torch = torch_mod()
+    from transformers import StaticCache
+
+    n_prompt = ids.shape[1]
+    cache = StaticCache(config=model.config, max_cache_len=n_prompt + long + 8)
+
+    def decode_one(token, position):
+        logits = model(input_ids=token, cache_position=position, past_key_values=cache, use_cache=True).logits
+        return logits[:, -1].argmax(-1, keepdim=True)
+
+    step = torch.compile(decode_one, mode="reduce-overhead", fullgraph=True)
+    positions = [torch.tensor([n_prompt + i], device="cuda") for i in range(long)]
+    outputs: list[int] = []
+
+    def generate(n: int, record: bool = False) -> None:
+        cache.reset()
+        with torch.no_grad():
+            logits = model(input_ids=ids, cache_position=torch.arange(n_prompt, device="cuda"),
+                           past_key_values=cache, use_cache=True).logits
+            token = logits[:, -1].argmax(-1, keepdim=True)
+            for i in range(n - 1):
+                torch.compiler.cudagraph_mark_step_begin()
+                token = step(token, positions[i]).clone()
+                if record:
+                    outputs.append(int(token))
+        torch.cuda.synchronize()
+
+    start = time.perf_counter()
+    generate(short)
+    generate(short)
+    warmup = time.perf_counter() - start
+    if warmup > timeout_s:
+        raise TimeoutError(f"torch.compile warm-up took {warmup:.0f} s")
+    generate(short, record=True)
+    eager_tokens = model.generate(ids, max_new_tokens=short, min_new_tokens=short, do_sample=False)[0, n_prompt + 1:]
+    return {"compile_warmup_s": warmup, "static_compiled_ms_per_token": per_token(generate) * 1000,
+            "static_compiled_same_tokens_as_eager": outputs == [int(t) for t in eager_tokens]}
+
+
 def ours_per_token(runner: ModelRunner, prompt: list[int], short: int, long: int) -> float:
-    """Greedy batch-1 generation through the runner (host argmax per token), like the peer's."""
+    """Greedy batch-1 generation through the runner, like the peer's: the argmax on the GPU when
+    the artifact samples there, else on the host."""
     runner.create_kv_cache(KVCacheConfig(1, len(prompt) + long + 64, len(prompt), 16))
+    greedy = np.array([[0.0, 1.0, 0.0, 0.0, 0.0]], np.float32)
+
+    def first(tokens: list[int]) -> int:
+        if runner.samples_on_device:
+            return int(runner.prefill_sample([0], [tokens], greedy)[0])
+        return int(runner.prefill([0], [tokens])[0].argmax())
+
+    def step(token: int) -> int:
+        if runner.samples_on_device:
+            return int(runner.decode_sample([0], [token], greedy)[0])
+        return int(runner.decode([0], [token])[0].argmax())
 
     def generate(n: int) -> None:
         runner.add_sequence(0)
-        token = int(runner.prefill([0], [prompt])[0].argmax())
+        token = first(prompt)
         for _ in range(n - 1):
-            token = int(runner.decode([0], [token])[0].argmax())
+            token = step(token)
         runner.remove_sequence(0)
 
     t_short = timed(lambda: generate(short), 2)
@@ -292,21 +369,25 @@ def run_artifact(path: str, args, bandwidth: float) -> dict:
     for b in args.batches:
         entry["decode"].append(bench.decode(b, args.decode_steps))
         memory[f"decode_b{b}"] = device_memory_used()
-        print(f"  {manifest.name} decode b={b}: {entry['decode'][-1]['forward_tok_s']:.0f} tok/s forward, "
-              f"{entry['decode'][-1]['with_host_logits_tok_s']:.0f} with host logits", flush=True)
+        d = entry["decode"][-1]
+        print(f"  {manifest.name} decode b={b}: {d['forward_tok_s']:.0f} tok/s forward, "
+              f"{d.get('sampled_tok_s', float('nan')):.0f} sampled on GPU, "
+              f"{d['with_host_logits_tok_s']:.0f} with host logits", flush=True)
     entry["prefill"] = []
     for n in args.prefills:
         if n > cfg.context_length:
             continue
         entry["prefill"].append(bench.prefill(n, args.repeats))
         memory[f"prefill_{n}"] = device_memory_used()
-        print(f"  {manifest.name} prefill {n}: {entry['prefill'][-1]['ttft_ms']:.1f} ms", flush=True)
+        print(f"  {manifest.name} prefill {n}: {entry['prefill'][-1]['prefill_ms']:.1f} ms "
+              f"(TTFT {entry['prefill'][-1]['ttft_ms']:.1f} ms)", flush=True)
     kv_read = PROMPT * cfg.kv_bytes_per_token(2)
-    ideal = (weights + kv_read) / bandwidth
+    read = decode_read_bytes(weights, cfg, 2) + kv_read
+    ideal = read / bandwidth
     b1 = entry["decode"][0]
-    entry["roofline"] = {"bytes_per_token": weights + kv_read, "ideal_ms": ideal * 1000,
-                         "fraction_forward": ideal / (b1["forward_ms"] / 1000),
-                         "fraction_with_host_logits": ideal / (b1["with_host_logits_ms"] / 1000)}
+    entry["roofline"] = {"bytes_per_token": read, "ideal_ms": ideal * 1000,
+                         **{f"fraction_{way}": ideal / (b1[f"{way}_ms"] / 1000)
+                            for way in ("forward", "sampled", "with_host_logits") if f"{way}_ms" in b1}}
     if args.peer and ours_torch and manifest.quantization["name"] == "q0f16":
         prompt = bench.tokens(32)
         entry["peer"] = peer(cfg, ours_torch, runner, prompt, args.peer_short, args.peer_long, args.compile_timeout)

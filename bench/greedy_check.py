@@ -59,18 +59,41 @@ BENCH_SEQ = 1_000_000  # far from the engine's own sequence ids; used only while
 
 
 def runner_decode_rate(engine: ContinuousBatchEngine, tokens: int) -> float:
-    """Tokens/s of the bare decode loop: one batch_decode + host argmax per token."""
+    """Tokens/s of the bare decode loop: one batch_decode + argmax per token (on the GPU when the
+    artifact samples there, else on the host)."""
     runner = engine.runner
+    greedy = np.array([[0.0, 1.0, 0.0, 0.0, 0.0]], np.float32)
     runner.add_sequence(BENCH_SEQ)
     try:
         logits = runner.prefill([BENCH_SEQ], [[1, 4093, 198, 19556, 17]])
         token = int(logits[0].argmax())
         start = time.perf_counter()
         for _ in range(tokens):
-            token = int(runner.decode([BENCH_SEQ], [token])[0].argmax())
+            if runner.samples_on_device:
+                token = int(runner.decode_sample([BENCH_SEQ], [token], greedy)[0])
+            else:
+                token = int(runner.decode([BENCH_SEQ], [token])[0].argmax())
         return tokens / (time.perf_counter() - start)
     finally:
         runner.remove_sequence(BENCH_SEQ)
+
+
+def sampled_device_vs_host(engine: ContinuousBatchEngine, tokens: int) -> dict:
+    """Seeded top-k/top-p/min-p sampling through the engine, drawn on the GPU and on the host
+    (asking for logprobs keeps sampling on the host): the same random stream, so the tokens agree
+    except where float32 and float64 land on different sides of a draw."""
+    prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[1]}])
+    agree, total = 0, 0
+    for seed in range(4):
+        runs = []
+        for logprobs in (False, True):
+            params = SamplingParams(max_tokens=tokens, temperature=0.8, top_p=0.9, top_k=50, min_p=0.02, seed=seed,
+                                    logprobs=logprobs, ignore_eos=True)
+            runs.append(asyncio.run(engine.infer(InferenceRequest(prompt=prompt, sampling_params=params))).tokens)
+        first_diff = next((i for i, (a, b) in enumerate(zip(*runs)) if a != b), len(runs[0]))
+        agree += first_diff
+        total += len(runs[0])
+    return {"seeds": 4, "tokens_per_seed": tokens, "tokens_before_first_difference": agree, "tokens": total}
 
 
 def device_info(engine: ContinuousBatchEngine) -> dict:
@@ -122,6 +145,8 @@ def main() -> int:
             entry["prompts"].append(item)
         if path == args.baseline:
             baseline_tokens = [p["tokens"] for p in entry["prompts"]]
+        if engine.runner.samples_on_device:
+            entry["sampled_device_vs_host"] = sampled_device_vs_host(engine, 64)
         engine_decode_rate(engine, 16)  # warm-up
         entry["engine_decode_tok_s"] = statistics.median(engine_decode_rate(engine, args.decode_tokens) for _ in range(args.repeats))
         entry["runner_decode_tok_s"] = statistics.median(runner_decode_rate(engine, args.decode_tokens) for _ in range(args.repeats))

@@ -14,7 +14,6 @@ those bytes (``runtime/tvm_env.py``).
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -24,13 +23,34 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend import nn
 
+from compile.kernels.build import find_nvcc
 from compile.schedules.cpu import CPULinear
 from compile.schedules.cuda import RowDispatch
 from compile.targets import BuildTarget
 from ferrum.errors import FerrumError
 
 
-def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+def _attach_graph_bounds(bounds: dict[str, dict[str, int]]) -> tvm.transform.Pass:
+    """Upper bounds of symbolic sizes per function, captured into CUDA graphs keyed by them.
+
+    ``StaticPlanBlockMemory`` then plans those functions' memory at the bound, so every buffer has
+    a fixed address and ``RewriteCUDAGraph`` can capture the kernels between the attention calls
+    (one graph per value of the variables, captured on first use)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="FerrumGraphBounds")
+    def attach(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function) and gvar.name_hint in bounds:
+                vars_ = bounds[gvar.name_hint]
+                func = func.with_attr("tir_var_upper_bound", vars_)
+                func = func.with_attr("relax.rewrite_cuda_graph.capture_symbolic_vars", list(vars_))
+                mod[gvar] = func
+        return mod
+
+    return attach
+
+
+def _pipeline(target: tvm.target.Target, graph_bounds: dict[str, dict[str, int]] | None = None) -> tvm.transform.Pass:
     import importlib
 
     from tvm.s_tir import dlight as dl
@@ -44,6 +64,8 @@ def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     else:  # before dlight's default schedules, which skip what is already scheduled
         passes.insert(len(passes) - 1, RowDispatch())
     passes += stages.dataflow_lower_passes(target) + stages.finalize_passes(target)
+    if graph_bounds:
+        passes.insert(0, _attach_graph_bounds(graph_bounds))
 
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
@@ -54,14 +76,42 @@ def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
 
 
 def export_module(model: nn.Module) -> tuple[tvm.ir.IRModule, list[str]]:
-    """Relax IRModule of the model's exported functions, and its parameter names in call order."""
-    mod, named_params = model.export_tvm(spec=model.get_default_spec())
+    """Relax IRModule of the model's exported functions, and its parameter names in call order.
+
+    External kernel objects the model calls (``nn.ObjectModule``) are attached to the module, so
+    ``tvm.compile`` links them into the library."""
+    mod, named_params, extern = model.export_tvm(spec=model.get_default_spec(), allow_extern=True)
+    if extern:
+        mod = relax.transform.AttachExternModules(extern)(mod)
     return mod, [name for name, _ in named_params]
 
 
-def compile_library(mod: tvm.ir.IRModule, target: BuildTarget, library_path: Path) -> relax.VMExecutable:
-    executable = tvm.compile(mod, target=target.tvm_target, relax_pipeline=_pipeline(target.tvm_target))
-    executable.export_library(str(library_path))
+def _linker(extra: list[str]) -> Callable:
+    """``export_library``'s compile function with ``extra`` inputs after the objects (static
+    archives must follow the objects that use them)."""
+    from tvm.support import cc
+
+    def fcompile(output: str, objects: list[str], options: list[str] | None = None, **kwargs) -> None:
+        cc.create_shared(output, [*objects, *extra], options, **kwargs)
+
+    fcompile.output_format = "so"
+    return fcompile
+
+
+def compile_library(
+    mod: tvm.ir.IRModule,
+    target: BuildTarget,
+    library_path: Path,
+    graph_bounds: dict[str, dict[str, int]] | None = None,
+    link_extra: list[str] | None = None,
+) -> relax.VMExecutable:
+    """``graph_bounds`` (CUDA): functions whose kernels run as CUDA graphs, with the upper bound of
+    each symbolic size they are captured by. ``link_extra``: more inputs for linking model.so."""
+    config = {"relax.backend.use_cuda_graph": bool(graph_bounds)}
+    with tvm.transform.PassContext(config=config):
+        executable = tvm.compile(mod, target=target.tvm_target,
+                                 relax_pipeline=_pipeline(target.tvm_target, graph_bounds))
+    executable.export_library(str(library_path), fcompile=_linker(link_extra) if link_extra else None)
     return executable
 
 
@@ -81,11 +131,7 @@ def build_fatbins(
     progress: Callable[[str], None] = print,
 ) -> dict[str, str]:
     """nvcc every CUDA module into ``kernels_dir/<sha256>.fatbin``; map source hash → file name."""
-    nvcc = shutil.which("nvcc") or next(
-        (str(p) for p in sorted(Path("/usr/local").glob("cuda*/bin/nvcc"))), None
-    )
-    if nvcc is None:
-        raise FerrumError("CUDA build needs nvcc (the CUDA toolkit) on PATH to compile device code")
+    nvcc = find_nvcc()
     kernels_dir.mkdir(parents=True, exist_ok=True)
     gencode = []
     for arch in archs:

@@ -164,6 +164,10 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
         cfg = self._config
         if cfg.max_num_batched_tokens < 1 or cfg.max_num_seqs < 1:
             raise InvalidRequestError("max_num_seqs and max_num_batched_tokens must be positive")
+        limit = self.runner.max_decode_batch
+        if limit is not None and cfg.max_num_seqs > limit:
+            raise InvalidRequestError(f"max_num_seqs {cfg.max_num_seqs} exceeds this artifact's decode batch "
+                                      f"limit of {limit}", param="max_num_seqs")
         self.kv = KVCacheConfig(
             max_batch_size=cfg.max_num_seqs,
             max_total_tokens=self._kv_tokens(),
@@ -378,20 +382,30 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
         ids = [seq.seq_id for seq, _ in out.batch]
         chunks = [seq.tokens[seq.computed: seq.computed + n] for seq, n in out.batch]
         t1 = time.perf_counter()
+        segments: list = [None] * len(ids)
+        tokens = None
         if any(seq.seq_id in self._drafts for seq, _ in out.batch):
             rows = self.runner.verify(ids, chunks)
             ends = np.cumsum([n for _, n in out.batch])
             segments = [rows[end - n: end] for (_, n), end in zip(out.batch, ends)]
+        elif self._samples_on_device(out.batch):
+            params = np.array([self._device_row(seq, n) for seq, n in out.batch], dtype=np.float32)
+            tokens = (self.runner.decode_sample(ids, [c[0] for c in chunks], params) if out.is_decode
+                      else self.runner.prefill_sample(ids, chunks, params))
         else:
             logits = self.runner.decode(ids, [c[0] for c in chunks]) if out.is_decode else self.runner.prefill(ids, chunks)
             segments = [logits[i: i + 1] for i in range(len(ids))]
         forward = time.perf_counter() - t1
         self.telemetry.add_phase_time("model_execution", forward)
         t2 = time.perf_counter()
-        for (seq, n), rows in zip(out.batch, segments):
+        for i, ((seq, n), rows) in enumerate(zip(out.batch, segments)):
             self.scheduler.commit(seq, n)
             if seq.seq_id in self._drafts:
                 self._resolve_draft(seq, n, rows)
+            elif seq.pending == 0 and tokens is not None:
+                state, index = self._owner[seq.seq_id]
+                state.samplers[index].record(int(tokens[i]))
+                self._take(seq, int(tokens[i]), None)
             elif seq.pending == 0:
                 self._sample(seq, rows[-1])
         self.telemetry.add_phase_time("sampling", time.perf_counter() - t2)
@@ -423,9 +437,35 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
         seq.tokens.append(bonus)
         self._deliver(state, seq, output.append(bonus))
 
+    def _samples_on_device(self, batch: list[tuple[Sequence, int]]) -> bool:
+        """Sample this step on the GPU when the artifact can and no row that samples needs the host:
+        logit bias, penalties or logprobs, or the first token of an ``n`` > 1 request (its siblings
+        start from the same logits row)."""
+        if not self.runner.samples_on_device:
+            return False
+        for seq, n in batch:
+            if seq.pending != n:
+                continue  # a prompt chunk that does not finish the prompt: nothing is sampled
+            state, index = self._owner[seq.seq_id]
+            if not state.samplers[index].device_capable or (not state.spawned and index == 0):
+                return False
+        return True
+
+    def _device_row(self, seq: Sequence, n: int) -> tuple[float, ...]:
+        if seq.pending != n:
+            return 0.0, 1.0, 0.0, 0.0, 0.0  # sampled and ignored; uses no random number
+        state, index = self._owner[seq.seq_id]
+        return state.samplers[index].device_row()
+
     def _sample(self, seq: Sequence, row: np.ndarray) -> None:
         state, index = self._owner[seq.seq_id]
         token, logprob = state.samplers[index].sample(row)
+        self._take(seq, token, logprob, row)
+
+    def _take(self, seq: Sequence, token: int, logprob, row: np.ndarray | None = None) -> None:
+        """Append a sampled token to ``seq`` and stream it; the first token of an ``n`` > 1 request
+        also starts its siblings from the same ``row`` of logits."""
+        state, index = self._owner[seq.seq_id]
         seq.tokens.append(token)
         first = not state.spawned and index == 0
         self._deliver(state, seq, state.outputs[index].append(token, logprob))

@@ -31,8 +31,16 @@ class KVCacheConfig:
         self.page_size = page_size
 
 
+SAMPLE_PARAMS = 5  # temperature, top_p, top_k, min_p, uniform: a row of ``sample_tokens``' params
+
+
 class ModelRunner:
-    """The compiled model on one device."""
+    """The compiled model on one device.
+
+    CUDA artifacts built with Ferrum's kernels also export ``sample_tokens``: ``decode_sample`` /
+    ``prefill_sample`` then sample on the GPU and return token ids, so only ids cross to the host.
+    Their decode runs as CUDA graphs captured per batch size, planned for at most
+    ``max_decode_batch`` sequences."""
 
     def __init__(self, artifact: LlmArtifact, device: str = "auto", params: list | None = None):
         """``params``: the weights as device tensors in the manifest's ``param_names`` order, for
@@ -47,6 +55,9 @@ class ModelRunner:
         self._prefill = self._vm["batch_prefill"]
         self._decode = self._vm["batch_decode"]
         self._verify = self._vm["batch_verify"]
+        functions = artifact.manifest.functions
+        self._sample = self._vm["sample_tokens"] if "sample_tokens" in functions else None
+        self.max_decode_batch: int | None = artifact.manifest.extra.get("decode_max_batch")
         self._begin = _builtin("vm.builtin.kv_state_begin_forward")
         self._end = _builtin("vm.builtin.kv_state_end_forward")
         self._free_pages = _builtin("vm.builtin.attention_kv_cache_get_num_available_pages")
@@ -101,9 +112,7 @@ class ModelRunner:
             raise InvalidRequestError(f"token ids must be in [0, {vocab})")
         return self._embed(tvm.runtime.tensor(tokens.astype(np.int32), self.device), self.params)
 
-    def prefill(self, seq_ids: Sequence[int], chunks: Sequence[Sequence[int]]) -> np.ndarray:
-        """Append each sequence's chunk of tokens; return float32 logits (len(seq_ids), vocab)
-        of each chunk's last token."""
+    def _prefill_logits(self, seq_ids: Sequence[int], chunks: Sequence[Sequence[int]]) -> tvm.runtime.Tensor:
         lengths = [len(c) for c in chunks]
         total = sum(lengths)
         if total > self.kv.prefill_chunk_size:
@@ -114,16 +123,48 @@ class ModelRunner:
         self._begin(self.cache, ShapeTuple(list(seq_ids)), ShapeTuple(lengths))
         logits, self.cache = self._prefill(embeds, tvm.runtime.tensor(last, self.device), self.cache, self.params)
         self._end(self.cache)
-        return logits.numpy().reshape(len(seq_ids), -1)
+        return logits._create_view((len(seq_ids), self.config.vocab_size))
 
-    def decode(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
-        """Append one token to each sequence; return float32 logits (len(seq_ids), vocab)."""
+    def _decode_logits(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> tvm.runtime.Tensor:
         b = len(seq_ids)
+        if self.max_decode_batch is not None and b > self.max_decode_batch:
+            raise ValueError(f"decode batch of {b} exceeds the artifact's maximum of {self.max_decode_batch}")
         embeds = self._embed_tokens(np.asarray(tokens, dtype=np.int32))._create_view((b, 1, self.config.hidden_size))
         self._begin(self.cache, ShapeTuple(list(seq_ids)), ShapeTuple([1] * b))
         logits, self.cache = self._decode(embeds, self.cache, self.params)
         self._end(self.cache)
-        return logits.numpy().reshape(b, -1)
+        return logits._create_view((b, self.config.vocab_size))
+
+    def prefill(self, seq_ids: Sequence[int], chunks: Sequence[Sequence[int]]) -> np.ndarray:
+        """Append each sequence's chunk of tokens; return float32 logits (len(seq_ids), vocab)
+        of each chunk's last token."""
+        return self._prefill_logits(seq_ids, chunks).numpy()
+
+    def decode(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
+        """Append one token to each sequence; return float32 logits (len(seq_ids), vocab)."""
+        return self._decode_logits(seq_ids, tokens).numpy()
+
+    @property
+    def samples_on_device(self) -> bool:
+        return self._sample is not None
+
+    def _sample_ids(self, logits: tvm.runtime.Tensor, params: np.ndarray) -> np.ndarray:
+        if self._sample is None:
+            raise InvalidRequestError("this artifact has no on-device sampler (rebuild it for CUDA)")
+        rows = logits.shape[0]
+        if params.shape != (rows, SAMPLE_PARAMS):
+            raise ValueError(f"sampling parameters must have shape ({rows}, {SAMPLE_PARAMS})")
+        ids = self._sample(logits, tvm.runtime.tensor(params.astype(np.float32), self.device))
+        return ids.numpy()
+
+    def prefill_sample(self, seq_ids: Sequence[int], chunks: Sequence[Sequence[int]], params: np.ndarray) -> np.ndarray:
+        """``prefill``, then one token per sequence sampled on the device; ``params`` rows are
+        (temperature, top_p, top_k, min_p, uniform), temperature 0 meaning greedy."""
+        return self._sample_ids(self._prefill_logits(seq_ids, chunks), params)
+
+    def decode_sample(self, seq_ids: Sequence[int], tokens: Sequence[int], params: np.ndarray) -> np.ndarray:
+        """``decode``, then one token per sequence sampled on the device (see ``prefill_sample``)."""
+        return self._sample_ids(self._decode_logits(seq_ids, tokens), params)
 
     def verify(self, seq_ids: Sequence[int], chunks: Sequence[Sequence[int]]) -> np.ndarray:
         """Like ``prefill``, but return logits after every appended token: (total tokens, vocab),

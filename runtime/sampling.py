@@ -81,11 +81,32 @@ class SequenceSampler:
         cdf = np.cumsum(probs)
         return int(min(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right"), vocab - 1))
 
+    @property
+    def device_capable(self) -> bool:
+        """Whether the GPU sampler can stand in for this one: no logit bias, no penalties (they
+        need the token history) and no log-probabilities (they need the whole row on the host)."""
+        p = self.params
+        return not (p.logprobs or p.logit_bias or p.repetition_penalty != 1.0 or p.presence_penalty
+                    or p.frequency_penalty)
+
+    def device_row(self) -> tuple[float, float, float, float, float]:
+        """(temperature, top_p, top_k, min_p, uniform) for the GPU sampler (``cuda/sampling.cuh``),
+        taking the uniform number from this sequence's generator exactly as ``_draw`` does, so a
+        seeded request consumes the same random stream on either side."""
+        p = self.params
+        if p.is_greedy:
+            return 0.0, 1.0, 0.0, 0.0, 0.0
+        return float(p.temperature), float(p.top_p), float(p.top_k or 0), float(p.min_p or 0.0), float(self.rng.random())
+
+    def record(self, token: int) -> None:
+        """Count a token chosen elsewhere (the GPU sampler) for the penalties."""
+        self.output_counts[token] += 1
+
     def sample(self, logits: np.ndarray) -> tuple[int, TokenLogprob | None]:
         """Choose the next token from one row of logits and record it for the penalties."""
         x = self._processed(logits)
         token = int(np.argmax(x)) if self.params.is_greedy else self._draw(x)
-        self.output_counts[token] += 1
+        self.record(token)
         logprob = None
         if self.params.logprobs:
             lp = log_softmax(logits.astype(np.float64))

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Source on the GPU machine: the runtime-only TVM and the few wheels the runtime needs, into a
-# site folder outside the checkout (kept while the machine stays warm), and any carried pieces of
-# the SmolLM2 GGUF into /tmp/ferrum-data. Needs .dev/c1 carried on the first call.
+# Source on the GPU machine. Installs, once per machine, what `carry` brought under .dev/carry*/:
+# the runtime-only TVM bundle (tvm_runtime.tar.gz, tvm_ffi for the machine's Python inside) and
+# any wheels, into a site folder outside the checkout; unpacks carried artifacts (*.tar.xz) and
+# SmolLM2 GGUF pieces (gguf.part*, gguf.sha256) into /tmp/ferrum-data, which outlives one call
+# while the machine stays warm.
 SITE=/tmp/ferrum-site
+DATA=/tmp/ferrum-data
+mkdir -p "$SITE" "$DATA"
 if [ ! -f "$SITE/tvm/__init__.py" ]; then
-  mkdir -p "$SITE"
-  tar xzf .dev/c1/tvm_runtime.tar.gz -C "$SITE"
-  pip install -q --no-deps --target "$SITE" .dev/c1/*.whl 2>&1 | grep -v WARNING
+  bundle=$(ls .dev/carry*/tvm_runtime.tar.gz 2>/dev/null | head -1)
+  [ -n "$bundle" ] && tar xzf "$bundle" -C "$SITE"
 fi
+for w in .dev/carry*/*.whl; do
+  [ -f "$w" ] && pip install -q --no-deps --no-compile --target "$SITE" "$w" 2>&1 | grep -v WARNING
+done
 export PYTHONPATH="$SITE:$PWD"
-mkdir -p /tmp/ferrum-data
-for f in .dev/c*/gguf.part* .dev/c*/gguf.sha256; do [ -f "$f" ] && cp "$f" /tmp/ferrum-data/; done
-for a in .dev/c*/smollm2-*-cuda; do [ -d "$a" ] && cp -r "$a" /tmp/ferrum-data/; done
-ls /tmp/ferrum-data
+for f in .dev/carry*/gguf.part* .dev/carry*/gguf.sha256; do [ -f "$f" ] && cp "$f" "$DATA/"; done
+for a in .dev/carry*/*.tar.xz; do [ -f "$a" ] && tar xJf "$a" -C "$DATA"; done
+ls "$DATA"

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 
+from tvm import relax
+
 from compile.build import build_fatbins, compile_library, export_module
 from compile.builders import LIBRARY_NAME, Builder, BuildOutput
-from compile.model.llama import EXPORTED_FUNCTIONS, LlamaForCausalLM
+from compile.kernels.build import link_options
+from compile.kernels.ops import CudaKernels
+from compile.model.attention_grid import prefill_attention_grid
+from compile.model.llama import EXPORTED_FUNCTIONS, SAMPLER_FUNCTIONS, LlamaForCausalLM
 from compile.sources.base import LlamaSource
 from compile.targets import BuildTarget
 from compile.tensor_cache import write_tensor_cache
 from compile.weights import convert_weights
 from ferrum.errors import FerrumError
+from ferrum.model_config import LlamaConfig
 from ferrum.quantization import QuantSpec
+
+# Largest batch a decode step may have: CUDA builds plan decode memory for it (CUDA graphs).
+DECODE_GRAPH_MAX_BATCH = 256
 
 
 def build_llama(
@@ -25,9 +35,7 @@ def build_llama(
         f"{source.name}: llama, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
         f"vocab {cfg.vocab_size}; {quant.name} for {target.info.kind} {target.info.arch or ''}".rstrip()
     )
-    mod, param_names = export_module(LlamaForCausalLM(cfg, quant, target.tvm_target))
-    progress(f"lowering and compiling {len(EXPORTED_FUNCTIONS)} functions")
-    executable = compile_library(mod, target, staging / LIBRARY_NAME)
+    executable, param_names, functions, extra = compile_llama(cfg, quant, target, staging / LIBRARY_NAME, progress)
     kernels = {}
     if target.info.kind == "cuda":
         kernels = build_fatbins(executable, target.cuda_archs, staging / "kernels", progress)
@@ -47,10 +55,34 @@ def build_llama(
         modality="llm",
         architecture=cfg.architecture,
         model=cfg.to_dict(),
-        functions=list(EXPORTED_FUNCTIONS),
+        functions=functions,
         kernels=kernels,
-        extra={"param_names": param_names},
+        extra={"param_names": param_names, **extra},
     )
+
+
+def uses_cuda_kernels(quant: QuantSpec, target: BuildTarget) -> bool:
+    """Ferrum's CUDA kernels take float16 activations: every CUDA build except q0f32."""
+    return target.info.kind == "cuda" and quant.model_dtype == "float16"
+
+
+def compile_llama(
+    cfg: LlamaConfig, quant: QuantSpec, target: BuildTarget, library: Path, progress: Callable[[str], None]
+) -> tuple[relax.VMExecutable, list[str], list[str], dict]:
+    """Export and compile the network (no weights): the executable, parameter names, exported
+    functions and what the manifest's ``extra`` records about the library."""
+    kernels = CudaKernels(target.cuda_archs) if uses_cuda_kernels(quant, target) else None
+    functions = list(EXPORTED_FUNCTIONS) + (list(SAMPLER_FUNCTIONS) if kernels else [])
+    grid = prefill_attention_grid() if target.info.kind == "cuda" else contextlib.nullcontext()
+    with grid:
+        mod, param_names = export_module(LlamaForCausalLM(cfg, quant, target.tvm_target, kernels))
+    progress(f"lowering and compiling {len(functions)} functions"
+             + (" with Ferrum's CUDA kernels and decode CUDA graphs" if kernels else ""))
+    if kernels is None:
+        return compile_library(mod, target, library), param_names, functions, {}
+    executable = compile_library(mod, target, library, graph_bounds={"batch_decode": {"b": DECODE_GRAPH_MAX_BATCH}},
+                                 link_extra=link_options())
+    return executable, param_names, functions, {"decode_max_batch": DECODE_GRAPH_MAX_BATCH}
 
 
 BUILDER = Builder(

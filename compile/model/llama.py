@@ -2,7 +2,10 @@
 
 Structure follows MLC-LLM's ``llama_model.py``: fused QKV and gate/up projections, RMSNorm,
 and attention through ``PagedKVCache.attention_with_fused_qkv``, whose TIR kernels apply RoPE
-while appending K/V to the cache. The exported functions are the runtime's whole interface:
+while appending K/V to the cache. CUDA float16 builds pass ``kernels``
+(``compile/kernels/ops.py``): each block then runs as four fused kernels around attention,
+RMSNorm+QKV, O-projection+residual, RMSNorm+gate/up+SwiGLU, down-projection+residual, and the
+final norm is folded into the LM head. The exported functions are the runtime's whole interface:
 
 - ``embed(ids[n]) -> (n, hidden)``
 - ``batch_prefill(embeds[1, n, hidden], logit_positions[b], cache) -> logits[1, b, vocab]``
@@ -12,6 +15,7 @@ while appending K/V to the cache. The exported functions are the runtime's whole
   speculative decoding)
 - ``create_paged_kv_cache(max_batch_size, max_total_seq_len, prefill_chunk_size, page_size,
   support_sliding_window)``: all sizes are chosen at run time.
+- with ``kernels``: ``sample_tokens(logits[b, vocab], params[b, 5]) -> ids[b]`` (GPU sampling).
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from tvm.relax.frontend.nn import Tensor, op, spec
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 from tvm.target import Target
 
+from compile.kernels.ops import SAMPLE_PARAMS, CudaKernels
 from compile.model.layers import Embedding, QLinear
 from ferrum.model_config import LlamaConfig
 from ferrum.quantization import QuantSpec
 
 EXPORTED_FUNCTIONS = ("embed", "batch_prefill", "batch_decode", "batch_verify", "create_paged_kv_cache")
+SAMPLER_FUNCTIONS = ("sample_tokens",)
 
 
 class LlamaAttention(nn.Module):
@@ -41,10 +47,14 @@ class LlamaAttention(nn.Module):
         self.o_proj = QLinear(self.num_q_heads * self.head_dim, cfg.hidden_size, q)
 
     def forward(self, x: Tensor, cache: PagedKVCache, layer_id: int) -> Tensor:
-        b, s, _ = x.shape
-        qkv = op.reshape(self.qkv_proj(x), (b, s, self.num_q_heads + 2 * self.num_kv_heads, self.head_dim))
+        return self.o_proj(self.attend(self.qkv_proj(x), cache, layer_id))
+
+    def attend(self, qkv: Tensor, cache: PagedKVCache, layer_id: int) -> Tensor:
+        """Attention over the cache from the fused QKV projection; (b, s, heads * head_dim)."""
+        b, s, _ = qkv.shape
+        qkv = op.reshape(qkv, (b, s, self.num_q_heads + 2 * self.num_kv_heads, self.head_dim))
         out = cache.attention_with_fused_qkv(layer_id, qkv, self.num_q_heads, sm_scale=self.head_dim**-0.5)
-        return self.o_proj(op.reshape(out, (b, s, self.num_q_heads * self.head_dim)))
+        return op.reshape(out, (b, s, self.num_q_heads * self.head_dim))
 
 
 class LlamaMLP(nn.Module):
@@ -58,27 +68,40 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: LlamaConfig, q: QuantSpec):
+    def __init__(self, cfg: LlamaConfig, q: QuantSpec, kernels: CudaKernels | None):
         self.input_layernorm = nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False, dtype=q.model_dtype)
         self.self_attn = LlamaAttention(cfg, q)
         self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False, dtype=q.model_dtype)
         self.mlp = LlamaMLP(cfg, q)
+        self.kernels = kernels
 
     def forward(self, x: Tensor, cache: PagedKVCache, layer_id: int) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cache, layer_id)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        k = self.kernels
+        if k is None:
+            x = x + self.self_attn(self.input_layernorm(x), cache, layer_id)
+            return x + self.mlp(self.post_attention_layernorm(x))
+        attn, mlp, eps = self.self_attn, self.mlp, self.input_layernorm.epsilon
+        qkv = k.norm_linear(x, self.input_layernorm.weight, eps, attn.qkv_proj.weights())
+        x = k.linear(attn.attend(qkv, cache, layer_id), attn.o_proj.weights(), residual=x)
+        h = k.norm_gate_up(x, self.post_attention_layernorm.weight, eps, mlp.gate_up_proj.weights())
+        return k.linear(h, mlp.down_proj.weights(), residual=x)
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, cfg: LlamaConfig, q: QuantSpec, target: Target):
-        self.cfg, self.quant, self.target = cfg, q, target
+    def __init__(self, cfg: LlamaConfig, q: QuantSpec, target: Target, kernels: CudaKernels | None = None):
+        self.cfg, self.quant, self.target, self.kernels = cfg, q, target, kernels
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, q.model_dtype)
-        self.layers = nn.ModuleList([LlamaDecoderLayer(cfg, q) for _ in range(cfg.num_hidden_layers)])
+        self.layers = nn.ModuleList([LlamaDecoderLayer(cfg, q, kernels) for _ in range(cfg.num_hidden_layers)])
         self.norm = nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False, dtype=q.model_dtype)
         if not cfg.tie_word_embeddings:
             self.lm_head = QLinear(cfg.hidden_size, cfg.vocab_size, q.unquantized())  # see Embedding
 
     def _logits(self, hidden: Tensor) -> Tensor:
+        """Float32 logits from the last layer's output (the final norm is applied here)."""
+        if self.kernels is not None:
+            head = self.embed_tokens.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
+            return self.kernels.norm_logits(hidden, self.norm.weight, self.norm.epsilon, head)
+        hidden = self.norm(hidden)
         if self.cfg.tie_word_embeddings:
             return self.embed_tokens.lm_head(hidden, self.quant.unquantized())
         logits = self.lm_head(hidden)
@@ -87,7 +110,7 @@ class LlamaForCausalLM(nn.Module):
     def _decoder(self, x: Tensor, cache: PagedKVCache) -> Tensor:
         for layer_id, layer in enumerate(self.layers):
             x = layer(x, cache, layer_id)
-        return self.norm(x)
+        return x
 
     def embed(self, ids: Tensor) -> Tensor:
         return self.embed_tokens(ids)
@@ -101,6 +124,9 @@ class LlamaForCausalLM(nn.Module):
 
     def batch_verify(self, embeds: Tensor, cache: PagedKVCache):
         return self._logits(self._decoder(embeds, cache)), cache
+
+    def sample_tokens(self, logits: Tensor, params: Tensor) -> Tensor:
+        return self.kernels.sample(logits, params)
 
     def create_paged_kv_cache(
         self,
@@ -160,6 +186,11 @@ class LlamaForCausalLM(nn.Module):
                     "support_sliding_window": int,
                     "$": {"param_mode": "none", "effect_mode": "none"},
                 },
+                **({"sample_tokens": {
+                    "logits": spec.Tensor(["b", self.cfg.vocab_size], "float32"),
+                    "params": spec.Tensor(["b", SAMPLE_PARAMS], "float32"),
+                    "$": {"param_mode": "none", "effect_mode": "none"},
+                }} if self.kernels is not None else {}),
             },
             self,
         )

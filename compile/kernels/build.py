@@ -1,0 +1,140 @@
+"""Compile the CUDA kernels with nvcc: an object file to link into model.so, or a standalone
+shared library for the tuning harness (``python -m compile.kernels.build --out lib.so``).
+
+The tile configurations measured on a GPU (``tuning/<sm>.json``) are compiled in as a table, so a
+build never re-tunes. Outputs are cached under ``build/kernels`` keyed by the sources, the table,
+the architectures and the flags: recompiling a model does not rebuild the kernels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import tvm_ffi
+
+from ferrum.errors import FerrumError
+
+KERNEL_DIR = Path(__file__).resolve().parent
+SOURCE_DIR = KERNEL_DIR / "cuda"
+TUNING_DIR = KERNEL_DIR / "tuning"
+CACHE_DIR = KERNEL_DIR.parents[1] / "build" / "kernels"
+KINDS = {"gemv_f16": 0, "gemv_q4": 1, "gemm_f16": 2}
+OPS = {"plain": 0, "norm": 1, "gated": 2, "res": 3}
+
+
+def find_nvcc() -> str:
+    nvcc = shutil.which("nvcc") or next((str(p) for p in sorted(Path("/usr/local").glob("cuda*/bin/nvcc"))), None)
+    if nvcc is None:
+        raise FerrumError("CUDA build needs nvcc (the CUDA toolkit) on PATH to compile device code")
+    return nvcc
+
+
+def cuda_root(nvcc: str) -> Path:
+    """The toolkit folder of ``nvcc`` as nvcc itself reports it (nvcc is often a wrapper script)."""
+    run = subprocess.run([nvcc, "--dryrun", "-c", "probe.cu"], capture_output=True, text=True)
+    for line in (run.stdout + run.stderr).splitlines():
+        if line.startswith("#$ TOP="):
+            return Path(line.split("=", 1)[1].strip()).resolve()
+    return Path(nvcc).resolve().parents[1]
+
+
+def cudart_static(nvcc: str) -> Path:
+    """The static CUDA runtime of the toolkit: model.so carries its own copy, so loading it needs
+    only the driver."""
+    root = cuda_root(nvcc)
+    for candidate in (root / "lib64" / "libcudart_static.a", root / "lib" / "libcudart_static.a",
+                      *root.glob("targets/*/lib/libcudart_static.a")):
+        if candidate.exists():
+            return candidate
+    raise FerrumError(f"libcudart_static.a not found under {root}")
+
+
+def tuning_table(archs: tuple[str, ...]) -> str:
+    """C initializers ``{sm, kind, op, n, k, m_max, config}`` from the measured databases."""
+    rows = []
+    for arch in archs:
+        path = TUNING_DIR / f"{arch}.json"
+        if not path.exists():
+            continue
+        sm = int(arch[3:5])
+        for entry in json.loads(path.read_text())["entries"]:
+            rows.append(f"    {{{sm}, {KINDS[entry['kind']]}, {OPS[entry['op']]}, {entry['n']}, {entry['k']}, "
+                        f"{entry['m_max']}, {entry['config']}}},")
+    return "// generated from compile/kernels/tuning/*.json\n" + "\n".join(rows) + "\n"
+
+
+def _gencode(archs: tuple[str, ...]) -> list[str]:
+    flags = []
+    for arch in archs:
+        flags += ["-gencode", f"arch=compute_{arch[3:]},code={arch}"]
+    return flags
+
+
+def _build(archs: tuple[str, ...], kind: str) -> Path:
+    nvcc = find_nvcc()
+    table = tuning_table(archs)
+    sources = sorted(SOURCE_DIR.glob("*.cu*"))
+    flags = ["-O3", "-std=c++17", "-Xcompiler=-fPIC", "-diag-suppress=177", *_gencode(archs),
+             "-I", tvm_ffi.libinfo.find_include_path(), "-I", tvm_ffi.libinfo.find_dlpack_include_path()]
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(path.name.encode() + path.read_bytes())
+    digest.update(table.encode() + " ".join([kind, *flags[:-4]]).encode())
+    out = CACHE_DIR / f"ferrum_kernels-{digest.hexdigest()[:20]}.{kind}"
+    if out.exists():
+        return out
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for path in sources:
+            shutil.copy(path, work / path.name)
+        (work / "tuning_table.inc").write_text(table)
+        target = work / f"out.{kind}"
+        if kind == "o":
+            cmd = [nvcc, "-c", *flags, "-o", str(target), str(work / "ferrum_kernels.cu")]
+        else:
+            cmd = [nvcc, "-shared", *flags, "-o", str(target), str(work / "ferrum_kernels.cu"),
+                   "-cudart", "static"]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise FerrumError(f"nvcc failed compiling Ferrum's CUDA kernels:\n{run.stderr[-4000:]}")
+        partial = out.with_suffix(out.suffix + ".partial")
+        shutil.copy(target, partial)
+        partial.rename(out)
+    return out
+
+
+def build_object(archs: tuple[str, ...]) -> Path:
+    """Relocatable object with the kernels for ``archs`` (e.g. ``("sm_90a",)``)."""
+    return _build(tuple(archs), "o")
+
+
+def build_shared(archs: tuple[str, ...]) -> Path:
+    """Standalone shared library (static CUDA runtime) exporting the same functions."""
+    return _build(tuple(archs), "so")
+
+
+def link_options(nvcc: str | None = None) -> list[str]:
+    """Extra inputs for linking model.so around the kernel object: the static CUDA runtime."""
+    return [str(cudart_static(nvcc or find_nvcc())), "-ldl", "-lrt", "-lpthread"]
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build the standalone kernel library (for bench/kernel_bench.py)")
+    parser.add_argument("--arch", nargs="+", default=["sm_90a"])
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(build_shared(tuple(args.arch)), args.out)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
