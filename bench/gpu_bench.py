@@ -118,6 +118,31 @@ def decode_read_bytes(weights: int, cfg, dtype_bytes: int) -> int:
     return weights - (cfg.vocab_size - 1) * cfg.hidden_size * dtype_bytes
 
 
+def profile_kernels(fn, steps: int) -> dict:
+    """GPU kernels of ``steps`` calls of ``fn`` through torch's profiler (CUPTI sees every kernel
+    in the process, TVM's and Ferrum's, inside CUDA graphs too): time per step by kernel, and the
+    share of the wall time the GPU was busy."""
+    torch = torch_mod()
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - start) / steps
+    kernels = []
+    for e in prof.key_averages():
+        busy = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if busy > 0:
+            kernels.append({"kernel": e.key[:160], "calls_per_step": e.count / steps, "us_per_step": busy / steps})
+    kernels.sort(key=lambda k: -k["us_per_step"])
+    busy = sum(k["us_per_step"] for k in kernels)
+    return {"wall_us_per_step": wall * 1e6, "gpu_busy_us_per_step": busy, "kernels": kernels[:40]}
+
+
 def timed(fn, repeats: int) -> float:
     """Median seconds of ``fn()`` (which must synchronize)."""
     fn()
@@ -201,6 +226,28 @@ class Bench:
 
         p, t = timed(forward, repeats), timed(first_token, repeats)
         return {"tokens": length, "prefill_ms": p * 1000, "ttft_ms": t * 1000, "prefill_tok_s": length / p}
+
+    def profiles(self) -> dict:
+        """Per-kernel GPU time of a batch-1 decode step (sampled on the GPU) and of a 2048-token prefill."""
+        r = self.runner
+        r.create_kv_cache(KVCacheConfig(1, PROMPT + 2048 + 256, 2048, 16))
+        r.add_sequence(0)
+        r.prefill([0], [self.tokens(PROMPT)])
+        greedy = np.array([[0.0, 1.0, 0.0, 0.0, 0.0]], np.float32)
+        token = [self.tokens(1)[0]]
+        step = (lambda: r.decode_sample([0], token, greedy)) if r.samples_on_device else (lambda: r.decode([0], token))
+        result = {"decode_b1": profile_kernels(step, 20)}
+        r.remove_sequence(0)
+        prompt = self.tokens(2048)
+
+        def prefill():
+            r.add_sequence(1)
+            r._prefill_logits([1], [prompt])
+            r.device.sync()
+            r.remove_sequence(1)
+
+        result["prefill_2048"] = profile_kernels(prefill, 2)
+        return result
 
 
 def hf_model(cfg, ours: dict, quant_name: str):
@@ -373,6 +420,12 @@ def run_artifact(path: str, args, bandwidth: float) -> dict:
         print(f"  {manifest.name} decode b={b}: {d['forward_tok_s']:.0f} tok/s forward, "
               f"{d.get('sampled_tok_s', float('nan')):.0f} sampled on GPU, "
               f"{d['with_host_logits_tok_s']:.0f} with host logits", flush=True)
+    if args.profile:
+        entry["profile"] = bench.profiles()
+        top = entry["profile"]["decode_b1"]
+        print(f"  {manifest.name} profile decode b=1: wall {top['wall_us_per_step']:.0f} us/step, GPU busy "
+              f"{top['gpu_busy_us_per_step']:.0f} us; top: "
+              + "; ".join(f"{k['kernel'][:50]} {k['us_per_step']:.0f}" for k in top["kernels"][:6]), flush=True)
     entry["prefill"] = []
     for n in args.prefills:
         if n > cfg.context_length:
@@ -422,6 +475,7 @@ def main() -> int:
     parser.add_argument("--decode-steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--peer", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="per-kernel GPU time of decode and prefill")
     parser.add_argument("--peer-short", type=int, default=16)
     parser.add_argument("--peer-long", type=int, default=80)
     parser.add_argument("--compile-timeout", type=float, default=240)

@@ -7,11 +7,11 @@ source as the kernels linked into CUDA artifacts) with ``tvm_ffi`` and calls it 
    float32 logits) at row counts on both sides of the GEMV/GEMM switch and across tile edges,
    against float32 torch math on the same inputs (fresh random inputs per case; outputs
    pre-filled with NaN so an unwritten element fails). Relative error ||out - ref|| / ||ref||.
-2. Sampler: greedy = argmax; seeded draws equal a float64 reimplementation of the host sampler
-   on most rows; draw frequencies follow the distribution.
-3. Tuning: each tile configuration of each kernel kind, timed with CUDA events (median), on the
-   Llama-3-8B and SmolLM2 layer shapes at several row counts, weights rotated through several
-   buffers so L2 does not hold them; the fastest configuration per (kind, op, N, K, rows) becomes
+2. Sampler: greedy = argmax; draws equal the host sampler's ``runtime.sampling.draw`` (float64)
+   given the same uniform numbers on most rows; draw frequencies follow the distribution.
+3. Tuning: each tile configuration of each kernel kind, timed with CUDA events around CUDA-graph
+   replays of back-to-back calls (median), on the Llama-3-8B and SmolLM2 layer shapes at several
+   row counts, weights rotated through several buffers so L2 does not hold them; the fastest configuration per (kind, op, N, K, rows) becomes
    the tuning database (``--db``). cuBLAS (``torch.nn.functional.linear``) is timed beside it.
 
     python bench/kernel_bench.py LIB.so --out $OUT/kernels.json --db $OUT/sm_90a.json
@@ -31,10 +31,14 @@ import numpy as np
 import torch
 import tvm_ffi
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from runtime.sampling import draw  # noqa: E402  (the host sampler's contract, float64)
+
 
 GEMV_CONFIGS = {"gemv_f16": 3, "gemv_q4": 3}
 GEMM_CONFIGS = 8
-KIND_ID = {"gemv_f16": 0, "gemv_q4": 1, "gemm_f16": 2}
+KIND_ID = {"gemv_f16": 0, "gemv_q4": 1, "gemm_f16": 2, "path_f16": 3}
 EPS = 1e-5
 
 # (name, op, N out features, K) per model; "gated" N is the intermediate size (W has 2N rows)
@@ -100,7 +104,7 @@ def scratch_halves(op: str, quant: bool, m: int, n: int, k: int) -> int:
     if op in ("norm", "logits"):
         size += m * k
     if op == "gated":
-        size += m * (k + 2 * n)
+        size += m * k
     return max(size, 1)
 
 
@@ -166,7 +170,8 @@ def check_linear(kern: Kernels) -> list[dict]:
                 case(op, quant, m, n, k, None)
     for kind, configs in [("gemv_f16", GEMV_CONFIGS["gemv_f16"]), ("gemv_q4", GEMV_CONFIGS["gemv_q4"]),
                           ("gemm_f16", GEMM_CONFIGS)]:
-        rows = (1, 3, 6, 8) if kind != "gemm_f16" else (9, 33, 200)
+        rows = (1, 3, 6, 8) if kind != "gemm_f16" else (1, 3, 9, 33, 200)
+        kern.force("path_f16", 8 if kind == "gemv_f16" else 0)  # f16 ops: GEMV up to 8 rows / always GEMM
         for cfg in range(configs):
             kern.force(kind, cfg)
             for quant, op in ops:
@@ -176,6 +181,7 @@ def check_linear(kern: Kernels) -> list[dict]:
                     for m in rows:
                         case(op, quant, m, n, k, (kind, cfg))
         kern.force(kind, -1)
+    kern.force("path_f16", -1)
     return results
 
 
@@ -195,8 +201,7 @@ def check_sampler(kern: Kernels) -> dict:
     kern("ferrum_sample_tokens", logits, params, out)
     got = out.cpu().numpy()
     lg = logits.cpu().double().numpy()
-    expect = np.array([host_draw(lg[i], temperature[i], top_p[i], int(top_k[i]), min_p[i], uniform[i])
-                       for i in range(b)])
+    expect = np.array([draw(lg[i], (temperature[i], top_p[i], top_k[i], min_p[i], uniform[i])) for i in range(b)])
     greedy = temperature == 0
     same = got == expect
     # frequencies: one row, many uniforms
@@ -217,63 +222,201 @@ def check_sampler(kern: Kernels) -> dict:
             "ok": bool(same[greedy].all()) and same[~greedy].mean() >= 0.9 and chi2 < 2 * max(int(big.sum()) - 1, 1)}
 
 
-def host_draw(x, temperature, top_p, top_k, min_p, u) -> int:
-    """runtime/sampling.py's order of operations, float64, with the given uniform number."""
-    if temperature == 0:
-        return int(np.argmax(x))
-    x = x / temperature
-    v = x.shape[0]
-    if 0 < top_k < v:
-        kth = np.partition(x, v - top_k)[v - top_k]
-        x = np.where(x >= kth, x, -np.inf)
-    probs = np.exp(x - x.max())
-    probs /= probs.sum()
-    if min_p:
-        probs = np.where(probs >= min_p * probs.max(), probs, 0.0)
-    if top_p < 1.0:
-        cand = np.flatnonzero(probs > 0)
-        order = cand[np.argsort(-probs[cand], kind="stable")]
-        cum = np.cumsum(probs[order])
-        keep = order[: int(np.searchsorted(cum, top_p * cum[-1])) + 1]
-        trimmed = np.zeros_like(probs)
-        trimmed[keep] = probs[keep]
-        probs = trimmed
-    cdf = np.cumsum(probs)
-    return int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), v - 1))
+def attention_case(kern: Kernels, q_lens: list[int], kv_extra: list[int], h_q: int, h_kv: int, d: int, seed: int):
+    """Ragged causal attention through the kernel: output, LSE (log2) and the float32 torch
+    reference per sequence (query row r of a sequence sees keys <= r + kv_len - q_len)."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    kv_lens = [n + e for n, e in zip(q_lens, kv_extra)]
+    q = torch.randn(sum(q_lens), h_q, d, generator=gen, device="cuda").half()
+    k = torch.randn(sum(kv_lens), h_kv, d, generator=gen, device="cuda").half()
+    v = torch.randn(sum(kv_lens), h_kv, d, generator=gen, device="cuda").half()
+    qo = torch.tensor([0, *np.cumsum(q_lens)], dtype=torch.int32, device="cuda")
+    kvp = torch.tensor([0, *np.cumsum(kv_lens)], dtype=torch.int32, device="cuda")
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((q.shape[0], h_q), float("nan"), device="cuda")
+    pos = torch.zeros(q.shape[0], dtype=torch.int32, device="cuda")
+    offs = torch.zeros(len(q_lens), dtype=torch.int32, device="cuda")
+    scale = d ** -0.5
+
+    def run():
+        kern("ferrum_attention_prefill_ragged", q, qo, k, v, kvp, pos, offs, out, lse, 1, 0, 1.0, 1e4, scale)
+
+    return run, q, k, v, q_lens, kv_lens, out, lse, scale
+
+
+def attention_reference(q, k, v, q_lens, kv_lens, scale):
+    outs, lses = [], []
+    qi = ki = 0
+    group = q.shape[1] // k.shape[1]
+    for n, m in zip(q_lens, kv_lens):
+        qs = q[qi:qi + n].float().transpose(0, 1)
+        ks = k[ki:ki + m].float().repeat_interleave(group, 1).transpose(0, 1)
+        vs = v[ki:ki + m].float().repeat_interleave(group, 1).transpose(0, 1)
+        s = qs @ ks.transpose(1, 2) * scale
+        mask = torch.arange(m, device="cuda")[None, :] <= torch.arange(n, device="cuda")[:, None] + (m - n)
+        s = s.masked_fill(~mask, float("-inf"))
+        outs.append((torch.softmax(s, -1) @ vs).transpose(0, 1))
+        lses.append((torch.logsumexp(s, -1) / math.log(2)).transpose(0, 1))
+        qi, ki = qi + n, ki + m
+    return torch.cat(outs), torch.cat(lses)
+
+
+def check_attention(kern: Kernels) -> list[dict]:
+    results = []
+    cases = [([1, 17, 64, 65, 200], [0, 0, 0, 0, 0], 9, 3, 64), ([300, 5, 1000], [0, 0, 0], 32, 8, 128),
+             ([40, 130], [7, 100], 32, 8, 128), ([2048], [0], 32, 8, 128), ([129, 64], [0, 0], 12, 12, 64)]
+    for i, (q_lens, extra, h_q, h_kv, d) in enumerate(cases):
+        run, q, k, v, ql, kl, out, lse, scale = attention_case(kern, q_lens, extra, h_q, h_kv, d, 50 + i)
+        run()
+        torch.cuda.synchronize()
+        ref_out, ref_lse = attention_reference(q, k, v, ql, kl, scale)
+        e_out, e_lse = rel_err(out, ref_out), rel_err(lse, ref_lse)
+        results.append({"q_lens": q_lens, "kv_extra": extra, "h_q": h_q, "h_kv": h_kv, "d": d,
+                        "rel_err_out": e_out, "rel_err_lse": e_lse, "ok": e_out < 3e-3 and e_lse < 1e-3})
+    return results
+
+
+def paged_decode_case(kern: Kernels, ctx_lens: list[int], h_q: int, h_kv: int, d: int, page_size: int, seed: int):
+    """One new token per sequence attending to its paged cache: the kernel call and the float32
+    torch reference. Pages of all sequences are shuffled through one pool, like the cache's."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    n_pages = [(n + page_size - 1) // page_size for n in ctx_lens]
+    pool = sum(n_pages) + 3
+    pages = torch.randn(pool, 2, h_kv, page_size, d, generator=gen, device="cuda").half()
+    order = torch.randperm(pool, generator=gen, device="cuda")[: sum(n_pages)].int()
+    indptr = torch.tensor([0, *np.cumsum(n_pages)], dtype=torch.int32, device="cuda")
+    last = torch.tensor([n - (p - 1) * page_size for n, p in zip(ctx_lens, n_pages)], dtype=torch.int32, device="cuda")
+    q = torch.randn(len(ctx_lens), h_q, d, generator=gen, device="cuda").half()
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((len(ctx_lens), h_q), float("nan"), device="cuda")
+    zeros = torch.zeros(len(ctx_lens), dtype=torch.int32, device="cuda")
+    scale = d ** -0.5
+
+    def run():
+        kern("ferrum_attention_decode_paged", q, pages, indptr, order, last, zeros, zeros, out, lse, 0, 1.0, 1e4, scale)
+
+    def reference():
+        outs, lses = [], []
+        for b, n in enumerate(ctx_lens):
+            ids = order[indptr[b]: indptr[b + 1]].long()
+            kv = pages[ids].float()  # [p, 2, h_kv, page, d]
+            k = kv[:, 0].permute(1, 0, 2, 3).reshape(h_kv, -1, d)[:, :n].repeat_interleave(h_q // h_kv, 0)
+            v = kv[:, 1].permute(1, 0, 2, 3).reshape(h_kv, -1, d)[:, :n].repeat_interleave(h_q // h_kv, 0)
+            sc = torch.einsum("hd,hnd->hn", q[b].float(), k) * scale
+            outs.append(torch.einsum("hn,hnd->hd", torch.softmax(sc, -1), v))
+            lses.append(torch.logsumexp(sc, -1) / math.log(2))
+        return torch.stack(outs), torch.stack(lses)
+
+    return run, reference, out, lse
+
+
+def check_decode_attention(kern: Kernels) -> list[dict]:
+    results = []
+    for i, (lens, h_q, h_kv, d, page) in enumerate([([1, 16, 17, 130, 700], 9, 3, 64, 16), ([128, 5, 2049], 32, 8, 128, 16),
+                                                    ([33, 64], 32, 8, 128, 32)]):
+        run, reference, out, lse = paged_decode_case(kern, lens, h_q, h_kv, d, page, 80 + i)
+        run()
+        torch.cuda.synchronize()
+        ref_out, ref_lse = reference()
+        e_out, e_lse = rel_err(out, ref_out), rel_err(lse, ref_lse)
+        results.append({"ctx_lens": lens, "h_q": h_q, "h_kv": h_kv, "d": d, "page_size": page,
+                        "rel_err_out": e_out, "rel_err_lse": e_lse, "ok": e_out < 3e-3 and e_lse < 1e-3})
+    return results
+
+
+def check_rope(kern: Kernels) -> dict:
+    """Split + RoPE against torch with TVM's formula (freq = pos * scale / theta^(2i/d), rotate-half)."""
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    n, h_q, h_kv, d, theta = 300, 9, 3, 64, 100000.0
+    qkv = torch.randn(n, h_q + 2 * h_kv, d, generator=gen, device="cuda").half()
+    pos = torch.randint(0, 8000, (n,), generator=gen, device="cuda", dtype=torch.int32)
+    q, k, v = (torch.full((n, h, d), float("nan"), device="cuda").half() for h in (h_q, h_kv, h_kv))
+    kern("ferrum_split_rotary_with", qkv, pos, q, k, v, 1, theta, 1.0)
+    torch.cuda.synchronize()
+    i = torch.arange(d // 2, device="cuda", dtype=torch.float64)
+    freq = pos.double()[:, None] / theta ** (2 * i / d)
+    cos, sin = freq.cos()[:, None], freq.sin()[:, None]
+    x = qkv.double()
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    rot = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+    errs = {"q": rel_err(q, rot[:, :h_q]), "k": rel_err(k, rot[:, h_q:h_q + h_kv]),
+            "v": rel_err(v, x[:, h_q + h_kv:])}
+    return {**errs, "ok": max(errs.values()) < 2e-3}
+
+
+def time_decode_attention(kern: Kernels) -> list[dict]:
+    rows = []
+    for b, ctx, h_q, h_kv, d in [(1, 128, 32, 8, 128), (1, 4096, 32, 8, 128), (64, 128, 32, 8, 128), (1, 128, 9, 3, 64)]:
+        run, *_ = paged_decode_case(kern, [ctx] * b, h_q, h_kv, d, 16, 5)
+        us = time_ms(run, 20) * 1000
+        rows.append({"batch": b, "context": ctx, "h_q": h_q, "h_kv": h_kv, "d": d, "us": us})
+        print(f"decode attention b={b} ctx={ctx} h={h_q}/{h_kv} d={d}: {us:.1f} us", flush=True)
+    return rows
+
+
+def time_attention(kern: Kernels) -> list[dict]:
+    """Causal prefill attention of one sequence: ours vs torch SDPA (FlashAttention) on the same data."""
+    rows = []
+    for n, h_q, h_kv, d in [(2048, 32, 8, 128), (8192, 32, 8, 128), (2048, 9, 3, 64), (8192, 9, 3, 64)]:
+        run, q, k, v, *_ = attention_case(kern, [n], [0], h_q, h_kv, d, 7)
+        ms = time_ms(run, 10)
+        qt, kt, vt = (t.transpose(0, 1)[None] for t in (q, k, v))
+        kt, vt = kt.repeat_interleave(h_q // h_kv, 1), vt.repeat_interleave(h_q // h_kv, 1)
+        sdpa = time_ms(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True), 10)
+        flops = 4 * n * n * d * h_q / 2
+        rows.append({"tokens": n, "h_q": h_q, "h_kv": h_kv, "d": d, "ms": ms, "tflops": flops / ms / 1e9,
+                     "torch_sdpa_ms": sdpa})
+        print(f"attention n={n} h={h_q}/{h_kv} d={d}: {ms:.3f} ms ({flops / ms / 1e9:.0f} TF), torch SDPA {sdpa:.3f} ms",
+              flush=True)
+    return rows
+
+
+def _events_ms(fn) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
 
 
 def time_ms(fn, reps: int) -> float:
+    """Median GPU time of one ``fn()``: calls are captured back to back in a CUDA graph (as decode
+    runs them) so that host launch overhead, ~25 us per call from Python, is not measured; as many
+    calls per graph as fit in about a millisecond."""
     fn()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    per_graph = max(1, min(20, round(1.0 / max(_events_ms(fn), 1e-3))))
+    graph = torch.cuda.CUDAGraph()
+    with tvm_ffi.use_torch_stream(torch.cuda.graph(graph)):
+        for _ in range(per_graph):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    return statistics.median(_events_ms(graph.replay) / per_graph for _ in range(reps))
 
 
 def tune(kern: Kernels, models: list[str], budget_s: float) -> tuple[list[dict], list[dict]]:
-    """Time every configuration; return all timings and the best entry per key."""
+    """Time every configuration; return all timings and the database entries (the fastest
+    configuration per kind, op, N, K and row count; for f16 ops at <= 8 rows also whether the GEMV
+    or the tensor-core GEMM path is faster)."""
     timings, best = [], []
     t_start = time.time()
     for model in models:
         for name, op, n, k in SHAPES[model]:
+            gemv_op = {"logits": "norm"}.get(op, op)
+            gemm_op = {"res": "res", "gated": "gated"}.get(op, "plain")  # gated: the fused SwiGLU GEMM
             for quant in (False, True):
                 if quant and op == "logits":
                     continue
+                path_faster_gemv = []
                 for m in GEMV_ROWS + GEMM_ROWS:
                     if time.time() - t_start > budget_s:
                         return timings, best
-                    if m > 2048 and model != "llama3-8b":
-                        continue
-                    kind = ("gemv_q4" if quant else "gemv_f16") if m <= 8 else "gemm_f16"
-                    if quant and kind == "gemm_f16":
-                        continue  # int4 GEMM = dequantize + the f16 GEMM, tuned with quant=False
-                    copies = 3 if (2 * n if op == "gated" else n) * k * 2 < 150e6 else 1
+                    if (m > 2048 and model != "llama3-8b") or (quant and m > 8):
+                        continue  # int4 above 8 rows = dequantize + the f16 GEMM, tuned with quant=False
+                    rows_w = 2 * n if op == "gated" else n
+                    copies = 3 if rows_w * k * 2 < 150e6 else 1
                     cases = [make_case(op, quant, m, n, k, 1000 + i) for i in range(copies)]
                     idx = [0]
 
@@ -282,32 +425,47 @@ def tune(kern: Kernels, models: list[str], budget_s: float) -> tuple[list[dict],
                         idx[0] += 1
                         run_op(kern, op, quant, x, g, wq, res, out, scratch)
 
-                    configs = GEMM_CONFIGS if kind == "gemm_f16" else GEMV_CONFIGS[kind]
-                    row = {"model": model, "layer": name, "op": op, "quant": quant, "m": m, "n": n, "k": k,
-                           "kind": kind, "ms": {}}
-                    for cfg in range(configs):
-                        kern.force(kind, cfg)
-                        row["ms"][cfg] = time_ms(run, 10 if m >= 2048 else 30)
-                    kern.force(kind, -1)
-                    row["auto_ms"] = time_ms(run, 10 if m >= 2048 else 30)
+                    if m > 8:
+                        kinds = [("gemm_f16", GEMM_CONFIGS, None)]
+                    elif quant:
+                        kinds = [("gemv_q4", GEMV_CONFIGS["gemv_q4"], None)]
+                    else:  # both paths: the GEMV up to 8 rows, or the GEMM from 1 row
+                        kinds = [("gemv_f16", GEMV_CONFIGS["gemv_f16"], 8), ("gemm_f16", GEMM_CONFIGS, 0)]
+                    reps = 10 if m >= 2048 else 30
+                    row = {"model": model, "layer": name, "op": op, "quant": quant, "m": m, "n": n, "k": k, "ms": {}}
+                    for kind, configs, path in kinds:
+                        if path is not None:
+                            kern.force("path_f16", path)
+                        for cfg in range(configs):
+                            kern.force(kind, cfg)
+                            row["ms"][f"{kind}:{cfg}"] = time_ms(run, reps)
+                        kern.force(kind, -1)
+                        kern.force("path_f16", -1)
+                        cfg_best = min(range(configs), key=lambda c: row["ms"][f"{kind}:{c}"])
+                        best.append({"kind": kind, "op": gemv_op if kind != "gemm_f16" else gemm_op,
+                                     "n": n, "k": k, "m_max": m,
+                                     "config": int(cfg_best), "ms": row["ms"][f"{kind}:{cfg_best}"]})
+                    if not quant and m <= 8:
+                        gemv = min(v for key, v in row["ms"].items() if key.startswith("gemv"))
+                        gemm = min(v for key, v in row["ms"].items() if key.startswith("gemm"))
+                        path_faster_gemv.append((m, gemv < gemm))
+                    row["auto_ms"] = time_ms(run, reps)
                     if not quant:
                         x0, _, wq0, _, _, _, _ = cases[0]
-                        w0 = wq0[0][: 2 * n if op == "gated" else n]
-                        row["cublas_ms"] = time_ms(lambda: torch.nn.functional.linear(x0, w0), 10 if m >= 2048 else 30)
-                    wbytes = (2 * n if op == "gated" else n) * k * (0.5 + 4 / 32 if quant else 2)
-                    cfg_best = min(row["ms"], key=row["ms"].get)
-                    row["best_config"] = cfg_best
-                    row["best_gb_s"] = wbytes / (row["ms"][cfg_best] * 1e-3) / 1e9
-                    row["best_tflops"] = 2 * m * (2 * n if op == "gated" else n) * k / (row["ms"][cfg_best] * 1e-3) / 1e12
+                        row["cublas_ms"] = time_ms(lambda: torch.nn.functional.linear(x0, wq0[0][:rows_w]), reps)
+                    key_best = min(row["ms"], key=row["ms"].get)
+                    wbytes = rows_w * k * (0.5 + 4 / 32 if quant else 2)
+                    row["best"] = key_best
+                    row["best_gb_s"] = wbytes / (row["ms"][key_best] * 1e-3) / 1e9
+                    row["best_tflops"] = 2 * m * rows_w * k / (row["ms"][key_best] * 1e-3) / 1e12
                     timings.append(row)
-                    print(f"{model:13s} {name:8s} {'q4' if quant else 'f16'} m={m:5d} {kind:8s} best cfg {cfg_best} "
-                          f"{row['ms'][cfg_best]:.4f} ms ({row['best_gb_s']:.0f} GB/s, {row['best_tflops']:.1f} TF)"
+                    print(f"{model:13s} {name:8s} {'q4' if quant else 'f16'} m={m:5d} best {key_best:10s} "
+                          f"{row['ms'][key_best]:.4f} ms ({row['best_gb_s']:.0f} GB/s, {row['best_tflops']:.1f} TF)"
                           + (f" cuBLAS {row['cublas_ms']:.4f} ms" if "cublas_ms" in row else ""), flush=True)
-                    db_op = {"logits": "norm", "gated": "gated"}.get(op, op) if kind != "gemm_f16" else \
-                        ("res" if op == "res" else "plain")
-                    db_n = n if kind != "gemm_f16" else (2 * n if op == "gated" else n)
-                    best.append({"kind": kind, "op": db_op, "n": db_n, "k": k, "m_max": m, "config": int(cfg_best),
-                                 "ms": row["ms"][cfg_best]})
+                if path_faster_gemv:
+                    limit = max([m for m, faster in path_faster_gemv if faster], default=0)
+                    best.append({"kind": "path_f16", "op": gemv_op, "n": n, "k": k, "m_max": 1 << 30,
+                                 "config": limit})
     return timings, best
 
 
@@ -331,6 +489,16 @@ def main() -> int:
         print("  FAILED", r, flush=True)
     report["sampler"] = check_sampler(kern)
     print("sampler:", report["sampler"], flush=True)
+    report["attention_checks"] = check_attention(kern)
+    for r in report["attention_checks"]:
+        print("attention:", r, flush=True)
+    report["attention_timing"] = time_attention(kern)
+    report["decode_attention_checks"] = check_decode_attention(kern)
+    for r in report["decode_attention_checks"]:
+        print("decode attention:", r, flush=True)
+    report["decode_attention_timing"] = time_decode_attention(kern)
+    report["rope_check"] = check_rope(kern)
+    print("rope:", report["rope_check"], flush=True)
     args.out.write_text(json.dumps(report, indent=1))
     if args.db:
         timings, best = tune(kern, args.models, args.tune_budget_s)
@@ -346,7 +514,9 @@ def main() -> int:
                 entry["m_max"] = 1 << 30
         db = {"device": torch.cuda.get_device_name(), "command": report["command"], "entries": best}
         args.db.write_text(json.dumps(db, indent=1))
-    return 0 if not bad and report["sampler"]["ok"] else 1
+    ok = (not bad and report["sampler"]["ok"] and report["rope_check"]["ok"]
+          and all(r["ok"] for r in report["attention_checks"] + report["decode_attention_checks"]))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

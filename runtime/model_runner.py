@@ -148,9 +148,11 @@ class ModelRunner:
     def samples_on_device(self) -> bool:
         return self._sample is not None
 
-    def _sample_ids(self, logits: tvm.runtime.Tensor, params: np.ndarray) -> np.ndarray:
+    def _require_sampler(self) -> None:
         if self._sample is None:
             raise InvalidRequestError("this artifact has no on-device sampler (rebuild it for CUDA)")
+
+    def _sample_ids(self, logits: tvm.runtime.Tensor, params: np.ndarray) -> np.ndarray:
         rows = logits.shape[0]
         if params.shape != (rows, SAMPLE_PARAMS):
             raise ValueError(f"sampling parameters must have shape ({rows}, {SAMPLE_PARAMS})")
@@ -160,10 +162,12 @@ class ModelRunner:
     def prefill_sample(self, seq_ids: Sequence[int], chunks: Sequence[Sequence[int]], params: np.ndarray) -> np.ndarray:
         """``prefill``, then one token per sequence sampled on the device; ``params`` rows are
         (temperature, top_p, top_k, min_p, uniform), temperature 0 meaning greedy."""
+        self._require_sampler()
         return self._sample_ids(self._prefill_logits(seq_ids, chunks), params)
 
     def decode_sample(self, seq_ids: Sequence[int], tokens: Sequence[int], params: np.ndarray) -> np.ndarray:
         """``decode``, then one token per sequence sampled on the device (see ``prefill_sample``)."""
+        self._require_sampler()
         return self._sample_ids(self._decode_logits(seq_ids, tokens), params)
 
     def verify(self, seq_ids: Sequence[int], chunks: Sequence[Sequence[int]]) -> np.ndarray:

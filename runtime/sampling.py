@@ -21,6 +21,35 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum())
 
 
+def draw(x: np.ndarray, row: tuple[float, float, float, float, float]) -> int:
+    """One token from logits ``x`` for a sampling row (temperature, top_p, top_k, min_p, uniform):
+    the contract of the GPU sampler (``compile/kernels/cuda/sampling.cuh``), in float64.
+    Temperature 0 is greedy; top_k 0 and top_p 1 switch those filters off."""
+    temperature, top_p, top_k, min_p, uniform = row
+    if temperature == 0:
+        return int(np.argmax(x))
+    x = x.astype(np.float64) / temperature
+    vocab = x.shape[0]
+    k = int(top_k)
+    if 0 < k < vocab:
+        kth = np.partition(x, vocab - k)[vocab - k]
+        x = np.where(x >= kth, x, -np.inf)
+    probs = np.exp(x - x.max())
+    probs /= probs.sum()
+    if min_p:
+        probs = np.where(probs >= min_p * probs.max(), probs, 0.0)
+    if top_p < 1.0:
+        candidates = np.flatnonzero(probs > 0)
+        order = candidates[np.argsort(-probs[candidates], kind="stable")]
+        cumulative = np.cumsum(probs[order])
+        keep = order[: int(np.searchsorted(cumulative, top_p * cumulative[-1])) + 1]
+        trimmed = np.zeros_like(probs)
+        trimmed[keep] = probs[keep]
+        probs = trimmed
+    cdf = np.cumsum(probs)
+    return int(min(np.searchsorted(cdf, uniform * cdf[-1], side="right"), vocab - 1))
+
+
 class SequenceSampler:
     """Samples the next token of one sequence."""
 
@@ -60,26 +89,7 @@ class SequenceSampler:
         return x
 
     def _draw(self, x: np.ndarray) -> int:
-        p = self.params
-        x = x.astype(np.float64) / p.temperature
-        vocab = x.shape[0]
-        if p.top_k is not None and p.top_k < vocab:
-            kth = np.partition(x, vocab - p.top_k)[vocab - p.top_k]
-            x = np.where(x >= kth, x, -np.inf)
-        probs = np.exp(x - x.max())
-        probs /= probs.sum()
-        if p.min_p:
-            probs = np.where(probs >= p.min_p * probs.max(), probs, 0.0)
-        if p.top_p < 1.0:
-            candidates = np.flatnonzero(probs > 0)
-            order = candidates[np.argsort(-probs[candidates], kind="stable")]
-            cumulative = np.cumsum(probs[order])
-            keep = order[: int(np.searchsorted(cumulative, p.top_p * cumulative[-1])) + 1]
-            trimmed = np.zeros_like(probs)
-            trimmed[keep] = probs[keep]
-            probs = trimmed
-        cdf = np.cumsum(probs)
-        return int(min(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right"), vocab - 1))
+        return draw(x, self.device_row())
 
     @property
     def device_capable(self) -> bool:
@@ -90,9 +100,9 @@ class SequenceSampler:
                     or p.frequency_penalty)
 
     def device_row(self) -> tuple[float, float, float, float, float]:
-        """(temperature, top_p, top_k, min_p, uniform) for the GPU sampler (``cuda/sampling.cuh``),
-        taking the uniform number from this sequence's generator exactly as ``_draw`` does, so a
-        seeded request consumes the same random stream on either side."""
+        """(temperature, top_p, top_k, min_p, uniform) for ``draw`` or the GPU sampler, taking the
+        uniform number from this sequence's generator (greedy takes none), so a seeded request
+        consumes the same random stream whichever side samples it."""
         p = self.params
         if p.is_greedy:
             return 0.0, 1.0, 0.0, 0.0, 0.0

@@ -12,7 +12,7 @@ from tvm import relax
 from compile.build import build_fatbins, compile_library, export_module
 from compile.builders import LIBRARY_NAME, Builder, BuildOutput
 from compile.kernels.build import link_options
-from compile.kernels.ops import CudaKernels
+from compile.kernels.ops import CudaKernels, install_attention_kernels
 from compile.model.attention_grid import prefill_attention_grid
 from compile.model.llama import EXPORTED_FUNCTIONS, SAMPLER_FUNCTIONS, LlamaForCausalLM
 from compile.sources.base import LlamaSource
@@ -61,9 +61,20 @@ def build_llama(
     )
 
 
-def uses_cuda_kernels(quant: QuantSpec, target: BuildTarget) -> bool:
-    """Ferrum's CUDA kernels take float16 activations: every CUDA build except q0f32."""
-    return target.info.kind == "cuda" and quant.model_dtype == "float16"
+def uses_cuda_kernels(cfg: LlamaConfig, quant: QuantSpec, target: BuildTarget) -> bool:
+    """Ferrum's CUDA kernels take float16 activations (every CUDA build but q0f32), input widths
+    that are multiples of 32, output widths that are multiples of 8, and head dims of 64 or 128;
+    other models build with TVM's kernels alone."""
+    widths = (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads * cfg.head_dim)
+    return (target.info.kind == "cuda" and quant.model_dtype == "float16" and cfg.head_dim in (64, 128)
+            and all(w % 32 == 0 for w in widths) and cfg.vocab_size % 8 == 0
+            and (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim % 8 == 0)
+
+
+def plain_rope(cfg: LlamaConfig) -> tuple[float, float] | None:
+    """(theta, position scale) when the model's RoPE is the default rotate-half over the whole head
+    (what Ferrum's split-rotary kernel computes); None for scaled variants (llama3, YaRN, ...)."""
+    return (cfg.rope_theta, 1.0) if not cfg.rope_scaling else None
 
 
 def compile_llama(
@@ -71,11 +82,13 @@ def compile_llama(
 ) -> tuple[relax.VMExecutable, list[str], list[str], dict]:
     """Export and compile the network (no weights): the executable, parameter names, exported
     functions and what the manifest's ``extra`` records about the library."""
-    kernels = CudaKernels(target.cuda_archs) if uses_cuda_kernels(quant, target) else None
+    kernels = CudaKernels(target.cuda_archs, rope=plain_rope(cfg)) if uses_cuda_kernels(cfg, quant, target) else None
     functions = list(EXPORTED_FUNCTIONS) + (list(SAMPLER_FUNCTIONS) if kernels else [])
     grid = prefill_attention_grid() if target.info.kind == "cuda" else contextlib.nullcontext()
     with grid:
         mod, param_names = export_module(LlamaForCausalLM(cfg, quant, target.tvm_target, kernels))
+    if kernels is not None:
+        mod = install_attention_kernels(mod, kernels)
     progress(f"lowering and compiling {len(functions)} functions"
              + (" with Ferrum's CUDA kernels and decode CUDA graphs" if kernels else ""))
     if kernels is None:

@@ -10,13 +10,15 @@ CUDA-graph capture sees only planned buffers.
 from __future__ import annotations
 
 from tvm import relax, tirx
+from tvm.ir import IRModule
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor
 from tvm.relax.frontend.nn.core import wrap_nested
 from tvm.relax.frontend.nn.exporter import Exporter
 
-from compile.kernels.build import build_object
+from compile.kernels.build import build_object, build_rope_glue
 from compile.model.layers import Q4_PER_WORD
+from ferrum.errors import FerrumError
 
 SAMPLE_PARAMS = 5  # temperature, top_p, top_k, min_p, uniform (see cuda/sampling.cuh)
 
@@ -55,29 +57,46 @@ SYMBOLS = {
     "ferrum_linear_res_f16": lambda x, w, res: _out(x, w.shape[0]),
     "ferrum_norm_linear_f16": lambda x, g, w, eps: (_out(x, w.shape[0]), _scratch(_rows(x) * _k(x))),
     "ferrum_norm_logits_f16": lambda x, g, w, eps: (_out(x, w.shape[0], "float32"), _scratch(_rows(x) * _k(x))),
-    "ferrum_norm_gate_up_f16": lambda x, g, w, eps: (
-        _out(x, w.shape[0] // 2), _scratch(_rows(x) * (_k(x) + w.shape[0]))),
+    "ferrum_norm_gate_up_f16": lambda x, g, w, eps: (_out(x, w.shape[0] // 2), _scratch(_rows(x) * _k(x))),
     "ferrum_linear_q4": lambda x, qw, qs, qm: (_out(x, qw.shape[0]), _scratch(qw.shape[0] * _q4_k(qw))),
     "ferrum_linear_res_q4": lambda x, qw, qs, qm, res: (_out(x, qw.shape[0]), _scratch(qw.shape[0] * _q4_k(qw))),
     "ferrum_norm_linear_q4": lambda x, g, qw, qs, qm, eps: (
         _out(x, qw.shape[0]), _scratch(qw.shape[0] * _q4_k(qw) + _rows(x) * _k(x))),
     "ferrum_norm_gate_up_q4": lambda x, g, qw, qs, qm, eps: (
-        _out(x, qw.shape[0] // 2), _scratch(qw.shape[0] * _q4_k(qw) + _rows(x) * (_k(x) + qw.shape[0]))),
+        _out(x, qw.shape[0] // 2), _scratch(qw.shape[0] * _q4_k(qw) + _rows(x) * _k(x))),
     "ferrum_sample_tokens": lambda logits, params: Tensor.placeholder([_rows(logits)], "int32"),
+    # not called from the graph: handed to the paged KV cache (see install_attention_kernels)
+    "ferrum_attention_prefill_ragged": None,
+    "ferrum_attention_decode_paged": None,
 }
+KV_CACHE_CREATE = "vm.builtin.paged_attention_kv_cache_create"
+# paged_attention_kv_cache_create's arguments (TVM 0.27): position -> (TVM function name part, ours)
+KV_CACHE_SLOTS = {16: ("prefill_ragged", "ferrum_attention_prefill_ragged"),
+                  18: ("decode_paged_kv", "ferrum_attention_decode_paged")}
+SPLIT_ROTARY_SLOT = (25, "fused_rope", "ferrum_split_rotary")
 
 
 class CudaKernels:
-    """The kernel object for one build's architectures, and the fused operators over it."""
+    """The kernel object for one build's architectures, and the fused operators over it.
 
-    def __init__(self, archs: tuple[str, ...]):
+    ``rope``: (theta, position scale) of a model with default (unscaled) rotate-half RoPE over
+    the whole head; its KV cache then also gets the split-rotary kernel (see
+    ``install_attention_kernels``). Other RoPE variants keep TVM's."""
+
+    def __init__(self, archs: tuple[str, ...], rope: tuple[float, float] | None = None):
         self.module = nn.ObjectModule(SYMBOLS, build_object(archs))
+        self.rope_glue = nn.ObjectModule({"ferrum_split_rotary": None}, build_rope_glue(*rope)) if rope else None
+
+    def _register(self) -> None:
+        exporter = Exporter.current()
+        for module in (self.module, self.rope_glue):
+            if module is not None and module not in exporter.extern_mods:
+                nn.add_extern(module)
 
     def _call(self, name: str, *args):
         """``call_dps_packed`` of one kernel symbol (``nn.ExternModule.__getitem__`` in TVM 0.27
         cannot declare several outputs, so the call is built here)."""
-        if self.module not in Exporter.current().extern_mods:
-            nn.add_extern(self.module)
+        self._register()
         outputs = SYMBOLS[name](*args)
         types = [t._expr.ty for t in outputs] if isinstance(outputs, tuple) else outputs._expr.ty
         inputs = relax.Tuple([_relax_arg(a) for a in args])
@@ -112,3 +131,41 @@ class CudaKernels:
     def sample(self, logits: Tensor, params: Tensor) -> Tensor:
         """Token ids (int32, one per row) from float32 logits and per-row sampling parameters."""
         return self._call("ferrum_sample_tokens", logits, params)
+
+
+@relax.expr_functor.mutator
+class _AttentionSwap(relax.PyExprMutator):
+    def __init__(self, mod: IRModule, rope: bool):
+        super().__init__(mod)
+        self.rope = rope
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        head = call.args[0] if call.args else None
+        if not (isinstance(head, relax.ExternFunc) and head.global_symbol == KV_CACHE_CREATE):
+            return call
+        args = list(call.args)
+        for position, (tvm_name, ours) in KV_CACHE_SLOTS.items():
+            slot = args[position]
+            if not (isinstance(slot, relax.Tuple) and len(slot.fields) == 2
+                    and tvm_name in getattr(slot.fields[1], "name_hint", "")):
+                raise FerrumError(f"TVM's paged KV cache arguments changed: no {tvm_name} at {position}")
+            args[position] = relax.Tuple([slot.fields[0], relax.ExternFunc(ours)])
+        if self.rope:
+            position, tvm_name, ours = SPLIT_ROTARY_SLOT
+            if tvm_name not in getattr(args[position], "name_hint", ""):
+                raise FerrumError(f"TVM's paged KV cache arguments changed: no {tvm_name} at {position}")
+            args[position] = relax.ExternFunc(ours)
+        return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+
+def install_attention_kernels(mod: IRModule, kernels: CudaKernels) -> IRModule:
+    """Give every paged KV cache the module creates our ragged-prefill attention (the new tokens
+    of a prefill attending to each other), paged decode attention and, where the model's RoPE
+    allows, split-rotary kernel in place of TVM's TIR ones. Attention over already cached pages
+    during prefill (chunked prompts, prefix hits) and tree attention stay TVM's."""
+    swap = _AttentionSwap(mod, kernels.rope_glue is not None)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            swap.builder_.update_func(gvar, swap.visit_expr(func))
+    return swap.builder_.get()

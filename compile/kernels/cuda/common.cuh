@@ -66,6 +66,11 @@ __device__ __forceinline__ void ldmatrix_x2(uint32_t* r, const void* smem) {
                : "=r"(r[0]), "=r"(r[1]) : "r"(smem_addr(smem)));
 }
 
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* smem) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(smem)));
+}
+
 // D = A(16x16, row) * B(16x8, col) + D, fp16 inputs, fp32 accumulators.
 __device__ __forceinline__ void mma_16816(float* d, const uint32_t* a, const uint32_t* b) {
   asm volatile(
@@ -76,6 +81,24 @@ __device__ __forceinline__ void mma_16816(float* d, const uint32_t* a, const uin
 }
 
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
+
+// Programmatic dependent launch (sm_90): a kernel launched with the PDL attribute may start while
+// the previous one finishes; it must not read that kernel's outputs, nor write anything, before
+// pdl_wait(). pdl_trigger() lets the next kernel start launching once every block has called it
+// (or exited): called after the main loop, so early blocks of the next kernel never take SM slots
+// from this one's later waves (triggering at the start made decode slower). No-ops before sm_90.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
 template <typename T>
 __device__ __forceinline__ void store2(T* p, float a, float b);

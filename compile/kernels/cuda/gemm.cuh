@@ -6,6 +6,9 @@
 // memory that keeps every ldmatrix phase free of bank conflicts. Tiles are walked in groups of
 // GROUP_M row tiles so that blocks running together share weight tiles through L2.
 // Requires K % BK == 0 and N % 8 == 0; rows and columns past M and N are zero-filled and not stored.
+// GATED (SwiGLU): B holds [gate; up] (2N rows) and C is silu(A Bg^T) * (A Bu^T), N wide. A tile's
+// BN shared-memory rows interleave gate and up rows in blocks of 8, so each warp's n8 tiles 2t and
+// 2t+1 hold the gate and up values of the same 8 output columns in the same registers.
 #pragma once
 #include "common.cuh"
 
@@ -28,7 +31,7 @@ struct GemmShape {
   }
 };
 
-template <int BM, int BN, int BK, int WM, int WN, int STAGES, typename OutT, bool RES>
+template <int BM, int BN, int BK, int WM, int WN, int STAGES, typename OutT, bool RES, bool GATED = false>
 __global__ void __launch_bounds__(WM * WN * 32)
     gemm_f16_kernel(const half* __restrict__ A, const half* __restrict__ B, const half* __restrict__ Rsd,
                     OutT* __restrict__ C, int M, int N, int K) {
@@ -39,17 +42,19 @@ __global__ void __launch_bounds__(WM * WN * 32)
   half* Bs = As + STAGES * BM * BK;
 
   // grouped tile order (row tiles fastest inside a group of GROUP_M)
-  const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;
+  constexpr int OUT_BN = GATED ? BN / 2 : BN;  // output columns per tile
+  const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + OUT_BN - 1) / OUT_BN;
   const int per_group = GEMM_GROUP_M * tiles_n;
   const int pid = blockIdx.x;
   const int first_m = (pid / per_group) * GEMM_GROUP_M;
   const int group_rows = min(tiles_m - first_m, GEMM_GROUP_M);
   const int tile_m = first_m + (pid % per_group) % group_rows;
   const int tile_n = (pid % per_group) / group_rows;
-  const int m0 = tile_m * BM, n0 = tile_n * BN;
+  const int m0 = tile_m * BM, n0 = tile_n * OUT_BN;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int wm = warp / WN, wn = warp % WN;
+  pdl_wait();
 
   auto load_tile = [&](int stage, int kt) {
     const int k0 = kt * BK;
@@ -66,8 +71,11 @@ __global__ void __launch_bounds__(WM * WN * 32)
     for (int it = 0; it < (BN * CH + T - 1) / T; ++it) {
       const int i = tid + it * T;
       if (BN * CH % T != 0 && i >= BN * CH) break;
-      const int r = i / CH, c = i % CH, gr = n0 + r;
-      cp_async16(bs + r * BK + S::swizzle(r, c) * 8, B + (size_t)min(gr, N - 1) * K + k0 + c * 8, gr < N);
+      const int r = i / CH, c = i % CH;
+      // GATED: rows 16p..16p+7 are gate rows n0+8p.., rows 16p+8..16p+15 the matching up rows
+      const int col = GATED ? n0 + (r >> 4) * 8 + (r & 7) : n0 + r;
+      const int gr = GATED && (r & 8) ? N + min(col, N - 1) : min(col, N - 1);
+      cp_async16(bs + r * BK + S::swizzle(r, c) * 8, B + (size_t)gr * K + k0 + c * 8, col < N);
     }
   };
 
@@ -120,8 +128,28 @@ __global__ void __launch_bounds__(WM * WN * 32)
     }
   }
   cp_async_wait<0>();
+  pdl_trigger();
 
   const int gq = lane >> 2, cq = lane & 3;
+  if (GATED) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int t = 0; t < NT / 2; ++t) {
+        const int col = n0 + (wn * S::TN) / 2 + t * 8 + cq * 2;
+        if (col >= N) continue;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = m0 + wm * S::TM + mt * 16 + gq + h * 8;
+          if (row >= M) continue;
+          const float* gate = acc[mt][2 * t];
+          const float* up = acc[mt][2 * t + 1];
+          store2(C + (size_t)row * N + col, silu(gate[2 * h]) * up[2 * h], silu(gate[2 * h + 1]) * up[2 * h + 1]);
+        }
+      }
+    }
+    return;
+  }
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll

@@ -1,5 +1,5 @@
 // The small kernels of the many-row (prefill) path, where the GEMM cannot absorb them:
-// RMSNorm, SwiGLU's silu(gate) * up, and int4 -> fp16 dequantization into a scratch buffer.
+// RMSNorm, and int4 -> fp16 dequantization into a scratch buffer.
 #pragma once
 #include "common.cuh"
 
@@ -34,17 +34,6 @@ __global__ void __launch_bounds__(256)
     o.z = f2h2(v[4] * inv * gv[4], v[5] * inv * gv[5]);
     o.w = f2h2(v[6] * inv * gv[6], v[7] * inv * gv[7]);
     *reinterpret_cast<uint4*>(y + base + k) = o;
-  }
-}
-
-// gu[m, 0:I] is the gate, gu[m, I:2I] the up projection: y[m, i] = silu(gate) * up.
-__global__ void silu_mul_kernel(const half* __restrict__ gu, half* __restrict__ y, int M, int I) {
-  const size_t total = (size_t)M * I / 2;
-  for (size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x; p < total; p += (size_t)gridDim.x * blockDim.x) {
-    const size_t m = p / (I / 2), i = (p % (I / 2)) * 2;
-    const float2 a = h2f(*reinterpret_cast<const uint32_t*>(gu + m * 2 * I + i));
-    const float2 b = h2f(*reinterpret_cast<const uint32_t*>(gu + m * 2 * I + I + i));
-    *reinterpret_cast<uint32_t*>(y + m * I + i) = f2h2(silu(a.x) * b.x, silu(a.y) * b.y);
   }
 }
 
