@@ -6,6 +6,8 @@
 #include <cuda_runtime.h>
 #include <dlpack/dlpack.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <unordered_set>
 #include <tvm/ffi/container/tensor.h>
@@ -120,9 +122,15 @@ void require(bool ok, const char* what) {
 
 // Launch with programmatic dependent launch on sm_90+ (see pdl_wait in common.cuh): the kernel's
 // launch and first weight fetches overlap the tail of the kernel before it, in CUDA graphs too.
+// FERRUM_PDL=0 in the environment turns programmatic dependent launch off (for A/B measurements).
+const bool pdl_enabled = [] {
+  const char* v = std::getenv("FERRUM_PDL");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}();
+
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args... args) {
-  if (device_sm() < 90) {
+  if (!pdl_enabled || device_sm() < 90) {
     kernel<<<grid, block, smem, s>>>(args...);
     return;
   }
@@ -530,12 +538,15 @@ void split_rotary(DLTensor* qkv, DLTensor* positions, DLTensor* q, DLTensor* k, 
   const int h_q = static_cast<int>(q->shape[1]), h_kv = static_cast<int>(k->shape[1]);
   require(qkv->shape[1] == h_q + 2 * h_kv && d % 2 == 0, "split rotary: qkv heads must be h_q + 2 h_kv");
   if (tokens == 0) return;
-  const int groups = (h_q + 2 * h_kv + ROPE_HEADS_PER_THREAD - 1) / ROPE_HEADS_PER_THREAD;
+  // decode-sized inputs: one head per thread, so a handful of tokens still fills many threads
+  const int heads = h_q + 2 * h_kv;
+  const int per_thread = (int64_t)tokens * (d / 2) * heads < (1 << 16) ? 1 : ROPE_HEADS_PER_THREAD;
+  const int groups = (heads + per_thread - 1) / per_thread;
   const int64_t threads = (int64_t)tokens * (d / 2) * groups;
   const int blocks = static_cast<int>(std::min<int64_t>((threads + 255) / 256, 65535));
   split_rotary_kernel<<<blocks, 256, 0, stream_of(qkv)>>>(ptr<half>(qkv), ptr<int>(positions), ptr<half>(q), ptr<half>(k),
                                                           ptr<half>(v), tokens, h_q, h_kv, d, theta, scale,
-                                                          apply_rope ? 1 : 0);
+                                                          apply_rope ? 1 : 0, per_thread);
   check_launch("split_rotary");
 }
 

@@ -3,7 +3,7 @@
 // (rotate-half, default frequencies: freq = position * scale / theta^(2i/d)). The angle of a
 // (token, pair) is the same for every head, so each thread computes one sin/cos and applies it to
 // a group of heads (TVM's kernel computed it per element: 2.5 ms of an 8B model's 2048-token
-// prefill).
+// prefill); at decode sizes a thread takes one head, for parallelism.
 #pragma once
 #include "common.cuh"
 
@@ -13,9 +13,9 @@ constexpr int ROPE_HEADS_PER_THREAD = 8;
 
 __global__ void split_rotary_kernel(const half* __restrict__ qkv, const int* __restrict__ positions,
                                     half* __restrict__ q, half* __restrict__ k, half* __restrict__ v, int tokens,
-                                    int h_q, int h_kv, int d, float theta, float scale, int apply) {
+                                    int h_q, int h_kv, int d, float theta, float scale, int apply, int per_thread) {
   const int heads = h_q + 2 * h_kv, pairs = d / 2;
-  const int groups = (heads + ROPE_HEADS_PER_THREAD - 1) / ROPE_HEADS_PER_THREAD;
+  const int groups = (heads + per_thread - 1) / per_thread;
   const size_t total = (size_t)tokens * pairs * groups;
   for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
     const int i = idx % pairs;  // consecutive threads: consecutive pairs of one head (coalesced)
@@ -23,9 +23,9 @@ __global__ void split_rotary_kernel(const half* __restrict__ qkv, const int* __r
     const size_t s = idx / ((size_t)pairs * groups);
     float sn = 0.f, cs = 1.f;
     if (apply) sincosf((float)positions[s] * scale / powf(theta, (float)(2 * i) / (float)d), &sn, &cs);
-    const int h_end = min(heads, (group + 1) * ROPE_HEADS_PER_THREAD);
+    const int h_end = min(heads, (group + 1) * per_thread);
 #pragma unroll 4
-    for (int h = group * ROPE_HEADS_PER_THREAD; h < h_end; ++h) {
+    for (int h = group * per_thread; h < h_end; ++h) {
       const half* src = qkv + (s * heads + h) * d;
       const float x1 = __half2float(src[i]), x2 = __half2float(src[i + pairs]);
       half* dst;
