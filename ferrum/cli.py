@@ -113,7 +113,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     base = EngineConfig(device=args.device, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
-                        kv_cache_tokens=args.kv_cache_tokens, max_queue_size=args.max_queue_size)
+                        kv_cache_tokens=args.kv_cache_tokens, max_queue_size=args.max_queue_size,
+                        gpu_memory_utilization=args.gpu_memory_utilization)
     models = open_engines(args.artifacts, base)
     options = ServerOptions(api_key=args.api_key or os.environ.get("FERRUM_API_KEY") or None,
                             cors_origins=args.cors_origin, max_body_bytes=args.max_body_bytes)
@@ -162,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-cache-tokens", type=int, default=None, help="KV cache size in tokens (default: sized "
                    "from memory)")
     p.add_argument("--max-queue-size", type=int, default=1024, help="waiting requests before 429")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="share of the GPU memory free after loading the weights that the KV cache and the "
+                        "step workspace may take (default 0.9)")
     p.set_defaults(func=cmd_serve)
     return parser
 

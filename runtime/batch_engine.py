@@ -164,6 +164,8 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
         cfg = self._config
         if cfg.max_num_batched_tokens < 1 or cfg.max_num_seqs < 1:
             raise InvalidRequestError("max_num_seqs and max_num_batched_tokens must be positive")
+        if not 0 < cfg.gpu_memory_utilization <= 1:
+            raise InvalidRequestError("gpu_memory_utilization must be in (0, 1]", param="gpu_memory_utilization")
         limit = self.runner.max_decode_batch
         if limit is not None and cfg.max_num_seqs > limit:
             raise InvalidRequestError(f"max_num_seqs {cfg.max_num_seqs} exceeds this artifact's decode batch "

@@ -14,7 +14,7 @@ import pytest
 
 from compile.compile_model import compile_model
 from conftest import write_tiny_llama
-from ferrum.errors import ArtifactError, ModelSourceError
+from ferrum.errors import ArtifactError, InvalidRequestError, ModelSourceError
 from ferrum.manifest import Manifest
 from runtime.artifact import LlmArtifact, resolve_device
 
@@ -152,3 +152,12 @@ def test_missing_cpu_features_are_refused(artifact_copy):
     (artifact_copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="imaginary_isa"):
         LlmArtifact.open(artifact_copy)
+
+
+@pytest.mark.parametrize("share", [0.0, -0.5, 1.5])
+def test_gpu_memory_utilization_out_of_range_is_refused(smollm2_artifact, share):
+    from ferrum.types import EngineConfig
+    from runtime.batch_engine import ContinuousBatchEngine
+
+    with pytest.raises(InvalidRequestError, match="gpu_memory_utilization"):
+        ContinuousBatchEngine(EngineConfig(artifact_path=str(smollm2_artifact), gpu_memory_utilization=share))

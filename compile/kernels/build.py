@@ -65,7 +65,7 @@ def tuning_table(archs: tuple[str, ...]) -> str:
         for entry in json.loads(path.read_text())["entries"]:
             rows.append(f"    {{{sm}, {KINDS[entry['kind']]}, {OPS[entry['op']]}, {entry['n']}, {entry['k']}, "
                         f"{entry['m_max']}, {entry['config']}}},")
-    return "// generated from compile/kernels/tuning/*.json\n" + "\n".join(rows) + "\n"
+    return "// generated from compile/kernels/tuning/*.json\n" + "".join(row + "\n" for row in rows)
 
 
 def _gencode(archs: tuple[str, ...]) -> list[str]:

@@ -277,8 +277,7 @@ struct Linear {
   int M, N, K;
 };
 
-Linear check_linear(const DLTensor* x, const DLTensor* out, int64_t w_rows, int64_t w_cols_elems,
-                    int64_t out_features) {
+Linear check_linear(const DLTensor* x, const DLTensor* out, int64_t w_cols_elems, int64_t out_features) {
   require(x->device.device_type == kDLCUDA && out->device.device_type == kDLCUDA, "tensors must be on a CUDA device");
   require(is(x, kDLFloat, 16), "activations must be float16");
   require(is(out, kDLFloat, 16) || is(out, kDLFloat, 32), "output must be float16 or float32");
@@ -289,7 +288,6 @@ Linear check_linear(const DLTensor* x, const DLTensor* out, int64_t w_rows, int6
   require(out_features % 8 == 0, "the output width must be a multiple of 8");
   const int64_t M = numel(x) / K;
   require(numel(out) == M * out_features, "output rows do not match the input rows");
-  (void)w_rows;
   return {static_cast<int>(M), static_cast<int>(out_features), static_cast<int>(K)};
 }
 
@@ -308,7 +306,7 @@ bool f16_gemv(int op, const Linear& d) {
 // Entry points (TVM FFI, destination-passing: outputs last)
 
 void linear_f16(DLTensor* x, DLTensor* w, DLTensor* out) {
-  const Linear d = check_linear(x, out, w->shape[0], w->shape[1], w->shape[0]);
+  const Linear d = check_linear(x, out, w->shape[1], w->shape[0]);
   cudaStream_t s = stream_of(x);
   const half* xp = ptr<half>(x);
   const half* wp = ptr<half>(w);
@@ -323,7 +321,7 @@ void linear_f16(DLTensor* x, DLTensor* w, DLTensor* out) {
 }
 
 void linear_res_f16(DLTensor* x, DLTensor* w, DLTensor* res, DLTensor* out) {
-  const Linear d = check_linear(x, out, w->shape[0], w->shape[1], w->shape[0]);
+  const Linear d = check_linear(x, out, w->shape[1], w->shape[0]);
   require(is(out, kDLFloat, 16) && numel(res) == numel(out), "residual must match the float16 output");
   cudaStream_t s = stream_of(x);
   if (f16_gemv(OP_RES, d))
@@ -333,7 +331,7 @@ void linear_res_f16(DLTensor* x, DLTensor* w, DLTensor* res, DLTensor* out) {
 }
 
 void norm_linear_f16(DLTensor* x, DLTensor* g, DLTensor* w, double eps, DLTensor* out, DLTensor* scratch) {
-  const Linear d = check_linear(x, out, w->shape[0], w->shape[1], w->shape[0]);
+  const Linear d = check_linear(x, out, w->shape[1], w->shape[0]);
   cudaStream_t s = stream_of(x);
   const half* xp = ptr<half>(x);
   const half* gp = ptr<half>(g);
@@ -353,7 +351,7 @@ void norm_linear_f16(DLTensor* x, DLTensor* g, DLTensor* w, double eps, DLTensor
 
 void norm_gate_up_f16(DLTensor* x, DLTensor* g, DLTensor* w, double eps, DLTensor* out, DLTensor* scratch) {
   const int64_t I = w->shape[0] / 2;
-  const Linear d = check_linear(x, out, w->shape[0], w->shape[1], I);
+  const Linear d = check_linear(x, out, w->shape[1], I);
   require(is(out, kDLFloat, 16), "gate/up output must be float16");
   cudaStream_t s = stream_of(x);
   const float e = static_cast<float>(eps);
@@ -368,7 +366,7 @@ void norm_gate_up_f16(DLTensor* x, DLTensor* g, DLTensor* w, double eps, DLTenso
 }
 
 void linear_q4(DLTensor* x, DLTensor* qw, DLTensor* qs, DLTensor* qm, DLTensor* out, DLTensor* scratch) {
-  const Linear d = check_linear(x, out, qw->shape[0], qw->shape[1] * 8, qw->shape[0]);
+  const Linear d = check_linear(x, out, qw->shape[1] * 8, qw->shape[0]);
   cudaStream_t s = stream_of(x);
   if (d.M <= kGemvMaxRows) {
     gemv_q4<OP_PLAIN>(ptr<half>(x), nullptr, ptr<uint32_t>(qw), ptr<half>(qs), ptr<half>(qm), nullptr,
@@ -383,7 +381,7 @@ void linear_q4(DLTensor* x, DLTensor* qw, DLTensor* qs, DLTensor* qm, DLTensor* 
 
 void linear_res_q4(DLTensor* x, DLTensor* qw, DLTensor* qs, DLTensor* qm, DLTensor* res, DLTensor* out,
                    DLTensor* scratch) {
-  const Linear d = check_linear(x, out, qw->shape[0], qw->shape[1] * 8, qw->shape[0]);
+  const Linear d = check_linear(x, out, qw->shape[1] * 8, qw->shape[0]);
   require(numel(res) == numel(out), "residual must match the output");
   cudaStream_t s = stream_of(x);
   if (d.M <= kGemvMaxRows) {
@@ -399,7 +397,7 @@ void linear_res_q4(DLTensor* x, DLTensor* qw, DLTensor* qs, DLTensor* qm, DLTens
 
 void norm_linear_q4(DLTensor* x, DLTensor* g, DLTensor* qw, DLTensor* qs, DLTensor* qm, double eps, DLTensor* out,
                     DLTensor* scratch) {
-  const Linear d = check_linear(x, out, qw->shape[0], qw->shape[1] * 8, qw->shape[0]);
+  const Linear d = check_linear(x, out, qw->shape[1] * 8, qw->shape[0]);
   cudaStream_t s = stream_of(x);
   const float e = static_cast<float>(eps);
   if (d.M <= kGemvMaxRows) {
@@ -418,7 +416,7 @@ void norm_linear_q4(DLTensor* x, DLTensor* g, DLTensor* qw, DLTensor* qs, DLTens
 void norm_gate_up_q4(DLTensor* x, DLTensor* g, DLTensor* qw, DLTensor* qs, DLTensor* qm, double eps, DLTensor* out,
                      DLTensor* scratch) {
   const int64_t I = qw->shape[0] / 2;
-  const Linear d = check_linear(x, out, qw->shape[0], qw->shape[1] * 8, I);
+  const Linear d = check_linear(x, out, qw->shape[1] * 8, I);
   cudaStream_t s = stream_of(x);
   const float e = static_cast<float>(eps);
   if (d.M <= kGemvMaxRows) {

@@ -131,7 +131,7 @@ __global__ void __launch_bounds__(WM * WN * 32)
   pdl_trigger();
 
   const int gq = lane >> 2, cq = lane & 3;
-  if (GATED) {
+  if constexpr (GATED) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -148,25 +148,25 @@ __global__ void __launch_bounds__(WM * WN * 32)
         }
       }
     }
-    return;
-  }
+  } else {
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
+    for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      const int col = n0 + wn * S::TN + nt * 8 + cq * 2;
-      if (col >= N) continue;
+      for (int nt = 0; nt < NT; ++nt) {
+        const int col = n0 + wn * S::TN + nt * 8 + cq * 2;
+        if (col >= N) continue;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = m0 + wm * S::TM + mt * 16 + gq + h * 8;
-        if (row >= M) continue;
-        float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
-        if (RES) {
-          const float2 r = h2f(*reinterpret_cast<const uint32_t*>(Rsd + (size_t)row * N + col));
-          v0 += r.x;
-          v1 += r.y;
+        for (int h = 0; h < 2; ++h) {
+          const int row = m0 + wm * S::TM + mt * 16 + gq + h * 8;
+          if (row >= M) continue;
+          float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
+          if (RES) {
+            const float2 r = h2f(*reinterpret_cast<const uint32_t*>(Rsd + (size_t)row * N + col));
+            v0 += r.x;
+            v1 += r.y;
+          }
+          store2(C + (size_t)row * N + col, v0, v1);
         }
-        store2(C + (size_t)row * N + col, v0, v1);
       }
     }
   }
