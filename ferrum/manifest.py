@@ -27,6 +27,9 @@ from ferrum.errors import ArtifactError
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MODALITIES = ("llm", "embedding", "transcription", "tts")
+# Columns of the params argument of an LLM artifact's ``sample_tokens(logits[b, vocab], params[b, 5])``
+# (CUDA builds): temperature (0 = greedy), top_p, top_k (0 = off), min_p, a uniform number in [0, 1).
+SAMPLE_PARAMS = ("temperature", "top_p", "top_k", "min_p", "uniform")
 
 
 @dataclass

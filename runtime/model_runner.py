@@ -15,6 +15,7 @@ import tvm
 from tvm.runtime import ShapeTuple
 
 from ferrum.errors import ArtifactError, InvalidRequestError
+from ferrum.manifest import SAMPLE_PARAMS
 from runtime.artifact import LlmArtifact, resolve_device
 from runtime.vm_loader import load_params, load_vm
 
@@ -29,9 +30,6 @@ class KVCacheConfig:
         self.max_total_tokens = max_total_tokens
         self.prefill_chunk_size = prefill_chunk_size
         self.page_size = page_size
-
-
-SAMPLE_PARAMS = 5  # temperature, top_p, top_k, min_p, uniform: a row of ``sample_tokens``' params
 
 
 class ModelRunner:
@@ -154,8 +152,8 @@ class ModelRunner:
 
     def _sample_ids(self, logits: tvm.runtime.Tensor, params: np.ndarray) -> np.ndarray:
         rows = logits.shape[0]
-        if params.shape != (rows, SAMPLE_PARAMS):
-            raise ValueError(f"sampling parameters must have shape ({rows}, {SAMPLE_PARAMS})")
+        if params.shape != (rows, len(SAMPLE_PARAMS)):
+            raise ValueError(f"sampling parameters must have shape ({rows}, {len(SAMPLE_PARAMS)}): {SAMPLE_PARAMS}")
         ids = self._sample(logits, tvm.runtime.tensor(params.astype(np.float32), self.device))
         return ids.numpy()
 

@@ -20,7 +20,6 @@ from compile.kernels.build import build_object, build_rope_glue
 from compile.model.layers import Q4_PER_WORD
 from ferrum.errors import FerrumError
 
-SAMPLE_PARAMS = 5  # temperature, top_p, top_k, min_p, uniform (see cuda/sampling.cuh)
 
 
 def _relax_arg(arg: Tensor | float) -> relax.Expr:

@@ -26,8 +26,9 @@ from tvm.relax.frontend.nn import Tensor, op, spec
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 from tvm.target import Target
 
-from compile.kernels.ops import SAMPLE_PARAMS, CudaKernels
+from compile.kernels.ops import CudaKernels
 from compile.model.layers import Embedding, QLinear
+from ferrum.manifest import SAMPLE_PARAMS
 from ferrum.model_config import LlamaConfig
 from ferrum.quantization import QuantSpec
 
@@ -188,7 +189,7 @@ class LlamaForCausalLM(nn.Module):
                 },
                 **({"sample_tokens": {
                     "logits": spec.Tensor(["b", self.cfg.vocab_size], "float32"),
-                    "params": spec.Tensor(["b", SAMPLE_PARAMS], "float32"),
+                    "params": spec.Tensor(["b", len(SAMPLE_PARAMS)], "float32"),
                     "$": {"param_mode": "none", "effect_mode": "none"},
                 }} if self.kernels is not None else {}),
             },
