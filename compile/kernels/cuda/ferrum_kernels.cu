@@ -70,14 +70,8 @@ int heuristic(int kind, int m, int n) {
   return 0;
 }
 
-bool tuned(int kind, int op, int m, int n, int k) {
-  const int sm = device_sm();
-  for (const TunedEntry& e : kTuned)
-    if (e.sm == sm && e.kind == kind && e.op == op && e.n == n && e.k == k && e.m_max >= m) return true;
-  return false;
-}
-
-int choose(int kind, int op, int m, int n, int k) {
+// The forced configuration, else the tuned entry with the smallest m_max >= m, else -1.
+int lookup(int kind, int op, int m, int n, int k) {
   if (forced_config[kind] >= 0) return forced_config[kind];
   int best = -1, best_m = 1 << 30;
   const int sm = device_sm();
@@ -87,7 +81,12 @@ int choose(int kind, int op, int m, int n, int k) {
       best_m = e.m_max;
     }
   }
-  return best >= 0 ? best : heuristic(kind, m, n);
+  return best;
+}
+
+int choose(int kind, int op, int m, int n, int k) {
+  const int cfg = lookup(kind, op, m, n, k);
+  return cfg >= 0 ? cfg : heuristic(kind, m, n);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -240,8 +239,8 @@ int gemm_bk(int cfg) { return cfg <= 2 ? 32 : 64; }
 // product without a measured configuration takes the one of the plain product of all 2N rows.
 template <typename OutT, bool RES, bool GATED = false>
 void gemm(const half* A, const half* B, const half* R, OutT* C, int M, int N, int K, cudaStream_t s) {
-  int cfg = GATED ? choose(GEMM_F16, OP_GATED, M, N, K) : choose(GEMM_F16, RES ? OP_RES : OP_PLAIN, M, N, K);
-  if (GATED && !tuned(GEMM_F16, OP_GATED, M, N, K)) cfg = choose(GEMM_F16, OP_PLAIN, M, 2 * N, K);
+  int cfg = GATED ? lookup(GEMM_F16, OP_GATED, M, N, K) : choose(GEMM_F16, RES ? OP_RES : OP_PLAIN, M, N, K);
+  if (cfg < 0) cfg = choose(GEMM_F16, OP_PLAIN, M, 2 * N, K);
   if (K % gemm_bk(cfg) != 0) cfg = 2;  // every supported K is a multiple of 32
   switch (cfg) {
     //                  BM   BN  BK WM WN ST
@@ -293,6 +292,16 @@ Linear check_linear(const DLTensor* x, const DLTensor* out, int64_t w_cols_elems
 
 void require_scratch(const DLTensor* scratch, int64_t halves) {
   require(is(scratch, kDLFloat, 16) && numel(scratch) >= halves, "scratch buffer too small");
+}
+
+// The int4 GEMM path: the rows x K weights dequantized to fp16 at the start of scratch, which must
+// also hold `after` more halves for the caller; returns the fp16 weights.
+half* dequantized(const DLTensor* qw, const DLTensor* qs, const DLTensor* qm, const DLTensor* scratch, int rows,
+                  int K, int64_t after, cudaStream_t s) {
+  require_scratch(scratch, (int64_t)rows * K + after);
+  half* wf = ptr<half>(scratch);
+  dequant_q4(ptr<uint32_t>(qw), ptr<half>(qs), ptr<half>(qm), wf, rows, K, s);
+  return wf;
 }
 
 // Whether an f16 op runs as GEMV (else the tensor-core GEMM) at d.M rows.
@@ -373,9 +382,7 @@ void linear_q4(DLTensor* x, DLTensor* qw, DLTensor* qs, DLTensor* qm, DLTensor* 
                       ptr<half>(out), d.M, d.N, d.K, 0.f, s);
     return;
   }
-  require_scratch(scratch, (int64_t)d.N * d.K);
-  half* wf = ptr<half>(scratch);
-  dequant_q4(ptr<uint32_t>(qw), ptr<half>(qs), ptr<half>(qm), wf, d.N, d.K, s);
+  half* wf = dequantized(qw, qs, qm, scratch, d.N, d.K, 0, s);
   gemm<half, false>(ptr<half>(x), wf, nullptr, ptr<half>(out), d.M, d.N, d.K, s);
 }
 
@@ -389,9 +396,7 @@ void linear_res_q4(DLTensor* x, DLTensor* qw, DLTensor* qs, DLTensor* qm, DLTens
                     ptr<half>(out), d.M, d.N, d.K, 0.f, s);
     return;
   }
-  require_scratch(scratch, (int64_t)d.N * d.K);
-  half* wf = ptr<half>(scratch);
-  dequant_q4(ptr<uint32_t>(qw), ptr<half>(qs), ptr<half>(qm), wf, d.N, d.K, s);
+  half* wf = dequantized(qw, qs, qm, scratch, d.N, d.K, 0, s);
   gemm<half, true>(ptr<half>(x), wf, ptr<half>(res), ptr<half>(out), d.M, d.N, d.K, s);
 }
 
@@ -405,10 +410,8 @@ void norm_linear_q4(DLTensor* x, DLTensor* g, DLTensor* qw, DLTensor* qs, DLTens
                      ptr<half>(out), d.M, d.N, d.K, e, s);
     return;
   }
-  require_scratch(scratch, (int64_t)d.N * d.K + (int64_t)d.M * d.K);
-  half* wf = ptr<half>(scratch);
+  half* wf = dequantized(qw, qs, qm, scratch, d.N, d.K, (int64_t)d.M * d.K, s);
   half* normed = wf + (size_t)d.N * d.K;
-  dequant_q4(ptr<uint32_t>(qw), ptr<half>(qs), ptr<half>(qm), wf, d.N, d.K, s);
   rmsnorm(ptr<half>(x), ptr<half>(g), normed, d.M, d.K, e, s);
   gemm<half, false>(normed, wf, nullptr, ptr<half>(out), d.M, d.N, d.K, s);
 }
@@ -424,10 +427,8 @@ void norm_gate_up_q4(DLTensor* x, DLTensor* g, DLTensor* qw, DLTensor* qs, DLTen
                       ptr<half>(out), d.M, d.N, d.K, e, s);
     return;
   }
-  require_scratch(scratch, 2 * I * d.K + (int64_t)d.M * d.K);
-  half* wf = ptr<half>(scratch);
+  half* wf = dequantized(qw, qs, qm, scratch, 2 * d.N, d.K, (int64_t)d.M * d.K, s);
   half* normed = wf + (size_t)2 * I * d.K;
-  dequant_q4(ptr<uint32_t>(qw), ptr<half>(qs), ptr<half>(qm), wf, 2 * d.N, d.K, s);
   rmsnorm(ptr<half>(x), ptr<half>(g), normed, d.M, d.K, e, s);
   gemm<half, false, true>(normed, wf, nullptr, ptr<half>(out), d.M, d.N, d.K, s);
 }
