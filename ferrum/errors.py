@@ -78,14 +78,6 @@ class EngineShutdownError(FerrumError):
     code = "engine_shutdown"
 
 
-class RequestCancelledError(FerrumError):
-    """The request was cancelled before it finished."""
-
-    status = 499
-    error_type = "cancelled"
-    code = "cancelled"
-
-
 class ArtifactError(FerrumError):
     """An artifact is missing, corrupt, or built for another target/device."""
 

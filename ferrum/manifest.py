@@ -30,6 +30,8 @@ MODALITIES = ("llm", "embedding", "transcription", "tts")
 # Columns of the params argument of an LLM artifact's ``sample_tokens(logits[b, vocab], params[b, 5])``
 # (CUDA builds): temperature (0 = greedy), top_p, top_k (0 = off), min_p, a uniform number in [0, 1).
 SAMPLE_PARAMS = ("temperature", "top_p", "top_k", "min_p", "uniform")
+# a row that samples greedily and takes no random number (for batch rows whose token is ignored)
+IGNORED_SAMPLE_ROW = (0.0, 1.0, 0.0, 0.0, 0.0)
 
 
 @dataclass

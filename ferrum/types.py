@@ -53,6 +53,9 @@ class FinishReason(str, enum.Enum):
         }[self]
 
 
+MAX_COMPLETIONS = 128  # completions per request (``n``), as OpenAI bounds it
+
+
 @dataclass
 class SamplingParams:
     """Per-request sampling parameters (Rust ``SamplingParams``).
@@ -109,8 +112,8 @@ class SamplingParams:
             value = getattr(self, name)
             if not _finite(value) or not -2 <= value <= 2:
                 raise bad(name, f"{name} must be in [-2, 2], got {value!r}")
-        if not isinstance(self.n, int) or self.n < 1:
-            raise bad("n", f"n must be a positive integer, got {self.n!r}")
+        if not isinstance(self.n, int) or isinstance(self.n, bool) or not 1 <= self.n <= MAX_COMPLETIONS:
+            raise bad("n", f"n must be an integer in [1, {MAX_COMPLETIONS}], got {self.n!r}")
         if not isinstance(self.top_logprobs, int) or not 0 <= self.top_logprobs <= 20:
             raise bad("top_logprobs", f"top_logprobs must be an integer in [0, 20], got {self.top_logprobs!r}")
         if self.seed is not None and not isinstance(self.seed, int):

@@ -48,6 +48,7 @@ class PagedKVModel:
         self._blocks: dict[int, _Block] = {}
         self._next_block = 0
         self._seqs: dict[int, _Seq] = {}
+        self.stored_tokens = 0  # sum of every sequence's length (forked prefixes count per sequence)
 
     # -- queries ----------------------------------------------------------------------------
     @property
@@ -116,9 +117,11 @@ class PagedKVModel:
         block.pages += [self._take_page() for _ in range(need)]
         block.length += n
         seq.length += n
+        self.stored_tokens += n
 
     def remove(self, seq_id: int) -> None:
         seq = self._seqs.pop(seq_id)
+        self.stored_tokens -= seq.length
         block_id = seq.last_block
         while block_id != -1 and self._blocks[block_id].refs == 1:
             block = self._blocks.pop(block_id)
@@ -177,6 +180,7 @@ class PagedKVModel:
                 cb.pages.append(self._take_page())
             break
         self._seqs[child] = _Seq(child_block, pos)
+        self.stored_tokens += pos
 
     def popn(self, seq_id: int, n: int) -> None:
         seq = self._seqs[seq_id]
@@ -190,6 +194,7 @@ class PagedKVModel:
             if n > block.length:
                 n -= block.length
                 seq.length -= block.length
+                self.stored_tokens -= block.length
                 self._free_pages.extend(block.pages)
                 del self._blocks[block_id]
                 block_id = block.parent
@@ -200,6 +205,7 @@ class PagedKVModel:
                 self._free_pages.append(block.pages.pop())
             seq.length -= n
             block.length -= n
+            self.stored_tokens -= n
             n = 0
             break
         if n:

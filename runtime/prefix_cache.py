@@ -83,8 +83,7 @@ class PrefixCache:
         self.entries: OrderedDict[int, tuple[int, ...]] = OrderedDict()
         self.hits = 0
         self.misses = 0
-        self.saved_tokens = 0
-        self.matched_lengths: list[int] = []
+        self.saved_tokens = 0  # prompt tokens whose prefill hits skipped, since start
         self.evictions = 0
 
     def __len__(self) -> int:
@@ -117,8 +116,12 @@ class PrefixCache:
             return
         self.hits += 1
         self.saved_tokens += length
-        self.matched_lengths.append(length)
         self.entries.move_to_end(seq_id)
+
+    @property
+    def avg_matched_length(self) -> float:
+        """Mean prefix length of the hits (the hits' saved tokens over their count: no per-hit list)."""
+        return self.saved_tokens / self.hits if self.hits else 0.0
 
     def drop(self, seq_id: int) -> None:
         self.tree.remove(self.entries.pop(seq_id), seq_id)

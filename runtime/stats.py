@@ -65,18 +65,13 @@ def utilization(used: float, total: float) -> float:
 
 
 def mean(values: Sequence[float]) -> float:
-    """Arithmetic mean; each term is divided first so huge samples cannot overflow the sum."""
+    """Arithmetic mean, within [min, max] for any finite values: the exact sum divided once, or,
+    when that sum overflows, each term divided first (dividing first underflows subnormals)."""
     if not values:
         return 0.0
     n = len(values)
-    return math.fsum(v / n for v in values)
-
-
-def in_window(events: Iterable[tuple[float, float]], now: float, span: float) -> list[tuple[float, float]]:
-    """The (time, value) events of the last ``span`` seconds up to ``now``."""
-    return [(t, v) for t, v in events if now - span < t <= now]
-
-
-def merge_windows(a: Iterable[tuple[float, float]], b: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Union of two windows' events, time-ordered (summaries of it equal summaries of the union)."""
-    return sorted([*a, *b])
+    try:
+        average = math.fsum(values) / n
+    except OverflowError:
+        average = math.fsum(v / n for v in values)
+    return min(max(average, min(values)), max(values))

@@ -4,6 +4,10 @@ Engines report what happens (a request arrives, is admitted, yields a token, fin
 step runs; time is spent in a phase) and this module turns those events into the spec's metric
 types, over a sliding window (default 60 s) for rates and since start for totals. Nothing here
 is estimated: a metric with no events behind it is 0.
+
+The same measurements feed the server's Prometheus histograms: a ``TokenTimingObserver`` added
+with ``observe`` receives each time to first token, inter-token gap and end-to-end latency as
+this module measures it, so ``/metrics`` and ``/v1/status`` cannot disagree.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 from ferrum.metrics import (
     BatchingMetrics,
@@ -34,15 +39,23 @@ PHASES = ("tokenization", "model_execution", "sampling", "scheduling", "memory_o
 MAX_SAMPLES = 100_000
 
 
+class TokenTimingObserver(Protocol):
+    """Receives the engine's token timing as it is measured (seconds)."""
+
+    def first_token(self, seconds: float) -> None: ...
+
+    def token_gap(self, seconds: float, n: int) -> None:
+        """``n`` tokens arrived ``seconds`` after the previous ones (each gap is seconds / n)."""
+
+    def finished(self, status: str, seconds: float, prompt_tokens: int, output_tokens: int) -> None: ...
+
+
 @dataclass
 class _Live:
     arrived: float
     admitted: float | None = None
     first_token: float | None = None
     last_token: float | None = None
-    tokens: int = 0
-    itl: list[float] = field(default_factory=list)
-    preemptions: int = 0
 
 
 @dataclass
@@ -90,6 +103,10 @@ class EngineTelemetry:
         self._errors: deque[ErrorEvent] = deque(maxlen=20)
         self._errors_by_type: dict[str, int] = {}
         self._cpu_mark = (time.monotonic(), time.process_time())
+        self._observers: list[TokenTimingObserver] = []
+
+    def observe(self, observer: TokenTimingObserver) -> None:
+        self._observers.append(observer)
 
     # -- events -----------------------------------------------------------------------------
     def on_arrival(self, rid: str) -> None:
@@ -107,28 +124,31 @@ class EngineTelemetry:
             if live is not None and live.admitted is None:
                 live.admitted = time.monotonic()
 
-    def on_preempted(self, rid: str) -> None:
+    def on_preempted(self) -> None:
         with self._lock:
             self.counts["preempted"] += 1
-            if rid in self._live:
-                self._live[rid].preemptions += 1
 
     def on_tokens(self, rid: str, n: int = 1) -> None:
         now = time.monotonic()
+        ttft = span = None
         with self._lock:
             live = self._live.get(rid)
             if live is None or n <= 0:
                 return
             if live.first_token is None:
                 live.first_token = now
+                ttft = now - live.arrived
             elif live.last_token is not None:
-                gap = (now - live.last_token) / n
-                live.itl.extend([gap] * n)
-                self._itl_all.extend([gap] * n)
+                span = now - live.last_token
+                self._itl_all.extend([span / n] * n)
             live.last_token = now
-            live.tokens += n
             self._tokens_window.append((now, n))
             self._prune(now)
+        for observer in self._observers:
+            if ttft is not None:
+                observer.first_token(ttft)
+            if span is not None:
+                observer.token_gap(span, n)
 
     def on_finish(self, rid: str, status: str, prompt_tokens: int, output_tokens: int, chars: int = 0,
                   error: BaseException | None = None) -> None:
@@ -153,6 +173,8 @@ class EngineTelemetry:
                 self._errors_by_type[kind] = self._errors_by_type.get(kind, 0) + 1
                 self._errors.append(ErrorEvent(utc_now(), kind, str(error), rid))
             self._prune(now)
+        for observer in self._observers:
+            observer.finished(status, latency, prompt_tokens, output_tokens)
 
     def on_step(self, batch_size: int, num_tokens: int, seconds: float, capacity: int) -> None:
         now = time.monotonic()
@@ -195,11 +217,6 @@ class EngineTelemetry:
             ttft = mean([v * 1000 for v in self._ttft_all])
             itl = mean([v * 1000 for v in self._itl_all])
         return LatencyMetrics(lat.mean, lat.p50, lat.p90, lat.p95, lat.p99, lat.p999, ttft, itl)
-
-    def latency_samples(self) -> dict[str, list[float]]:
-        """Raw seconds since start (bounded), for histograms."""
-        with self._lock:
-            return {"e2e": list(self._latency_all), "ttft": list(self._ttft_all), "itl": list(self._itl_all)}
 
     def throughput_metrics(self) -> ThroughputMetrics:
         span = self._window_seconds()

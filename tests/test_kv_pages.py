@@ -67,6 +67,7 @@ def test_page_model_matches_tvm(runner, seed):
         assert len(owned) == len(set(owned)) and len(owned) + model.free_pages == model.total_pages
         for seq in model.sequences():
             assert model.length(seq) == runner.sequence_length(seq)
+        assert model.stored_tokens == sum(model.length(seq) for seq in model.sequences())
     for seq in model.sequences():
         model.remove(seq)
         runner.remove_sequence(seq)

@@ -10,13 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ferrum.serde import to_json
-from runtime.stats import in_window, mean, merge_windows, percentile, rate, summarize, utilization
+from runtime.stats import mean, percentile, rate, summarize, utilization
 from runtime.telemetry import EngineTelemetry
 
-values = st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False), max_size=200)
+values = st.lists(st.floats(min_value=0, allow_nan=False, allow_infinity=False), max_size=200)
 any_floats = st.floats(allow_nan=True, allow_infinity=True)
-events = st.lists(st.tuples(st.floats(min_value=0, max_value=1000, allow_nan=False),
-                            st.floats(min_value=0, max_value=1e4, allow_nan=False)), max_size=100)
 
 
 @given(values)
@@ -26,7 +24,7 @@ def test_percentiles_are_ordered_and_bounded(data):
         assert s == summarize([]) and s.count == 0 and s.p999 == 0.0
         return
     assert s.minimum <= s.p50 <= s.p90 <= s.p95 <= s.p99 <= s.p999 <= s.maximum
-    assert s.minimum <= s.mean * (1 + 1e-12) and s.mean <= s.maximum * (1 + 1e-12)
+    assert s.minimum <= s.mean <= s.maximum
     assert s.count == len(data)
 
 
@@ -45,14 +43,6 @@ def test_percentile_matches_linear_interpolation_of_numpy(data, q):
         assert math.isclose(percentile(sorted(data), q), float(np.percentile(data, q)), rel_tol=1e-9, abs_tol=1e-6)
 
 
-@given(events, events, st.floats(min_value=0, max_value=1000), st.floats(min_value=0.001, max_value=1000))
-def test_merging_windows_equals_the_union(a, b, now, span):
-    merged = merge_windows(in_window(a, now, span), in_window(b, now, span))
-    union = in_window(a + b, now, span)
-    assert sorted(merged) == sorted(union)
-    assert summarize(v for _, v in merged) == summarize(v for _, v in union)
-
-
 @given(any_floats, any_floats)
 def test_rates_and_utilization_are_finite_and_in_range(x, y):
     r = rate(x, y)
@@ -67,6 +57,14 @@ def test_summaries_ignore_non_finite_samples(data):
     finite = [v for v in data if math.isfinite(v)]
     assert s.count == len(finite)
     assert all(math.isfinite(v) for v in vars(s).values())
+
+
+def test_the_mean_of_subnormal_or_huge_values_stays_within_min_and_max():
+    tiny, huge = 5e-324, 1.7976931348623157e308
+    assert mean([tiny, tiny]) == tiny
+    assert mean([huge, huge]) == huge
+    s = summarize([tiny, tiny, 2 * tiny])
+    assert s.minimum <= s.mean <= s.maximum
 
 
 def test_empty_inputs_give_zero():

@@ -79,13 +79,13 @@ def _cors_middleware(origins: list[str]):
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     parsed = parse_chat(parse_json_object(await request.read()))
     engine = request.app[MODELS].get(parsed.model, LlmInferenceEngine)
-    return await completions.generate(request, engine, parsed, request.app[METRICS])
+    return await completions.generate(request, engine, parsed)
 
 
 async def text_completions(request: web.Request) -> web.StreamResponse:
     parsed = parse_completion(parse_json_object(await request.read()))
     engine = request.app[MODELS].get(parsed.model, LlmInferenceEngine)
-    return await completions.generate(request, engine, parsed, request.app[METRICS])
+    return await completions.generate(request, engine, parsed)
 
 
 async def embeddings(request: web.Request) -> web.Response:

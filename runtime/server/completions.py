@@ -9,7 +9,6 @@ handler is cancelled, or a write fails) cancels its request and frees its KV pag
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from aiohttp import web
@@ -21,7 +20,6 @@ from runtime.server import sse
 from runtime.server.errors import REQUEST_ID, error_body, ferrum_error_body
 from runtime.server.openai_responses import Shaper
 from runtime.server.openai_schema import GenerationRequest
-from runtime.server.prom_metrics import RequestTimer, ServerMetrics
 
 log = logging.getLogger("ferrum.server")
 
@@ -75,35 +73,29 @@ def _token_text(engine: LlmInferenceEngine):
     return lambda token: tokenizer.decode([token], skip_special_tokens=False)
 
 
-async def generate(request: web.Request, engine: LlmInferenceEngine, parsed: GenerationRequest,
-                   metrics: ServerMetrics) -> web.StreamResponse:
-    started = time.monotonic()
+async def generate(request: web.Request, engine: LlmInferenceEngine, parsed: GenerationRequest) -> web.StreamResponse:
     inference = build_request(engine, parsed, request[REQUEST_ID])
     stream = await engine.infer_stream(inference)
     n = inference.sampling_params.n
     shaper = Shaper(parsed.kind, inference.id, parsed.model, _token_text(engine))
-    timer = RequestTimer(metrics, parsed.model, started)
     want_logprobs = inference.sampling_params.logprobs
     choices = _Choices(n)
     try:
         if not parsed.stream:
             async for chunk in stream:
-                if chunk.token is not None:
-                    timer.on_tokens(time.monotonic())
                 choices.add(chunk)
             usage = choices.total_usage()
-            timer.on_finish(time.monotonic(), usage.prompt_tokens, usage.completion_tokens)
             body = shaper.response(
                 [("".join(t), r, lp if want_logprobs else None)
                  for t, r, lp in zip(choices.text, choices.reason, choices.logprobs)], usage)
             return web.json_response(body)
-        return await _stream(request, stream, shaper, parsed, n, choices, timer)
+        return await _stream(request, stream, shaper, parsed, n, choices)
     finally:
         await stream.aclose()
 
 
 async def _stream(request: web.Request, stream, shaper: Shaper, parsed: GenerationRequest, n: int,
-                  choices: _Choices, timer: RequestTimer) -> web.StreamResponse:
+                  choices: _Choices) -> web.StreamResponse:
     response = await sse.open_stream(request)
     usage_flag = parsed.include_usage
     try:
@@ -111,8 +103,6 @@ async def _stream(request: web.Request, stream, shaper: Shaper, parsed: Generati
             for index in range(n):
                 await response.write(sse.event(shaper.chunk(index, "", None, role=True, include_usage=usage_flag)))
         async for chunk in stream:
-            if chunk.token is not None:
-                timer.on_tokens(time.monotonic())
             offset = choices.offsets[chunk.index]
             choices.add(chunk)
             if chunk.text or chunk.finish_reason is not None or chunk.logprobs:
@@ -120,7 +110,6 @@ async def _stream(request: web.Request, stream, shaper: Shaper, parsed: Generati
                                                              chunk.logprobs, offset=offset,
                                                              include_usage=usage_flag)))
         usage = choices.total_usage()
-        timer.on_finish(time.monotonic(), usage.prompt_tokens, usage.completion_tokens)
         if usage_flag:
             await response.write(sse.event(shaper.usage_chunk(usage)))
     except ConnectionResetError:

@@ -1,9 +1,10 @@
 """Prometheus metrics for ``GET /metrics``, in the server's own ``CollectorRegistry``.
 
-Two sources: what the server itself sees (HTTP requests by route and status; per generation
-request the time to first token, the gaps between tokens, the end-to-end time and the token
-counts) is recorded as it happens; what the engines know (running/waiting requests, KV pages,
-prefix-cache hits) is read from each engine when scraped, so it is never stale.
+HTTP requests by route and status are counted by the server's middleware. Token timing (time to
+first token, the gaps between tokens, end-to-end latency of completed requests) and token counts
+come from each engine's own telemetry events (``EngineTelemetry.observe``), the same measurements
+``/v1/status`` reports, so the two cannot disagree. What the engines hold (running/waiting
+requests, KV pages, prefix-cache hits) is read from each engine's published snapshot when scraped.
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ class ServerMetrics:
         self.prompt_tokens = Counter("ferrum_prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
         self.generation_tokens = Counter("ferrum_generation_tokens", "Tokens generated", ["model"], registry=r)
         r.register(EngineCollector(engines))
+        for name, engine in engines.items():
+            telemetry = getattr(engine, "telemetry", None)
+            if telemetry is not None:
+                telemetry.observe(EngineTiming(self, name))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -85,21 +90,22 @@ class ServerMetrics:
         return response
 
 
-class RequestTimer:
-    """Token timing of one generation request, fed chunk by chunk."""
+class EngineTiming:
+    """One engine's token timing into the server's histograms (a ``TokenTimingObserver``)."""
 
-    def __init__(self, metrics: ServerMetrics, model: str, started: float):
-        self.metrics, self.model, self.started = metrics, model, started
-        self.last: float | None = None
+    def __init__(self, metrics: ServerMetrics, model: str):
+        self.metrics, self.model = metrics, model
 
-    def on_tokens(self, now: float) -> None:
-        if self.last is None:
-            self.metrics.ttft.labels(self.model).observe(now - self.started)
-        else:
-            self.metrics.itl.labels(self.model).observe(now - self.last)
-        self.last = now
+    def first_token(self, seconds: float) -> None:
+        self.metrics.ttft.labels(self.model).observe(seconds)
 
-    def on_finish(self, now: float, prompt_tokens: int, completion_tokens: int) -> None:
-        self.metrics.e2e.labels(self.model).observe(now - self.started)
+    def token_gap(self, seconds: float, n: int) -> None:
+        itl = self.metrics.itl.labels(self.model)
+        for _ in range(n):
+            itl.observe(seconds / n)
+
+    def finished(self, status: str, seconds: float, prompt_tokens: int, output_tokens: int) -> None:
+        if status == "completed":
+            self.metrics.e2e.labels(self.model).observe(seconds)
         self.metrics.prompt_tokens.labels(self.model).inc(prompt_tokens)
-        self.metrics.generation_tokens.labels(self.model).inc(completion_tokens)
+        self.metrics.generation_tokens.labels(self.model).inc(output_tokens)
