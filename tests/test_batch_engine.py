@@ -200,3 +200,56 @@ def test_full_queue_rejects_with_429_and_keeps_accepted_requests(engine, mixed_r
     assert rejected > 0 and len(finished) + rejected == 10
     assert all(chunks[-1].finish_reason in (FinishReason.Length, FinishReason.EOS) for chunks in finished)
     assert engine.telemetry.counts["rejected"] >= rejected
+
+
+def test_requests_that_can_never_fit_are_refused_on_arrival(smollm2_artifact, engine):
+    from ferrum.errors import InvalidRequestError
+
+    async def submit(target, **params):
+        request = InferenceRequest(prompt="Tell me a story.", sampling_params=SamplingParams(**params))
+        return await collect_all(await target.infer_stream(request))
+
+    async def collect_all(stream):
+        return [c async for c in stream]
+
+    with pytest.raises(InvalidRequestError, match=r"\[1, 128\]") as too_many:
+        run(submit(engine, n=100000))
+    assert too_many.value.param == "n"
+    small = open_engine(smollm2_artifact, kv_cache_tokens=512, max_num_seqs=4)
+    try:
+        with pytest.raises(InvalidRequestError, match="max_num_seqs") as wide:
+            run(submit(small, n=5, max_tokens=4))
+        assert wide.value.param == "n"
+        with pytest.raises(InvalidRequestError, match="KV cache") as deep:
+            run(submit(small, n=2, max_tokens=300))  # 2 x (prompt + 300) tokens > 512
+        assert deep.value.param == "n"
+        with pytest.raises(InvalidRequestError, match="KV cache") as long:
+            run(submit(small, max_tokens=600))
+        assert long.value.param == "max_tokens"
+        chunks = run(submit(small, n=4, max_tokens=8, temperature=1.0, seed=1))  # at the limits: runs
+        assert {c.index for c in chunks} == {0, 1, 2, 3}
+        assert small.scheduler_stats().running_requests == 0 and small._in_flight == 0
+    finally:
+        run(small.shutdown())
+
+
+def test_a_disconnect_cancels_every_sibling_and_frees_their_pages(engine, mixed_requests):
+    evict_everything(engine)
+    free_before = engine.scheduler.pages.free_pages
+    request = InferenceRequest(prompt=mixed_requests[3].prompt, sampling_params=SamplingParams(
+        temperature=1.0, max_tokens=200, ignore_eos=True, n=6, seed=2))
+
+    async def read_a_few_then_close() -> set[int]:
+        stream = await engine.infer_stream(request)
+        indexes = {(await stream.__anext__()).index for _ in range(8)}
+        await stream.aclose()
+        return indexes
+
+    assert len(run(read_a_few_then_close())) > 1  # siblings were already running
+    deadline = time.monotonic() + 5
+    while engine.scheduler_stats().running_requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stats = engine.scheduler_stats()
+    assert stats.running_requests == stats.waiting_requests == 0
+    assert engine.cache_stats().free_blocks == engine.scheduler.pages.free_pages == free_before
+    assert_pages_agree_with_tvm(engine)

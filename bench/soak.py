@@ -1,0 +1,86 @@
+"""Soak test: ``ferrum serve`` under a long reliability load (``runtime/soak.py``), report as JSON.
+
+Starts the server on ARTIFACT with a KV cache small enough to force preemption (or targets a
+running one with ``--url``), then runs N concurrent streaming clients through the official
+``openai`` client with a share hanging up mid-stream, bad requests interleaved and ``/metrics`` +
+``/v1/status`` scraped throughout; prints requests done, cancelled, failed, 4xx by kind, 5xx (must
+be 0), p50/p99 latency, and whether the server recovered (nothing left running, a prompt of ~90 %
+of the cache still runs, ``/health`` 200). Exit status 1 when any of that fails.
+
+    python bench/soak.py artifacts/smollm2-135m-instruct-q0f32-llvm --streams 256 \\
+        --out bench/results/cpu_smollm2_soak.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from runtime.soak import SoakConfig, soak  # noqa: E402
+
+
+def start_server(artifact: str, port: int, kv_cache_tokens: int, max_num_seqs: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ferrum", "serve", artifact, "--port", str(port), "--kv-cache-tokens",
+         str(kv_cache_tokens), "--max-model-len", str(kv_cache_tokens), "--max-num-seqs", str(max_num_seqs)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("ferrum serve did not start")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("artifact", nargs="?", help="artifact to serve (omit with --url)")
+    p.add_argument("--url", help="an already running server instead of starting one")
+    p.add_argument("--model", help="model name (default: the artifact folder's name)")
+    p.add_argument("--streams", type=int, default=256)
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--hangup-share", type=float, default=0.25)
+    p.add_argument("--kv-cache-tokens", type=int, default=4096)
+    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    if not args.url and not args.artifact:
+        p.error("give an artifact to serve or --url")
+    model = args.model or Path(args.artifact).name
+    proc = None if args.url else start_server(args.artifact, args.port, args.kv_cache_tokens, args.max_num_seqs)
+    url = args.url or f"http://127.0.0.1:{args.port}"
+    try:
+        config = SoakConfig(streams=args.streams, max_tokens=args.max_tokens, hangup_share=args.hangup_share,
+                            kv_cache_tokens=args.kv_cache_tokens)
+        report = asyncio.run(soak(url, model, config=config))
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(60)
+    result = {"report": report.to_dict(), "command": " ".join(sys.argv),
+              "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
+                          "cores": os.cpu_count()},
+              "server": {"kv_cache_tokens": args.kv_cache_tokens, "max_num_seqs": args.max_num_seqs}}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
