@@ -261,3 +261,22 @@ def test_openapi_states_the_limits(url):
     assert schemas["EmbeddingRequest"]["properties"]["input"]["oneOf"][1]["maxItems"] == DEFAULTS.max_embedding_inputs
     assert schemas["SpeechRequest"]["properties"]["input"]["maxLength"] == DEFAULTS.max_speech_chars
     assert f"{LIMITS.max_audio_seconds:g} s" in schemas["TranscriptionRequest"]["properties"]["file"]["description"]
+
+
+def test_unknown_model_name_is_not_echoed_in_full(url):
+    status, body = post(url, "/v1/chat/completions", {"model": "m" * 100_000, "messages": USER})
+    assert status == 404 and body["error"]["param"] == "model" and len(body["error"]["message"]) < 400
+
+
+def test_audio_duration_from_headers():
+    import numpy as np
+    import soundfile
+
+    from runtime.audio_decode import audio_duration
+
+    assert audio_duration(wav(1.25, rate=16000)) == 1.25
+    flac = io.BytesIO()
+    soundfile.write(flac, np.zeros((44100 * 3, 2), np.float32), 44100, format="FLAC")
+    assert audio_duration(flac.getvalue()) == pytest.approx(3.0)
+    with pytest.raises(InvalidRequestError, match="cannot decode"):
+        audio_duration(b"definitely not audio")
