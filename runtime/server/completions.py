@@ -2,7 +2,8 @@
 
 ``build_request`` checks what needs the served model (token ids of ``logit_bias`` and
 ``stop_token_ids`` within its vocabulary); the engine validates and admits the request before
-anything is sent (so bad requests get a plain 4xx), then the chunk stream is either collected into one response or forwarded as SSE.
+anything is sent (so bad requests get a plain 4xx), then the chunk stream is either collected
+into one response or forwarded as SSE.
 The engine's stream is always closed when the handler ends: a client that disconnects (the
 handler is cancelled, or a write fails) cancels its request and frees its KV pages.
 """
