@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ferrum.errors import FerrumError
 from ferrum.types import EngineConfig, InferenceRequest, SamplingParams
+from runtime.server.limits import RequestLimits  # the serve flags' defaults (no TVM import)
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
@@ -115,9 +116,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     base = EngineConfig(device=args.device, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
                         kv_cache_tokens=args.kv_cache_tokens, max_queue_size=args.max_queue_size,
                         gpu_memory_utilization=args.gpu_memory_utilization)
+    limits = RequestLimits(max_body_bytes=args.max_body_bytes, max_audio_seconds=args.max_audio_seconds)
     models = open_engines(args.artifacts, base)
     options = ServerOptions(api_key=args.api_key or os.environ.get("FERRUM_API_KEY") or None,
-                            cors_origins=args.cors_origin, max_body_bytes=args.max_body_bytes)
+                            cors_origins=args.cors_origin, limits=limits)
     asyncio.run(run_server(models, args.host, args.port, options))
 
 
@@ -156,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: $FERRUM_API_KEY; none: open)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser calls from ORIGIN ('*' for any); repeatable; default: CORS off")
-    p.add_argument("--max-body-bytes", type=int, default=32 << 20, help="largest accepted request body")
+    p.add_argument("--max-body-bytes", type=int, default=RequestLimits.max_body_bytes,
+                   help="largest accepted request body, JSON or audio upload (default 32 MiB; over it: 413)")
+    p.add_argument("--max-audio-seconds", type=float, default=RequestLimits.max_audio_seconds,
+                   help=f"longest audio /v1/audio/transcriptions takes (default {RequestLimits.max_audio_seconds:g})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--max-num-seqs", type=int, default=32, help="requests generated together")
     p.add_argument("--max-model-len", type=int, default=None, help="context limit (default: the model's)")

@@ -3,7 +3,8 @@
 WAV (little-endian ``RIFF``/``WAVE``; PCM 8/16/24/32-bit, IEEE float 32/64,
 ``WAVE_FORMAT_EXTENSIBLE``) is parsed here, so the common case needs nothing beyond numpy. FLAC,
 MP3 and Ogg go through ``soundfile`` (libsndfile, bundled in its wheels). Anything else, or a
-truncated/corrupt file, raises ``InvalidRequestError`` saying what is wrong.
+truncated/corrupt file, raises ``InvalidRequestError`` saying what is wrong. ``audio_duration``
+reads the length from the same headers without decoding, so a server can refuse long audio first.
 
 Resampling is band-limited interpolation: every output sample is a Hann-windowed sinc sum over
 the input, with the cutoff at 95 % of the lower Nyquist frequency (anti-aliasing when
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import io
 import struct
+from typing import NamedTuple
 
 import numpy as np
 
@@ -39,7 +41,33 @@ def decode_audio(data: bytes, sample_rate: int) -> np.ndarray:
     return resample(samples, rate, sample_rate)
 
 
-def _decode_wav(data: bytes) -> tuple[np.ndarray, int]:
+def audio_duration(data: bytes) -> float:
+    """Seconds of audio in an encoded file, from its header (WAV) or libsndfile's file info (FLAC,
+    MP3, Ogg), without decoding the samples; an unreadable file raises as ``decode_audio`` would."""
+    if len(data) < 12:
+        raise InvalidRequestError("audio file is empty or too short to be audio", param="file")
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        wav = _wav_header(data)
+        return len(wav.body) // wav.block_align / wav.rate
+    soundfile = _soundfile()
+    try:
+        info = soundfile.info(io.BytesIO(data))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise _undecodable(exc) from None
+    return info.frames / info.samplerate if info.samplerate > 0 else 0.0
+
+
+class _WavHeader(NamedTuple):
+    tag: int
+    channels: int
+    rate: int
+    block_align: int
+    bits: int
+    body: bytes  # the data chunk
+
+
+def _wav_header(data: bytes) -> _WavHeader:
+    """The format and data chunk of a ``RIFF``/``WAVE`` file, checked for consistency."""
     fmt = None
     body = None
     pos = 12
@@ -59,10 +87,15 @@ def _decode_wav(data: bytes) -> tuple[np.ndarray, int]:
     tag, channels, rate, _, block_align, bits = struct.unpack_from("<HHIIHH", fmt)
     if tag == _EXTENSIBLE and len(fmt) >= 26:
         tag = struct.unpack_from("<H", fmt, 24)[0]  # first two bytes of the SubFormat GUID
-    if channels < 1 or rate < 1 or block_align != channels * ((bits + 7) // 8):
+    if channels < 1 or rate < 1 or bits < 1 or block_align != channels * ((bits + 7) // 8):
         raise InvalidRequestError(
             f"corrupt WAV header: {channels} channels, {rate} Hz, {bits} bits, block {block_align}", param="file"
         )
+    return _WavHeader(tag, channels, rate, block_align, bits, body)
+
+
+def _decode_wav(data: bytes) -> tuple[np.ndarray, int]:
+    tag, channels, rate, block_align, bits, body = _wav_header(data)
     frames = len(body) // block_align
     raw = body[: frames * block_align]
     width = bits // 8
@@ -82,18 +115,26 @@ def _decode_wav(data: bytes) -> tuple[np.ndarray, int]:
     return samples.reshape(frames, channels).mean(axis=1), rate
 
 
-def _decode_other(data: bytes) -> tuple[np.ndarray, int]:
+def _soundfile():
     try:
         import soundfile
     except ImportError:
         raise InvalidRequestError("only WAV audio can be decoded here (soundfile is not installed)", param="file") from None
+    return soundfile
+
+
+def _undecodable(exc: Exception) -> InvalidRequestError:
+    reason = getattr(exc, "error_string", None) or str(exc)
+    return InvalidRequestError(f"cannot decode the audio: not a readable WAV, FLAC, MP3 or Ogg file ({reason})",
+                               param="file")
+
+
+def _decode_other(data: bytes) -> tuple[np.ndarray, int]:
+    soundfile = _soundfile()
     try:
         samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        reason = getattr(exc, "error_string", None) or str(exc)
-        raise InvalidRequestError(
-            f"cannot decode the audio: not a readable WAV, FLAC, MP3 or Ogg file ({reason})", param="file"
-        ) from None
+        raise _undecodable(exc) from None
     return samples.mean(axis=1), int(rate)
 
 

@@ -1,4 +1,5 @@
-"""Helpers for the server tests: free ports, a `ferrum serve` subprocess, raw HTTP and SSE calls."""
+"""Helpers for the server tests: free ports, a `ferrum serve` subprocess, an in-process server on a
+thread (for fake engines), raw HTTP and SSE calls."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -57,27 +61,55 @@ class ServeProcess:
             raise
 
 
+@contextmanager
+def served_in_thread(models, options) -> Iterator[str]:
+    """``run_server`` over ``models`` (a ``ServedModels``) on its own thread and event loop; yields
+    the base URL and stops the server (gracefully) on exit."""
+    from runtime.server.serve import run_server
+
+    port = free_port()
+    started, holder = threading.Event(), {}
+
+    def serve() -> None:
+        async def main() -> None:
+            holder["loop"], holder["stop"] = asyncio.get_running_loop(), asyncio.Event()
+            task = asyncio.ensure_future(run_server(models, "127.0.0.1", port, options, holder["stop"]))
+            await asyncio.sleep(0.3)
+            started.set()
+            await task
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        holder["loop"].call_soon_threadsafe(holder["stop"].set)
+        thread.join(10)
+
+
 def run(coro):
     return asyncio.run(coro)
 
 
 async def request(method: str, url: str, *, json_body=None, data=None, headers=None) -> tuple[int, CIMultiDict, bytes]:
     """One HTTP call: (status, headers (case-insensitive), body bytes)."""
-    async with aiohttp.ClientSession() as session:
-        async with session.request(method, url, json=json_body, data=data, headers=headers) as response:
-            return response.status, CIMultiDict(response.headers), await response.read()
+    async with aiohttp.ClientSession() as session, \
+            session.request(method, url, json=json_body, data=data, headers=headers) as response:
+        return response.status, CIMultiDict(response.headers), await response.read()
 
 
 async def sse_events(url: str, body: dict, headers=None) -> list:
     """POST and read an SSE stream: the decoded ``data:`` payloads, ``"[DONE]"`` kept as a string."""
     events = []
-    async with aiohttp.ClientSession() as session:
-        async with session.post(url, json=body, headers=headers) as response:
-            assert response.status == 200, await response.text()
-            assert response.headers["Content-Type"].startswith("text/event-stream")
-            async for line in response.content:
-                line = line.decode().strip()
-                if line.startswith("data: "):
-                    payload = line[len("data: "):]
-                    events.append(payload if payload == "[DONE]" else json.loads(payload))
+    async with aiohttp.ClientSession() as session, session.post(url, json=body, headers=headers) as response:
+        assert response.status == 200, await response.text()
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        async for line in response.content:
+            line = line.decode().strip()
+            if line.startswith("data: "):
+                payload = line[len("data: "):]
+                events.append(payload if payload == "[DONE]" else json.loads(payload))
     return events

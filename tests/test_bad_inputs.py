@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_tiny_llama
 
 from compile.compile_model import compile_model
-from conftest import write_tiny_llama
 from ferrum.errors import ArtifactError, InvalidRequestError, ModelSourceError
 from ferrum.manifest import Manifest
 from runtime.artifact import LlmArtifact, resolve_device
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def ferrum(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "ferrum", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+                          cwd=cwd, env=env, timeout=300, check=False)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -161,3 +161,26 @@ def test_gpu_memory_utilization_out_of_range_is_refused(smollm2_artifact, share)
 
     with pytest.raises(InvalidRequestError, match="gpu_memory_utilization"):
         ContinuousBatchEngine(EngineConfig(artifact_path=str(smollm2_artifact), gpu_memory_utilization=share))
+
+
+def test_server_refuses_oversized_requests_and_keeps_answering(smollm2_artifact):
+    """The request that once stalled the server (n=100000) and other oversized parameters are 400s
+    naming the parameter, checked before the engine; a normal request right after is answered."""
+    from server_harness import ServeProcess, request, run
+
+    server = ServeProcess([str(smollm2_artifact)], "--max-model-len", "1024", "--kv-cache-tokens", "8192")
+    url, model = server.url + "/v1/chat/completions", smollm2_artifact.name
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    try:
+        for extra, param in (({"n": 100_000}, "n"), ({"n": 100_000, "stream": True}, "n"),
+                             ({"logit_bias": {"49152": 5}}, "logit_bias"),  # SmolLM2 has 49152 tokens ({"stop": ["x"] * 17}, "stop"),
+                             ({"seed": -1}, "seed")):
+            status, headers, raw = run(request("POST", url, json_body={"model": model, "messages": question, **extra}))
+            assert status == 400 and headers["Content-Type"].startswith("application/json"), raw
+            error = json.loads(raw)["error"]
+            assert error["param"] == param and error["type"] == "invalid_request_error", error
+        status, _, raw = run(request("POST", url, json_body={"model": model, "messages": question, "max_tokens": 16,
+                                                             "temperature": 0}))
+        assert status == 200 and "Paris" in json.loads(raw)["choices"][0]["message"]["content"]
+    finally:
+        assert server.terminate() == 0

@@ -18,6 +18,7 @@ from ferrum.metrics import HealthStatusType
 from ferrum.serde import to_json
 from runtime.server import completions, media
 from runtime.server.errors import error_middleware, error_response
+from runtime.server.limits import RequestLimits
 from runtime.server.models import ServedModels, modality_of
 from runtime.server.openai_schema import parse_chat, parse_completion, parse_json_object
 from runtime.server.openapi import openapi_document
@@ -25,14 +26,14 @@ from runtime.server.prom_metrics import CONTENT_TYPE, ServerMetrics
 
 MODELS = web.AppKey("models", ServedModels)
 METRICS = web.AppKey("metrics", ServerMetrics)
-DEFAULT_MAX_BODY_BYTES = 32 << 20
+LIMITS = web.AppKey("limits", RequestLimits)
 
 
 @dataclass
 class ServerOptions:
     api_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
 
 def _auth_middleware(api_key: str):
@@ -77,27 +78,27 @@ def _cors_middleware(origins: list[str]):
 
 # -- handlers -------------------------------------------------------------------------------------
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    parsed = parse_chat(parse_json_object(await request.read()))
+    parsed = parse_chat(parse_json_object(await request.read()), request.app[LIMITS])
     engine = request.app[MODELS].get(parsed.model, LlmInferenceEngine)
     return await completions.generate(request, engine, parsed)
 
 
 async def text_completions(request: web.Request) -> web.StreamResponse:
-    parsed = parse_completion(parse_json_object(await request.read()))
+    parsed = parse_completion(parse_json_object(await request.read()), request.app[LIMITS])
     engine = request.app[MODELS].get(parsed.model, LlmInferenceEngine)
     return await completions.generate(request, engine, parsed)
 
 
 async def embeddings(request: web.Request) -> web.Response:
-    return await media.embeddings(request, request.app[MODELS])
+    return await media.embeddings(request, request.app[MODELS], request.app[LIMITS])
 
 
 async def transcriptions(request: web.Request) -> web.Response:
-    return await media.transcriptions(request, request.app[MODELS])
+    return await media.transcriptions(request, request.app[MODELS], request.app[LIMITS])
 
 
 async def speech(request: web.Request) -> web.Response:
-    return await media.speech(request, request.app[MODELS])
+    return await media.speech(request, request.app[MODELS], request.app[LIMITS])
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -144,7 +145,7 @@ async def chat_page(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document(request.app[MODELS]))
+    return web.json_response(openapi_document(request.app[MODELS], request.app[LIMITS]))
 
 
 def build_app(models: ServedModels, options: ServerOptions | None = None) -> web.Application:
@@ -156,9 +157,10 @@ def build_app(models: ServedModels, options: ServerOptions | None = None) -> web
     middlewares.append(error_middleware)
     if options.api_key:
         middlewares.append(_auth_middleware(options.api_key))
-    app = web.Application(middlewares=middlewares, client_max_size=options.max_body_bytes)
+    app = web.Application(middlewares=middlewares, client_max_size=options.limits.max_body_bytes)
     app[MODELS] = models
     app[METRICS] = server_metrics
+    app[LIMITS] = options.limits
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", text_completions)
     app.router.add_post("/v1/embeddings", embeddings)

@@ -1,7 +1,9 @@
 """``/v1/chat/completions`` and ``/v1/completions`` on an ``LlmInferenceEngine``.
 
-The engine validates and admits the request before anything is sent (so bad requests get a
-plain 4xx), then the chunk stream is either collected into one response or forwarded as SSE.
+``build_request`` checks what needs the served model (token ids of ``logit_bias`` and
+``stop_token_ids`` within its vocabulary); the engine validates and admits the request before
+anything is sent (so bad requests get a plain 4xx), then the chunk stream is either collected
+into one response or forwarded as SSE.
 The engine's stream is always closed when the handler ends: a client that disconnects (the
 handler is cancelled, or a write fails) cancels its request and frees its KV pages.
 """
@@ -14,8 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from ferrum.engine import LlmInferenceEngine
-from ferrum.errors import FerrumError, UnsupportedFeatureError
-from ferrum.types import FinishReason, InferenceRequest, StreamChunk, TokenLogprob, TokenUsage
+from ferrum.errors import FerrumError, InvalidRequestError, UnsupportedFeatureError
+from ferrum.types import FinishReason, InferenceRequest, SamplingParams, StreamChunk, TokenLogprob, TokenUsage
 from runtime.server import sse
 from runtime.server.errors import REQUEST_ID, error_body, ferrum_error_body
 from runtime.server.openai_responses import Shaper
@@ -33,13 +35,24 @@ def build_request(engine: LlmInferenceEngine, parsed: GenerationRequest, request
     prompt = parsed.prompt or ""
     if parsed.kind == "chat":
         prompt = tokenizer.apply_chat_template(parsed.messages, add_generation_prompt=parsed.add_generation_prompt)
-    ids = parsed.prompt_token_ids if parsed.prompt_token_ids is not None else tokenizer.encode(prompt)
     sampling = parsed.sampling
+    _check_vocabulary(sampling, tokenizer.vocab_size)
+    ids = parsed.prompt_token_ids if parsed.prompt_token_ids is not None else tokenizer.encode(prompt)
     if not parsed.max_tokens_given:
         limit = getattr(engine, "max_model_len", None)
         sampling.max_tokens = max(limit - len(ids), 1) if limit else sampling.max_tokens
     return InferenceRequest(prompt=prompt, model_id=parsed.model, sampling_params=sampling, stream=parsed.stream,
                             id=request_id, prompt_token_ids=ids)
+
+
+def _check_vocabulary(sampling: SamplingParams, vocab_size: int) -> None:
+    """Token ids the client names must exist: the sampler would silently skip a bias on a token
+    past the vocabulary, and a stop id that no token has never stops anything."""
+    for name, ids in (("logit_bias", sampling.logit_bias), ("stop_token_ids", sampling.stop_token_ids)):
+        outside = [t for t in ids if not 0 <= t < vocab_size]
+        if outside:
+            raise InvalidRequestError(f"'{name}' names token {outside[0]}, outside this model's vocabulary "
+                                      f"[0, {vocab_size})", param=name)
 
 
 class _Choices:

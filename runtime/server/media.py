@@ -2,13 +2,13 @@
 
 Each route parses its OpenAI body, picks the served model of the right modality (404 naming the
 served models otherwise) and calls the trait. Options the traits cannot honour are refused with
-a 400 that says so rather than silently ignored.
+a 400 that says so rather than silently ignored; sizes (inputs per embeddings call, characters,
+audio duration) are bounded by ``RequestLimits`` before the engine is called.
 """
 
 from __future__ import annotations
 
 import asyncio
-
 import base64
 import io
 import wave
@@ -18,17 +18,17 @@ from aiohttp import web
 
 from ferrum.engine import EmbedEngine, TranscribeEngine, TtsEngine
 from ferrum.errors import InvalidRequestError, UnsupportedFeatureError
+from runtime.audio_decode import audio_duration
+from runtime.server.limits import RequestLimits
 from runtime.server.models import ServedModels
-from runtime.server.openai_schema import Body, parse_json_object
-
-MAX_SPEECH_CHARS = 4096
+from runtime.server.openai_schema import Body, check_chars, check_count, parse_json_object
 
 
 def _unsupported(message: str, param: str) -> UnsupportedFeatureError:
     return UnsupportedFeatureError(message, param=param, status=400)
 
 
-async def embeddings(request: web.Request, models: ServedModels) -> web.Response:
+async def embeddings(request: web.Request, models: ServedModels, limits: RequestLimits) -> web.Response:
     body = Body(parse_json_object(await request.read()))
     model = body.required("model", "str")
     raw = body.data.get("input")
@@ -40,8 +40,10 @@ async def embeddings(request: web.Request, models: ServedModels) -> web.Response
         raise _unsupported("token-id input is not supported; send text", "input")
     else:
         raise InvalidRequestError("'input' must be a string or a non-empty array of strings", param="input")
+    check_count("input", len(texts), limits.max_embedding_inputs)
     if any(t == "" for t in texts):
         raise InvalidRequestError("'input' must not contain empty strings", param="input")
+    check_chars("input", max(len(t) for t in texts), limits.max_embedding_input_chars, "each input")
     encoding = body.get("encoding_format", "str", "float")
     if encoding not in ("float", "base64"):
         raise InvalidRequestError("encoding_format must be 'float' or 'base64'", param="encoding_format")
@@ -65,14 +67,14 @@ async def embeddings(request: web.Request, models: ServedModels) -> web.Response
     return web.json_response(result)
 
 
-async def transcriptions(request: web.Request, models: ServedModels) -> web.Response:
+async def transcriptions(request: web.Request, models: ServedModels, limits: RequestLimits) -> web.Response:
     if not request.content_type.startswith("multipart/"):
         raise InvalidRequestError("send the audio as multipart/form-data with a 'file' field", param="file")
     try:
         form = await request.post()
     except web.HTTPException:  # 413: over the body limit
         raise
-    except Exception as exc:  # aiohttp's multipart parser raises assorted types for malformed bodies
+    except Exception as exc:  # noqa: BLE001 -- aiohttp's multipart parser raises assorted types for bad bodies
         raise InvalidRequestError(f"malformed multipart body: {exc}") from None
     model = form.get("model")
     if not isinstance(model, str) or not model:
@@ -93,10 +95,23 @@ async def transcriptions(request: web.Request, models: ServedModels) -> web.Resp
     if temperature not in (None, "", "0", "0.0"):
         raise _unsupported("only greedy transcription (temperature 0) is supported", "temperature")
     engine: TranscribeEngine = models.get(model, TranscribeEngine)
+    seconds = await asyncio.to_thread(_duration, audio)
+    if seconds is not None and seconds > limits.max_audio_seconds:
+        raise InvalidRequestError(f"the audio is {seconds:.1f} s long; this server transcribes at most "
+                                  f"{limits.max_audio_seconds:g} s per request", param="file")
     text = await engine.transcribe_bytes(audio, language=language)
     if fmt == "text":
         return web.Response(text=text, content_type="text/plain")
     return web.json_response({"text": text})
+
+
+def _duration(audio: bytes) -> float | None:
+    """The upload's length in seconds, or None when its header cannot be read: then the engine,
+    which decodes with the same code, answers with the reason."""
+    try:
+        return audio_duration(audio)
+    except InvalidRequestError:
+        return None
 
 
 def _pcm16(chunks: list[list[float]]) -> bytes:
@@ -114,14 +129,13 @@ def wav_bytes(pcm: bytes, sample_rate: int) -> bytes:
     return out.getvalue()
 
 
-async def speech(request: web.Request, models: ServedModels) -> web.Response:
+async def speech(request: web.Request, models: ServedModels, limits: RequestLimits) -> web.Response:
     body = Body(parse_json_object(await request.read()))
     model = body.required("model", "str")
     text = body.required("input", "str")
     if not text.strip():
         raise InvalidRequestError("'input' must not be empty", param="input")
-    if len(text) > MAX_SPEECH_CHARS:
-        raise InvalidRequestError(f"'input' must be at most {MAX_SPEECH_CHARS} characters", param="input")
+    check_chars("input", len(text), limits.max_speech_chars)
     body.get("voice", "str")  # accepted for compatibility: each served TTS model has one voice
     fmt = body.get("response_format", "str", "wav")
     if fmt not in ("wav", "pcm"):

@@ -38,6 +38,8 @@ class ServedModels:
         engine = self.engines.get(name)
         if engine is not None and isinstance(engine, trait):
             return engine
+        if len(name) > 80:  # the name is echoed back: a megabyte of it must not become the message
+            name = name[:77] + "..."
         wanted = dict(_KINDS)[trait]
         fitting = [n for n, e in self.engines.items() if isinstance(e, trait)]
         served = ", ".join(f"{n} ({modality_of(e)})" for n, e in self.engines.items())

@@ -1,9 +1,11 @@
 """OpenAI request bodies → Ferrum types, with the checks the OpenAI API makes.
 
 Every field is type-checked here, so a wrong type answers 400 naming the parameter instead of
-failing deep in the engine; value ranges are checked by ``SamplingParams.validate`` (the same
-rules the CLI and engines apply). Features the engines do not have (constrained decoding, tools,
-images, several prompts per request) are refused with a 400 that says so.
+failing deep in the engine. Sizes a client chooses (``n``, stop lists, ``logit_bias``, logprobs,
+messages, prompt length, seed) are bounded by ``RequestLimits`` here, before any engine sees the
+request; other value ranges are checked by ``SamplingParams.validate`` (the same rules the CLI and
+engines apply). Features the engines do not have (constrained decoding, tools, images, several
+prompts per request) are refused with a 400 that says so.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from ferrum.errors import InvalidRequestError, UnsupportedFeatureError
 from ferrum.types import SamplingParams
+from runtime.server.limits import DEFAULT_LIMITS, RequestLimits
 
 _KINDS: dict[str, tuple[str, Any]] = {
     "number": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
@@ -27,14 +30,23 @@ _KINDS: dict[str, tuple[str, Any]] = {
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or 400 saying why not."""
+    """The body as a JSON object, or 400 saying why not (also for integers longer than Python
+    converts, 4300 digits, and nesting deeper than the parser's recursion limit)."""
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
+        raise InvalidRequestError(f"the request body is not valid JSON: {str(exc)[:200]}") from None
+    except RecursionError:
+        raise InvalidRequestError("the request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("the request body must be a JSON object")
     return data
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message, cut short (a huge integer must not become a huge message)."""
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class Body:
@@ -49,9 +61,16 @@ class Body:
             return default
         label, check = _KINDS[kind]
         if not check(value):
-            raise InvalidRequestError(f"'{name}' must be {label}, got {json.dumps(value)[:80]}", param=name)
+            raise InvalidRequestError(f"'{name}' must be {label}, got {_shown(value)}", param=name)
         if kind == "number" and not math.isfinite(value):
             raise InvalidRequestError(f"'{name}' must be finite", param=name)
+        return value
+
+    def bounded(self, name: str, kind: str, low: float, high: float, default: Any = None) -> Any:
+        """A numeric field that must lie in [low, high] when present."""
+        value = self.get(name, kind, default)
+        if value is not None and not low <= value <= high:
+            raise InvalidRequestError(f"'{name}' must be in [{low}, {high}], got {_shown(value)}", param=name)
         return value
 
     def required(self, name: str, kind: str) -> Any:
@@ -59,6 +78,19 @@ class Body:
         if value is None:
             raise InvalidRequestError(f"'{name}' is required", param=name)
         return value
+
+
+def check_count(name: str, count: int, limit: int) -> None:
+    """400 naming ``name`` when an array or object the client sent holds more than ``limit`` entries."""
+    if count > limit:
+        raise InvalidRequestError(f"'{name}' may hold at most {limit} entries, got {count}", param=name)
+
+
+def check_chars(name: str, count: int, limit: int, what: str | None = None) -> None:
+    """400 naming ``name`` when a text the client sent is longer than ``limit`` characters."""
+    if count > limit:
+        raise InvalidRequestError(f"{what or repr(name)} must be at most {limit} characters, got {count}",
+                                  param=name)
 
 
 @dataclass
@@ -77,19 +109,23 @@ class GenerationRequest:
     add_generation_prompt: bool = True
 
 
-def _stop(body: Body) -> list[str]:
+def _stop(body: Body, limits: RequestLimits) -> list[str]:
     stop = body.data.get("stop")
     if stop is None:
         return []
     if isinstance(stop, str):
-        return [stop]
-    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        return list(stop)
-    raise InvalidRequestError("'stop' must be a string or an array of strings", param="stop")
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise InvalidRequestError("'stop' must be a string or an array of strings", param="stop")
+    check_count("stop", len(stop), limits.max_stop_sequences)
+    for s in stop:
+        check_chars("stop", len(s), limits.max_stop_chars, "each stop sequence")
+    return list(stop)
 
 
-def _logit_bias(body: Body) -> dict[int, float]:
+def _logit_bias(body: Body, limits: RequestLimits) -> dict[int, float]:
     raw = body.get("logit_bias", "dict", {})
+    check_count("logit_bias", len(raw), limits.max_logit_bias)
     bias = {}
     for key, value in raw.items():
         try:
@@ -117,20 +153,32 @@ def _refuse_constrained(body: Body) -> None:
             raise UnsupportedFeatureError("constrained decoding not supported by this engine", param=name, status=400)
 
 
-def _sampling(body: Body, *, chat: bool) -> tuple[SamplingParams, bool]:
-    max_tokens = body.get("max_completion_tokens", "int") if chat else None
-    if max_tokens is None:
-        max_tokens = body.get("max_tokens", "int")
+def _max_tokens(body: Body, chat: bool) -> int | None:
+    """``max_completion_tokens`` (chat) or ``max_tokens``: a positive integer when given; the engine
+    refuses what does not fit the context."""
+    for name in ("max_completion_tokens", "max_tokens") if chat else ("max_tokens",):
+        value = body.get(name, "int")
+        if value is not None:
+            if value < 1:
+                raise InvalidRequestError(f"'{name}' must be a positive integer, got {_shown(value)}", param=name)
+            return value
+    return None
+
+
+def _sampling(body: Body, *, chat: bool, limits: RequestLimits) -> tuple[SamplingParams, bool]:
+    max_tokens = _max_tokens(body, chat)
     top_k = body.get("top_k", "int")
     if top_k is not None and top_k in (-1, 0):  # vLLM's spelling of "no top-k"
         top_k = None
+    elif top_k is not None:
+        top_k = body.bounded("top_k", "int", 1, limits.max_top_k)
     if chat:
         logprobs = body.get("logprobs", "bool", False)
-        top_logprobs = body.get("top_logprobs", "int", 0)
+        top_logprobs = body.bounded("top_logprobs", "int", 0, limits.max_top_logprobs, 0)
         if top_logprobs and not logprobs:
             raise InvalidRequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
     else:
-        count = body.get("logprobs", "int")
+        count = body.bounded("logprobs", "int", 0, limits.max_completion_logprobs)
         logprobs, top_logprobs = count is not None, count or 0
     params = SamplingParams(
         max_tokens=max_tokens if max_tokens is not None else SamplingParams.max_tokens,
@@ -141,11 +189,11 @@ def _sampling(body: Body, *, chat: bool) -> tuple[SamplingParams, bool]:
         repetition_penalty=float(body.get("repetition_penalty", "number", 1.0)),
         presence_penalty=float(body.get("presence_penalty", "number", 0.0)),
         frequency_penalty=float(body.get("frequency_penalty", "number", 0.0)),
-        stop_sequences=_stop(body),
-        stop_token_ids=_int_list(body, "stop_token_ids"),
-        seed=body.get("seed", "int"),
-        logit_bias=_logit_bias(body),
-        n=body.get("n", "int", 1),
+        stop_sequences=_stop(body, limits),
+        stop_token_ids=_int_list(body, "stop_token_ids", limits.max_stop_token_ids),
+        seed=body.bounded("seed", "int", 0, limits.max_seed),
+        logit_bias=_logit_bias(body, limits),
+        n=body.bounded("n", "int", 1, limits.max_n, 1),
         logprobs=logprobs,
         top_logprobs=top_logprobs,
         ignore_eos=body.get("ignore_eos", "bool", False),
@@ -154,8 +202,9 @@ def _sampling(body: Body, *, chat: bool) -> tuple[SamplingParams, bool]:
     return params, max_tokens is not None
 
 
-def _int_list(body: Body, name: str) -> list[int]:
+def _int_list(body: Body, name: str, limit: int) -> list[int]:
     values = body.get(name, "list", [])
+    check_count(name, len(values), limit)
     if not all(_KINDS["int"][1](v) for v in values):
         raise InvalidRequestError(f"'{name}' must be an array of integers", param=name)
     return list(values)
@@ -199,12 +248,13 @@ def _message_text(index: int, content: Any) -> str:
 _ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
-def parse_chat(data: dict[str, Any]) -> GenerationRequest:
+def parse_chat(data: dict[str, Any], limits: RequestLimits = DEFAULT_LIMITS) -> GenerationRequest:
     body = Body(data)
     model = body.required("model", "str")
     raw = body.required("messages", "list")
     if not raw:
         raise InvalidRequestError("'messages' must not be empty", param="messages")
+    check_count("messages", len(raw), limits.max_messages)
     messages = []
     for i, message in enumerate(raw):
         if not isinstance(message, dict):
@@ -214,31 +264,35 @@ def parse_chat(data: dict[str, Any]) -> GenerationRequest:
             raise InvalidRequestError(f"messages[{i}].role must be one of {', '.join(_ROLES)}", param="messages")
         messages.append({"role": "system" if role == "developer" else role,
                          "content": _message_text(i, message.get("content"))})
+    check_chars("messages", sum(len(m["content"]) for m in messages), limits.max_prompt_chars,
+                "the messages' text")
     _refuse_constrained(body)
     _refuse_tools(body)
-    sampling, given = _sampling(body, chat=True)
+    sampling, given = _sampling(body, chat=True, limits=limits)
     stream = body.get("stream", "bool", False)
     return GenerationRequest("chat", model, sampling, given, stream, _stream_options(body, stream), messages=messages,
                              add_generation_prompt=body.get("add_generation_prompt", "bool", True))
 
 
-def parse_completion(data: dict[str, Any]) -> GenerationRequest:
+def parse_completion(data: dict[str, Any], limits: RequestLimits = DEFAULT_LIMITS) -> GenerationRequest:
     body = Body(data)
     model = body.required("model", "str")
     if "prompt" not in data or data["prompt"] is None:
         raise InvalidRequestError("'prompt' is required", param="prompt")
     prompt, token_ids = _prompt(data["prompt"])
+    if prompt is not None:
+        check_chars("prompt", len(prompt), limits.max_prompt_chars)
     if body.get("echo", "bool", False):
         raise UnsupportedFeatureError("echo is not supported by this engine", param="echo", status=400)
     if body.get("suffix", "str"):
         raise UnsupportedFeatureError("suffix (insertion) is not supported by this engine", param="suffix", status=400)
     _refuse_constrained(body)
-    sampling, given = _sampling(body, chat=False)
-    best_of = body.get("best_of", "int")
+    sampling, given = _sampling(body, chat=False, limits=limits)
+    best_of = body.bounded("best_of", "int", 1, limits.max_n)
+    if best_of is not None and best_of < sampling.n:
+        raise InvalidRequestError(f"'best_of' must be at least n ({sampling.n}), got {best_of}", param="best_of")
     if best_of is not None and best_of != sampling.n:
         raise UnsupportedFeatureError("best_of other than n is not supported", param="best_of", status=400)
-    if sampling.top_logprobs > 5:
-        raise InvalidRequestError("logprobs must be at most 5 for completions", param="logprobs")
     stream = body.get("stream", "bool", False)
     return GenerationRequest("completion", model, sampling, given, stream, _stream_options(body, stream),
                              prompt=prompt, prompt_token_ids=token_ids)

@@ -1,7 +1,9 @@
 """The OpenAPI 3.1 description of every route, served at ``GET /openapi.json``.
 
-Request schemas list the fields the server reads (with the types ``openai_schema`` enforces);
-every ``/v1`` operation documents the OpenAI error body for its 4xx/5xx answers.
+Request schemas list the fields the server reads, with the types ``openai_schema`` enforces and
+the bounds of the server's ``RequestLimits`` (``maximum``, ``maxItems``, ``maxLength``), so the
+document always states the limits this server runs with; every ``/v1`` operation documents the
+OpenAI error body for its 4xx/5xx answers.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import ferrum
+from runtime.server.limits import RequestLimits
 from runtime.server.models import ServedModels
 
 _NUM = {"type": "number"}
@@ -31,45 +34,39 @@ _ERRORS = {code: {"description": text, **_json(_ref("Error"))} for code, text in
     ("413", "body too large"), ("429", "engine queue full (see Retry-After)"), ("500", "internal error"),
     ("501", "not implemented by this engine"), ("503", "shutting down"))}
 
-_SAMPLING = {
-    "temperature": {"type": "number", "minimum": 0},
-    "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-    "top_k": _INT,
-    "min_p": {"type": "number", "minimum": 0, "maximum": 1},
-    "max_tokens": {"type": "integer", "minimum": 1},
-    "stop": {"oneOf": [_STR, {"type": "array", "items": _STR}]},
-    "seed": _INT,
-    "n": {"type": "integer", "minimum": 1},
-    "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
-    "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
-    "repetition_penalty": {"type": "number", "exclusiveMinimum": 0},
-    "logit_bias": {"type": "object", "additionalProperties": _NUM},
-    "stream": _BOOL,
-    "stream_options": {"type": "object", "properties": {"include_usage": _BOOL}},
-    "ignore_eos": _BOOL,
-    "response_format": {"type": "object", "properties": {"type": {"enum": ["text", "json_object", "json_schema"]}},
-                        "description": "json_object and json_schema are refused (400): no constrained decoding"},
-}
+def _sampling(limits: RequestLimits) -> dict[str, Any]:
+    stop = {"type": "string", "maxLength": limits.max_stop_chars}
+    return {
+        "temperature": {"type": "number", "minimum": 0},
+        "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "top_k": {"type": "integer", "minimum": -1, "maximum": limits.max_top_k,
+                  "description": "-1 or 0: no top-k"},
+        "min_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "stop": {"oneOf": [stop, {"type": "array", "items": stop, "maxItems": limits.max_stop_sequences}]},
+        "stop_token_ids": {"type": "array", "items": {"type": "integer", "minimum": 0},
+                           "maxItems": limits.max_stop_token_ids},
+        "seed": {"type": "integer", "minimum": 0, "maximum": limits.max_seed},
+        "n": {"type": "integer", "minimum": 1, "maximum": limits.max_n},
+        "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+        "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+        "repetition_penalty": {"type": "number", "exclusiveMinimum": 0},
+        "logit_bias": {"type": "object", "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+                       "propertyNames": {"pattern": "^[0-9]+$"}, "maxProperties": limits.max_logit_bias},
+        "stream": _BOOL,
+        "stream_options": {"type": "object", "properties": {"include_usage": _BOOL}},
+        "ignore_eos": _BOOL,
+        "response_format": {"type": "object",
+                            "properties": {"type": {"enum": ["text", "json_object", "json_schema"]}},
+                            "description": "json_object and json_schema are refused (400): no constrained decoding"},
+    }
+
 
 _SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["message", "type"],
         "properties": {"message": _STR, "type": _STR, "param": {"type": ["string", "null"]},
                        "code": {"type": ["string", "null"]}}}}},
-    "ChatMessage": {"type": "object", "required": ["role"], "properties": {
-        "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
-        "content": {"oneOf": [_STR, {"type": "array", "items": {
-            "type": "object", "required": ["type", "text"],
-            "properties": {"type": {"const": "text"}, "text": _STR}}}, {"type": "null"}]}}},
-    "ChatCompletionRequest": {"type": "object", "required": ["model", "messages"], "properties": {
-        "model": _STR, "messages": {"type": "array", "minItems": 1, "items": _ref("ChatMessage")},
-        "max_completion_tokens": {"type": "integer", "minimum": 1},
-        "logprobs": _BOOL, "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 20},
-        "add_generation_prompt": _BOOL, **_SAMPLING}},
-    "CompletionRequest": {"type": "object", "required": ["model", "prompt"], "properties": {
-        "model": _STR,
-        "prompt": {"oneOf": [_STR, {"type": "array", "items": _INT, "minItems": 1}]},
-        "logprobs": {"type": "integer", "minimum": 0, "maximum": 5}, "echo": _BOOL, **_SAMPLING}},
     "Usage": {"type": "object", "properties": {"prompt_tokens": _INT, "completion_tokens": _INT,
                                                "total_tokens": _INT}},
     "ChatCompletion": {"type": "object", "properties": {
@@ -83,19 +80,10 @@ _SCHEMAS: dict[str, Any] = {
         "choices": {"type": "array", "items": {"type": "object", "properties": {
             "index": _INT, "text": _STR, "finish_reason": _STR, "logprobs": _NULLABLE_OBJ}}},
         "usage": _ref("Usage")}},
-    "EmbeddingRequest": {"type": "object", "required": ["model", "input"], "properties": {
-        "model": _STR, "input": {"oneOf": [_STR, {"type": "array", "items": _STR, "minItems": 1}]},
-        "encoding_format": {"enum": ["float", "base64"]}, "dimensions": _INT}},
     "EmbeddingList": {"type": "object", "properties": {"object": {"const": "list"}, "model": _STR, "data": {
         "type": "array", "items": {"type": "object", "properties": {
             "object": {"const": "embedding"}, "index": _INT,
             "embedding": {"oneOf": [{"type": "array", "items": _NUM}, _STR]}}}}}},
-    "TranscriptionRequest": {"type": "object", "required": ["file", "model"], "properties": {
-        "file": {"type": "string", "format": "binary"}, "model": _STR, "language": _STR,
-        "response_format": {"enum": ["json", "text"]}, "temperature": _NUM}},
-    "SpeechRequest": {"type": "object", "required": ["model", "input"], "properties": {
-        "model": _STR, "input": {"type": "string", "minLength": 1, "maxLength": 4096}, "voice": _STR,
-        "language": _STR, "response_format": {"enum": ["wav", "pcm"]}, "speed": _NUM}},
     "ModelList": {"type": "object", "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {
         "type": "object", "properties": {"id": _STR, "object": {"const": "model"}, "created": _INT,
                                          "owned_by": _STR, "modality": _STR}}}}},
@@ -103,6 +91,49 @@ _SCHEMAS: dict[str, Any] = {
         "status": {"enum": ["Healthy", "Warning", "Unhealthy"]}, "component_status": {"type": "object"},
         "last_check": _STR, "models": {"type": "object"}}},
 }
+
+
+def _request_schemas(limits: RequestLimits) -> dict[str, Any]:
+    """The request bodies, bounded as this server's ``limits`` bound them."""
+    sampling = _sampling(limits)
+    text = {"type": "string", "maxLength": limits.max_prompt_chars}
+    return {
+        "ChatMessage": {"type": "object", "required": ["role"], "properties": {
+            "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+            "content": {"oneOf": [text, {"type": "array", "items": {
+                "type": "object", "required": ["type", "text"],
+                "properties": {"type": {"const": "text"}, "text": text}}}, {"type": "null"}]}}},
+        "ChatCompletionRequest": {"type": "object", "required": ["model", "messages"], "properties": {
+            "model": _STR,
+            "messages": {"type": "array", "minItems": 1, "maxItems": limits.max_messages,
+                         "items": _ref("ChatMessage"),
+                         "description": f"at most {limits.max_prompt_chars} characters of text in all"},
+            "max_completion_tokens": {"type": "integer", "minimum": 1},
+            "logprobs": _BOOL, "top_logprobs": {"type": "integer", "minimum": 0, "maximum": limits.max_top_logprobs},
+            "add_generation_prompt": _BOOL, **sampling}},
+        "CompletionRequest": {"type": "object", "required": ["model", "prompt"], "properties": {
+            "model": _STR,
+            "prompt": {"oneOf": [text, {"type": "array", "items": _INT, "minItems": 1}]},
+            "logprobs": {"type": "integer", "minimum": 0, "maximum": limits.max_completion_logprobs},
+            "best_of": {"type": "integer", "minimum": 1, "maximum": limits.max_n, "description": "must equal n"},
+            "echo": _BOOL, **sampling}},
+        "EmbeddingRequest": {"type": "object", "required": ["model", "input"], "properties": {
+            "model": _STR,
+            "input": {"oneOf": [{"type": "string", "minLength": 1, "maxLength": limits.max_embedding_input_chars},
+                                {"type": "array", "minItems": 1, "maxItems": limits.max_embedding_inputs,
+                                 "items": {"type": "string", "minLength": 1,
+                                           "maxLength": limits.max_embedding_input_chars}}]},
+            "encoding_format": {"enum": ["float", "base64"]}, "dimensions": _INT}},
+        "TranscriptionRequest": {"type": "object", "required": ["file", "model"], "properties": {
+            "file": {"type": "string", "format": "binary",
+                     "description": f"at most {limits.max_audio_seconds:g} s of audio and "
+                                    f"{limits.max_body_bytes} bytes of request body"},
+            "model": _STR, "language": _STR, "response_format": {"enum": ["json", "text"]}, "temperature": _NUM}},
+        "SpeechRequest": {"type": "object", "required": ["model", "input"], "properties": {
+            "model": _STR, "input": {"type": "string", "minLength": 1, "maxLength": limits.max_speech_chars},
+            "voice": _STR, "language": _STR, "response_format": {"enum": ["wav", "pcm"]},
+            "speed": {"type": "number", "description": "only 1.0 is supported"}}},
+    }
 
 
 def _post(summary: str, request: dict, ok: dict, *, stream: bool = False, example: dict | None = None) -> dict:
@@ -126,7 +157,7 @@ def _first(models: ServedModels, modality: str) -> str:
     return names[0] if names else "model"
 
 
-def openapi_document(models: ServedModels) -> dict:
+def openapi_document(models: ServedModels, limits: RequestLimits) -> dict:
     llm = _first(models, "llm")
     chat_example = {"model": llm, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8}
     completion_example = {"model": llm, "prompt": "Once upon a time", "max_tokens": 8}
@@ -163,7 +194,7 @@ def openapi_document(models: ServedModels) -> dict:
             "/": _get("Chat page (HTML)", {"content": {"text/html": {"schema": _STR}}}),
         },
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": {**_SCHEMAS, **_request_schemas(limits)},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
