@@ -54,6 +54,9 @@ class FinishReason(str, enum.Enum):
 
 
 MAX_COMPLETIONS = 128  # completions per request (``n``), as OpenAI bounds it
+MAX_TOP_LOGPROBS = 20  # alternatives per token, as OpenAI bounds ``top_logprobs``
+MAX_LOGIT_BIAS = 100.0  # |bias| per token, as OpenAI bounds ``logit_bias`` values
+MAX_SEED = (1 << 64) - 1  # seeds numpy's generator, which takes no negative seed
 
 
 @dataclass
@@ -114,16 +117,17 @@ class SamplingParams:
                 raise bad(name, f"{name} must be in [-2, 2], got {value!r}")
         if not isinstance(self.n, int) or isinstance(self.n, bool) or not 1 <= self.n <= MAX_COMPLETIONS:
             raise bad("n", f"n must be an integer in [1, {MAX_COMPLETIONS}], got {self.n!r}")
-        if not isinstance(self.top_logprobs, int) or not 0 <= self.top_logprobs <= 20:
-            raise bad("top_logprobs", f"top_logprobs must be an integer in [0, 20], got {self.top_logprobs!r}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise bad("seed", f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.top_logprobs, int) or not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise bad("top_logprobs",
+                      f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED):
+            raise bad("seed", f"seed must be an integer in [0, 2^64 - 1], got {self.seed!r}")
         if any(not isinstance(s, str) or s == "" for s in self.stop_sequences):
             raise bad("stop", "stop sequences must be non-empty strings")
         for token, bias in self.logit_bias.items():
             if not isinstance(token, int) or token < 0:
                 raise bad("logit_bias", f"logit_bias keys must be token ids, got {token!r}")
-            if not _finite(bias) or not -100 <= bias <= 100:
+            if not _finite(bias) or not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
                 raise bad("logit_bias", f"logit_bias values must be in [-100, 100], got {bias!r}")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ferrum.errors import InvalidRequestError
+from ferrum.types import MAX_COMPLETIONS, MAX_SEED, MAX_TOP_LOGPROBS
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class RequestLimits:
     audio upload: OpenAI takes uploads up to 25 MB, and this leaves room for the form around one.
     Over it: 413. ``--max-body-bytes``."""
 
-    max_n: int = 128
+    max_n: int = MAX_COMPLETIONS
     """``n`` (and ``best_of``, which must equal ``n``): OpenAI allows 1–128 completions per request."""
 
     max_stop_sequences: int = 16
@@ -47,7 +48,7 @@ class RequestLimits:
     max_logit_bias: int = 300
     """Entries of ``logit_bias`` (OpenAI caps it at 300); keys must be tokens of the vocabulary."""
 
-    max_top_logprobs: int = 20
+    max_top_logprobs: int = MAX_TOP_LOGPROBS
     """Chat ``top_logprobs``: OpenAI allows 0–20 alternatives per token."""
 
     max_completion_logprobs: int = 5
@@ -61,7 +62,7 @@ class RequestLimits:
     tokenized on the server's event loop, so a bound keeps one request from blocking the others; a
     mebicharacter is well above any context the served models have (~4 characters per token)."""
 
-    max_seed: int = (1 << 64) - 1
+    max_seed: int = MAX_SEED
     """``seed`` must be in [0, 2^64 - 1]: it seeds numpy's generator, which takes no negative seed."""
 
     max_top_k: int = (1 << 31) - 1
