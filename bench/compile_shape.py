@@ -3,7 +3,7 @@
 Speed does not depend on weight values, and an 8B model's weights cannot travel to the GPU
 machine, so the benchmark generates them there (``bench/gpu_bench.py``). This writes a normal
 artifact folder (library, fatbins, manifest) whose manifest lists every parameter's shape and
-dtype under ``extra["param_shapes"]`` and says ``extra["weights"] = "generated at run time"``;
+dtype under ``extra.param_shapes`` and says ``extra.weights = "generated at run time"``;
 the engine refuses to serve it (no ``weights/``).
 
     python bench/compile_shape.py llama3-8b --quant q0f16 --target cuda --arch sm_90a --out .dev/shapes
@@ -30,6 +30,7 @@ from compile.builders.llama import compile_llama  # noqa: E402
 from compile.model.llama import LlamaForCausalLM  # noqa: E402
 from compile.targets import resolve_target  # noqa: E402
 from ferrum.manifest import GenerationConfig, Manifest, describe_files  # noqa: E402
+from ferrum.manifest_extra import LlmExtra  # noqa: E402
 from ferrum.model_config import LlamaConfig  # noqa: E402
 from ferrum.quantization import get_quantization  # noqa: E402
 
@@ -73,8 +74,8 @@ def main() -> int:
         target=target.info, tvm_version=tvm.__version__, ferrum_version=ferrum.__version__,
         source={"format": "shape", "name": args.shape}, library=LIBRARY_NAME, functions=functions,
         files=describe_files(folder), kernels=kernels,
-        extra={"param_names": param_names, "param_shapes": shapes, "weights": "generated at run time (benchmark)",
-               **extra},
+        extra=LlmExtra(param_names=param_names, param_shapes=shapes, weights="generated at run time (benchmark)",
+                       **extra),
         created_at=datetime.now(timezone.utc).isoformat(),
     ).write(folder)
     print(folder)

@@ -86,9 +86,9 @@ def generated_params(manifest, seed: int) -> tuple[list, dict]:
     random int4 nibbles with scales/minimums that keep values in about ±0.05."""
     torch = torch_mod()
     gen = torch.Generator(device="cuda").manual_seed(seed)
-    shapes = manifest.extra["param_shapes"]
+    shapes = manifest.extra.param_shapes
     params, torch_tensors = [], {}
-    for name in manifest.extra["param_names"]:
+    for name in manifest.extra.param_names:
         shape, dtype = shapes[name]
         if dtype == "uint32":
             t = torch.randint(-(2**31), 2**31 - 1, shape, dtype=torch.int32, device="cuda", generator=gen)
@@ -108,7 +108,7 @@ def generated_params(manifest, seed: int) -> tuple[list, dict]:
 
 
 def weight_bytes(manifest) -> int:
-    return sum(int(np.prod(s)) * np.dtype(d).itemsize for s, d in manifest.extra["param_shapes"].values())
+    return sum(int(np.prod(s)) * np.dtype(d).itemsize for s, d in manifest.extra.param_shapes.values())
 
 
 def decode_read_bytes(weights: int, cfg, dtype_bytes: int) -> int:
@@ -398,7 +398,7 @@ def run_artifact(path: str, args, bandwidth: float) -> dict:
     manifest = artifact.manifest
     memory = {"before_load": device_memory_used()}
     ours_torch: dict = {}
-    if "param_shapes" in manifest.extra:
+    if manifest.extra.param_shapes is not None:
         params, ours_torch = generated_params(manifest, args.seed)
         runner = ModelRunner(artifact, params=params)
         weights = weight_bytes(manifest)
@@ -406,12 +406,12 @@ def run_artifact(path: str, args, bandwidth: float) -> dict:
         runner = ModelRunner(artifact)
         weights = sum(info["bytes"] for rel, info in manifest.files.items() if rel.startswith("weights/"))
         if args.peer and manifest.quantization["name"] == "q0f16":
-            ours_torch = {n: torch.from_dlpack(p) for n, p in zip(manifest.extra["param_names"], runner.params)}
+            ours_torch = {n: torch.from_dlpack(p) for n, p in zip(manifest.extra.param_names, runner.params)}
     memory["after_load"] = device_memory_used()
     cfg = runner.config
     bench = Bench(runner, args.seed)
     entry = {"artifact": manifest.name, "model": cfg.to_dict(), "quantization": manifest.quantization["name"],
-             "weight_bytes": weights, "weights": manifest.extra.get("weights", "from the artifact")}
+             "weight_bytes": weights, "weights": manifest.extra.weights or "from the artifact"}
     entry["decode"] = []
     for b in args.batches:
         entry["decode"].append(bench.decode(b, args.decode_steps))

@@ -51,7 +51,7 @@ def model_timings(engine: WhisperEngine, mel: np.ndarray, tokens: int = 32) -> d
     start = time.perf_counter()
     state = runner.encode(mel)
     encode_s = time.perf_counter() - start
-    runner.step(state, [sp["sot"], engine.languages["en"], sp["transcribe"], sp["no_timestamps"]])
+    runner.step(state, [sp.sot, engine.languages["en"], sp.transcribe, sp.no_timestamps])
     start = time.perf_counter()
     for _ in range(tokens):
         runner.step(state, [440])

@@ -66,7 +66,7 @@ def main() -> None:
 
             def run_ort() -> None:
                 for ids, noise_w, noise in feeds:
-                    reference_audio(session, ids, noise_w, noise, engine.front_end)
+                    reference_audio(session, ids, noise_w, noise, engine.front_end.to_dict())
 
             row["onnxruntime_1thread_s"] = median_time(run_ort, args.repeats)
         rows.append(row)

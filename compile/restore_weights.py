@@ -31,7 +31,7 @@ def restore_weights(artifact: Path, source: str) -> None:
     weights = artifact / "weights"
     shutil.rmtree(weights, ignore_errors=True)
     names = write_tensor_cache(convert_weights(model, get_quantization(manifest.quantization["name"])), weights)
-    if names != manifest.extra["param_names"]:
+    if names != manifest.extra.param_names:
         raise ArtifactError("regenerated parameters differ from the compiled model's")
     verify_files(artifact, manifest)
 

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from ferrum.errors import ArtifactError
+from ferrum.manifest_extra import EXTRA_TYPES, ModalityExtra
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-MODALITIES = ("llm", "embedding", "transcription", "tts")
+MODALITIES = tuple(EXTRA_TYPES)  # each modality's ``extra`` has its own type (ferrum/manifest_extra.py)
 # Columns of the params argument of an LLM artifact's ``sample_tokens(logits[b, vocab], params[b, 5])``
 # (CUDA builds): temperature (0 = greedy), top_p, top_k (0 = off), min_p, a uniform number in [0, 1).
 SAMPLE_PARAMS = ("temperature", "top_p", "top_k", "min_p", "uniform")
@@ -73,7 +74,9 @@ class GenerationConfig:
 
 @dataclass
 class Manifest:
-    """``manifest.json``: schema version, model, quantization, target, and every file's hash."""
+    """``manifest.json``: schema version, model, quantization, target, and every file's hash.
+
+    ``extra`` is the modality's typed record (``EXTRA_TYPES[modality]``)."""
 
     name: str
     modality: str
@@ -87,13 +90,22 @@ class Manifest:
     library: str
     functions: list[str]
     files: dict[str, dict[str, Any]]
+    extra: ModalityExtra
     kernels: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     created_at: str = ""
 
+    def __post_init__(self) -> None:
+        expected = EXTRA_TYPES.get(self.modality)
+        if expected is None:
+            raise ArtifactError(f"unknown modality {self.modality!r} (choose {', '.join(MODALITIES)})")
+        if not isinstance(self.extra, expected):
+            raise ArtifactError(
+                f"the extra of a {self.modality} manifest is a {expected.__name__}, not {type(self.extra).__name__}"
+            )
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "extra": self.extra.to_dict()}
 
     def write(self, folder: Path) -> None:
         (folder / MANIFEST_NAME).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -116,13 +128,15 @@ class Manifest:
                 f"{path} has schema version {version!r}; this Ferrum reads version {SCHEMA_VERSION}. "
                 "Recompile the model with this version of Ferrum."
             )
+        extra_type = EXTRA_TYPES.get(data.get("modality"))
+        if extra_type is None:
+            raise ArtifactError(f"{path}: unknown modality {data.get('modality')!r} (choose {', '.join(MODALITIES)})")
         try:
             data["target"] = TargetInfo(**data["target"])
+            data["extra"] = extra_type.from_dict(data.get("extra"), f"{path}: extra")
             manifest = cls(**data)
         except (KeyError, TypeError) as exc:
             raise ArtifactError(f"{path} is malformed: {exc}") from None
-        if manifest.modality not in MODALITIES:
-            raise ArtifactError(f"{path}: unknown modality {manifest.modality!r}")
         return manifest
 
 

@@ -1,19 +1,27 @@
-"""Open an artifact folder and refuse anything this machine cannot run, before loading it."""
+"""Open an artifact folder and refuse anything this machine cannot run, before loading it.
+
+``open_artifact`` is the one opener every modality uses: manifest, modality, TVM version, host
+CPU, file hashes, then the CUDA device code registered. What a modality adds on top (configs,
+side files) is read by its own artifact type from the ``OpenedArtifact`` it returns.
+"""
 
 from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import tvm
+from tvm.runtime.vm import VirtualMachine
 
 from ferrum.errors import ArtifactError
 from ferrum.manifest import GenerationConfig, Manifest, host_cpu_flags, verify_files
 from ferrum.model_config import LlamaConfig
 from ferrum.quantization import get_quantization
 from runtime.tvm_env import cuda_arch, open_device, register_kernels
+from runtime.vm_loader import load_params, load_vm
 
 
 _TRIPLE_MACHINES = {"x86_64-linux-gnu": ("x86_64", "AMD64"), "aarch64-linux-gnu": ("aarch64", "arm64")}
@@ -64,14 +72,17 @@ def resolve_device(manifest: Manifest, requested: str = "auto") -> tvm.runtime.D
     return dev
 
 
+# how a refusal names the model a modality's engine wanted
+_A_MODEL = {"llm": "an LLM", "embedding": "an embedding model", "transcription": "a transcription model",
+            "tts": "a speech synthesis voice"}
+
+
 @dataclass
-class LlmArtifact:
-    """A verified LLM artifact: its manifest, configs and file paths."""
+class OpenedArtifact:
+    """A verified artifact folder: its manifest (with the modality's typed ``extra``) and its files."""
 
     folder: Path
     manifest: Manifest
-    config: LlamaConfig
-    generation: GenerationConfig
 
     @property
     def library_path(self) -> Path:
@@ -86,21 +97,55 @@ class LlmArtifact:
         return self.folder / "tokenizer.json"
 
     @property
+    def weight_bytes(self) -> int:
+        return sum(f["bytes"] for rel, f in self.manifest.files.items() if rel.startswith("weights/"))
+
+    @property
     def model_dtype(self) -> str:
         return get_quantization(self.manifest.quantization["name"]).model_dtype
 
+    def load_library(self, device: tvm.runtime.Device) -> VirtualMachine:
+        return load_vm(self.library_path, device)
+
+    def load_weights(self, device: tvm.runtime.Device) -> Sequence[tvm.runtime.Tensor]:
+        """The weights on ``device``, in the order the compiled functions take them."""
+        return load_params(self.weights_path, self.manifest.extra.param_names, device)
+
+
+def open_artifact(
+    folder: str | Path, modality: str, *, architecture: str | None = None, verify_hashes: bool = True
+) -> OpenedArtifact:
+    """Open ``folder`` as a ``modality`` artifact (of ``architecture``, when given) that this machine
+    can run: every check happens here, before anything is loaded onto a device."""
+    folder = Path(folder)
+    manifest = Manifest.load(folder)
+    if manifest.modality != modality:
+        raise ArtifactError(f"artifact {manifest.name} is a {manifest.modality} model, not {_A_MODEL[modality]}")
+    if architecture is not None and manifest.architecture != architecture:
+        raise ArtifactError(
+            f"artifact {manifest.name}: unsupported {modality} architecture {manifest.architecture!r} "
+            f"(this runtime serves {architecture!r})"
+        )
+    check_tvm_version(manifest)
+    check_host(manifest)
+    if verify_hashes:
+        verify_files(folder, manifest)
+    register_kernels(folder, manifest.kernels)
+    return OpenedArtifact(folder, manifest)
+
+
+@dataclass
+class LlmArtifact(OpenedArtifact):
+    """A verified LLM artifact: its manifest, configs and file paths."""
+
+    config: LlamaConfig
+    generation: GenerationConfig
+
     @classmethod
     def open(cls, folder: str | Path, verify_hashes: bool = True) -> LlmArtifact:
-        folder = Path(folder)
-        manifest = Manifest.load(folder)
-        if manifest.modality != "llm":
-            raise ArtifactError(f"artifact {manifest.name} is a {manifest.modality} model, not an LLM")
+        opened = open_artifact(folder, "llm", verify_hashes=verify_hashes)
+        manifest = opened.manifest
         if manifest.architecture != "llama":
             raise ArtifactError(f"artifact {manifest.name}: unsupported architecture {manifest.architecture!r}")
-        check_tvm_version(manifest)
-        check_host(manifest)
-        if verify_hashes:
-            verify_files(folder, manifest)
-        register_kernels(folder, manifest.kernels)
-        generation = GenerationConfig.from_dict(json.loads((folder / "generation.json").read_text()))
-        return cls(folder, manifest, LlamaConfig.from_dict(manifest.model), generation)
+        generation = GenerationConfig.from_dict(json.loads((opened.folder / "generation.json").read_text()))
+        return cls(opened.folder, manifest, LlamaConfig.from_dict(manifest.model), generation)

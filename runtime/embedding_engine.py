@@ -26,28 +26,17 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
-
 from tokenizers import Tokenizer
 
-import ferrum
 from ferrum.engine import EmbedEngine
 from ferrum.errors import EngineShutdownError, InvalidRequestError, OverloadedError, UnsupportedFeatureError
-from ferrum.metrics import (
-    ComponentHealth,
-    ComponentStatus,
-    EngineMetrics,
-    EngineStatus,
-    HealthStatus,
-    HealthStatusType,
-)
-from ferrum.serde import utc_now
 from ferrum.types import EngineConfig
 from runtime.embedding_runner import EmbeddingArtifact, EmbeddingRunner
-from runtime.telemetry import EngineTelemetry
+from runtime.worker_engine import WorkerEngine
 
 CPU_CALL_TOKENS = 256  # padded tokens per CPU model call (see the module docstring)
 
@@ -59,13 +48,15 @@ class _Queued:
     future: asyncio.Future
 
 
-class EmbeddingEngine(EmbedEngine):
+class EmbeddingEngine(WorkerEngine, EmbedEngine):
     """EmbedEngine over a compiled BERT sentence encoder."""
 
+    kv_cache_note = "no KV cache: encoder-only model"
+    work_unit = "batch"
+
     def __init__(self, config: EngineConfig):
-        self._config = config
         self.artifact = EmbeddingArtifact.open(config.artifact_path)
-        self.model_id = config.model_id or self.artifact.manifest.name
+        super().__init__(config, self.artifact, "ferrum-embed")
         self.max_length = self.artifact.config.max_length
         self.tokenizer = Tokenizer.from_file(str(self.artifact.tokenizer_path))
         self.tokenizer.no_padding()
@@ -74,14 +65,8 @@ class EmbeddingEngine(EmbedEngine):
         self.max_batch = max(1, config.max_num_seqs)
         self.max_batch_tokens = config.max_num_batched_tokens
         self.call_tokens = CPU_CALL_TOKENS if self.runner.device_kind == "cpu" else self.max_batch_tokens
-        self.telemetry = EngineTelemetry()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ferrum-embed")
         self._queue: deque[_Queued] = deque()
         self._drainer: asyncio.Task | None = None
-        self._running = 0
-        self._closed = False
-        self._last_error: str | None = None
-        self._last_heartbeat = utc_now()
 
     # -- embeddings -------------------------------------------------------------------------
     def embedding_dim(self) -> int:
@@ -182,7 +167,6 @@ class EmbeddingEngine(EmbedEngine):
         return out
 
     async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._queue:
             batch = self._next_batch()
             if not batch:
@@ -192,9 +176,8 @@ class EmbeddingEngine(EmbedEngine):
             self._running = len(batch)
             start = time.perf_counter()
             try:
-                vectors = await loop.run_in_executor(self._executor, self._run, [b.ids for b in batch])
+                vectors = await self._call_model(partial(self._run, [b.ids for b in batch]))
             except Exception as exc:
-                self._last_error = f"{type(exc).__name__}: {exc}"
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(exc)
@@ -202,9 +185,6 @@ class EmbeddingEngine(EmbedEngine):
             finally:
                 self._running = 0
                 seconds = time.perf_counter() - start
-                self.telemetry.add_phase_time("model_execution", seconds)
-            self._last_error = None
-            self._last_heartbeat = utc_now()
             tokens = len(batch) * max(len(b.ids) for b in batch)
             self.telemetry.on_step(len(batch), tokens, seconds, self.max_batch)
             for item, vector in zip(batch, vectors):
@@ -213,8 +193,11 @@ class EmbeddingEngine(EmbedEngine):
                     item.future.set_result(vector.tolist())
 
     # -- lifecycle / status -----------------------------------------------------------------
-    def config(self) -> EngineConfig:
-        return self._config
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def front_end_metrics(self) -> dict[str, float]:
+        return {"max_length": float(self.max_length)}
 
     async def shutdown(self) -> None:
         """Refuse new texts, finish the queued ones, then stop the worker thread."""
@@ -222,39 +205,3 @@ class EmbeddingEngine(EmbedEngine):
         if self._drainer is not None and not self._drainer.done():
             await self._drainer
         self._executor.shutdown(wait=True)
-
-    async def status(self) -> EngineStatus:
-        on_gpu = self.runner.device_kind == "cuda"
-        return EngineStatus(
-            is_ready=not self._closed,
-            loaded_models=[self.model_id],
-            active_requests=self._running,
-            queued_requests=len(self._queue),
-            memory_usage=self.telemetry.memory_usage(0, self.artifact.weight_bytes if on_gpu else None),
-            uptime_seconds=int(self.telemetry.uptime),
-            last_heartbeat=self._last_heartbeat,
-            version=ferrum.__version__,
-        )
-
-    def metrics(self) -> EngineMetrics:
-        return self.telemetry.engine_metrics(len(self._queue))
-
-    async def health_check(self) -> HealthStatus:
-        model = ComponentHealth.healthy("model", weight_bytes=float(self.artifact.weight_bytes))
-        if self._last_error:
-            model = ComponentHealth(HealthStatusType.Warning, f"last batch failed: {self._last_error}")
-        scheduler = ComponentHealth.healthy(
-            "scheduler", waiting=float(len(self._queue)), running=float(self._running)
-        )
-        if self._closed:
-            scheduler = ComponentHealth(HealthStatusType.Unhealthy, "engine is shut down")
-        return HealthStatus.from_components(
-            ComponentStatus(
-                scheduler=scheduler,
-                model_executor=model,
-                tokenizer=ComponentHealth.healthy("tokenizer", max_length=float(self.max_length)),
-                kv_cache=ComponentHealth(HealthStatusType.Healthy, "no KV cache: encoder-only model"),
-                memory_manager=ComponentHealth.healthy("memory"),
-                backend=ComponentHealth.healthy(f"tvm {self.runner.device_kind}"),
-            )
-        )

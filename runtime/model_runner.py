@@ -17,7 +17,6 @@ from tvm.runtime import ShapeTuple
 from ferrum.errors import ArtifactError, InvalidRequestError
 from ferrum.manifest import SAMPLE_PARAMS
 from runtime.artifact import LlmArtifact, resolve_device
-from runtime.vm_loader import load_params, load_vm
 
 _builtin = tvm.get_global_func
 
@@ -47,7 +46,7 @@ class ModelRunner:
         self.config = artifact.config
         self.device = resolve_device(artifact.manifest, device)
         self.device_kind = artifact.manifest.target.device_type
-        self._vm = load_vm(artifact.library_path, self.device)
+        self._vm = artifact.load_library(self.device)
         self.params = params if params is not None else self._load_params()
         self._embed = self._vm["embed"]
         self._prefill = self._vm["batch_prefill"]
@@ -55,7 +54,7 @@ class ModelRunner:
         self._verify = self._vm["batch_verify"]
         functions = artifact.manifest.functions
         self._sample = self._vm["sample_tokens"] if "sample_tokens" in functions else None
-        self.max_decode_batch: int | None = artifact.manifest.extra.get("decode_max_batch")
+        self.max_decode_batch: int | None = artifact.manifest.extra.decode_max_batch
         self._begin = _builtin("vm.builtin.kv_state_begin_forward")
         self._end = _builtin("vm.builtin.kv_state_end_forward")
         self._free_pages = _builtin("vm.builtin.attention_kv_cache_get_num_available_pages")
@@ -64,11 +63,10 @@ class ModelRunner:
         self.total_pages = 0
 
     def _load_params(self):
-        names = self.artifact.manifest.extra["param_names"]
         if not (self.artifact.weights_path / "tensor-cache.json").exists():
             raise ArtifactError(f"artifact {self.artifact.manifest.name} has no weights "
-                                f"({self.artifact.manifest.extra.get('weights', 'weights/ missing')})")
-        return load_params(self.artifact.weights_path, names, self.device)
+                                f"({self.artifact.manifest.extra.weights or 'weights/ missing'})")
+        return self.artifact.load_weights(self.device)
 
     # -- KV cache ---------------------------------------------------------------------------
     def create_kv_cache(self, kv: KVCacheConfig) -> None:

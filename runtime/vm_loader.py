@@ -1,8 +1,9 @@
 """Load an artifact's compiled library and its weights onto a device: the two steps every runner
-(LLM, embedding, transcription, speech) starts with."""
+(LLM, embedding, transcription, speech) starts with, through ``runtime.artifact.OpenedArtifact``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import tvm
@@ -20,7 +21,7 @@ def load_vm(library: Path, device: tvm.runtime.Device) -> VirtualMachine:
         raise ArtifactError(f"cannot load {library}: {exc}") from None
 
 
-def load_params(weights: Path, names: list[str], device: tvm.runtime.Device):
+def load_params(weights: Path, names: list[str], device: tvm.runtime.Device) -> Sequence[tvm.runtime.Tensor]:
     """The weights named ``names``, in that order, from a TVM tensor cache folder, on ``device``."""
     _builtin("vm.builtin.tensor_cache.load")(str(weights), device.dlpack_device_type(), device.index)
     try:

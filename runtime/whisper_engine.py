@@ -15,28 +15,23 @@ digital silence (no-speech probability 0.93 there, 0.03 on espeak-ng speech). Wi
 decoded independently (no previous-text prompt).
 
 Model calls run on one worker thread, so the event loop stays responsive and TVM is only ever
-touched from one thread; requests are served one at a time.
+touched from one thread; requests are served one at a time (``SerialEngine``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from ferrum.engine import TranscribeEngine
-from ferrum.errors import EngineShutdownError, InvalidRequestError
-from ferrum.serde import utc_now
+from ferrum.errors import InvalidRequestError
 from ferrum.types import EngineConfig
-from runtime.serial_engine import SerialEngineMixin
 from runtime.audio_decode import decode_audio
 from runtime.log_mel import mel_windows
-from runtime.telemetry import EngineTelemetry
+from runtime.serial_engine import RequestUsage, SerialEngine
 from runtime.whisper_runner import WhisperArtifact, WhisperRunner
 
 NO_SPEECH_THRESHOLD = 0.6
@@ -47,34 +42,29 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum())
 
 
-class WhisperEngine(SerialEngineMixin, TranscribeEngine):
+class Transcript(NamedTuple):
+    text: str
+    tokens: int  # tokens generated
+
+
+class WhisperEngine(SerialEngine, TranscribeEngine):
     """InferenceEngine + TranscribeEngine over a Whisper artifact."""
 
     def __init__(self, config: EngineConfig):
-        self._config = config
         self.artifact = WhisperArtifact.open(config.artifact_path)
-        self.model_id = config.model_id or self.artifact.manifest.name
+        super().__init__(config, self.artifact, "ferrum-whisper")
         self.runner = WhisperRunner(self.artifact, config.device)
-        self.tokenizer = Tokenizer.from_file(str(self.artifact.folder / "tokenizer.json"))
-        w = self.artifact.whisper
-        self.special = w["special_tokens"]
-        self.languages: dict[str, int] = w["languages"]
-        self.audio = {k: int(w[k]) for k in ("sample_rate", "n_fft", "hop_length", "n_mels", "n_frames")}
+        self.tokenizer = Tokenizer.from_file(str(self.artifact.tokenizer_path))
+        self.decoding = d = self.artifact.decoding
+        self.special = d.special_tokens
+        self.languages = d.languages
         vocab = int(self.artifact.model["vocab_size"])
         self._suppress = np.zeros(vocab, bool)
-        self._suppress[self.special["eot"] + 1 :] = True
-        self._suppress[[t for t in w["suppress_tokens"] if t < vocab]] = True
+        self._suppress[self.special.eot + 1 :] = True
+        self._suppress[[t for t in d.suppress_tokens if t < vocab]] = True
         self._suppress_begin = self._suppress.copy()
-        self._suppress_begin[[t for t in w["suppress_tokens_at_begin"] if t < vocab]] = True
+        self._suppress_begin[[t for t in d.suppress_tokens_at_begin if t < vocab]] = True
         self.max_new_tokens = self.runner.n_text_ctx // 2
-        self.telemetry = EngineTelemetry()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ferrum-whisper")
-        self._lock = asyncio.Lock()
-        self._waiting = 0
-        self._running = 0
-        self._closed = False
-        self._last_error: str | None = None
-        self._last_heartbeat = utc_now()
 
     # -- transcription ----------------------------------------------------------------------
     async def transcribe_file(self, path: str, language: str | None = None) -> str:
@@ -85,85 +75,47 @@ class WhisperEngine(SerialEngineMixin, TranscribeEngine):
         return await self.transcribe_bytes(data, language)
 
     async def transcribe_bytes(self, data: bytes, language: str | None = None) -> str:
-        if self._closed:
-            raise EngineShutdownError("the engine is shut down")
         if language is not None and language.lower() not in self.languages:
             raise InvalidRequestError(
                 f"unknown language {language!r}; use a Whisper language code such as en, de, fr", param="language"
             )
-        rid = uuid.uuid4().hex
-        self.telemetry.on_arrival(rid)
-        status, error, text, tokens = "failed", None, "", 0
-        self._waiting += 1
-        admitted = False
-        try:
-            async with self._lock:
-                self._waiting -= 1
-                self._running += 1
-                admitted = True
-                self.telemetry.on_admitted(rid)
-                loop = asyncio.get_running_loop()
-                start = time.perf_counter()
-                try:
-                    text, tokens = await loop.run_in_executor(
-                        self._executor, self._transcribe, data, language and language.lower()
-                    )
-                finally:
-                    self.telemetry.add_phase_time("model_execution", time.perf_counter() - start)
-                if tokens:
-                    self.telemetry.on_tokens(rid, tokens)
-            status = "completed"
-            self._last_heartbeat = utc_now()
-            return text
-        except asyncio.CancelledError:
-            status = "cancelled"
-            raise
-        except Exception as exc:
-            error = exc
-            self._last_error = f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            if admitted:
-                self._running -= 1
-            else:
-                self._waiting -= 1
-            self.telemetry.on_finish(rid, status, 0, tokens, len(text), error)
+        lang = language and language.lower()
+        transcript = await self.serve(
+            lambda: self._transcribe(data, lang), lambda t: RequestUsage(output_tokens=t.tokens, chars=len(t.text))
+        )
+        return transcript.text
 
-    def _transcribe(self, data: bytes, language: str | None) -> tuple[str, int]:
-        """Blocking: decode, window, and transcribe; returns (text, tokens generated)."""
-        a = self.audio
-        samples = decode_audio(data, a["sample_rate"])
-        windows = mel_windows(samples, a["sample_rate"], a["n_fft"], a["hop_length"], a["n_mels"], a["n_frames"])
+    def _transcribe(self, data: bytes, language: str | None) -> Transcript:
+        """Blocking: decode, window, and transcribe."""
+        d = self.decoding
+        samples = decode_audio(data, d.sample_rate)
+        windows = mel_windows(samples, d.sample_rate, d.n_fft, d.hop_length, d.n_mels, d.n_frames)
         pieces, total = [], 0
         for mel in windows:
             tokens, language = self.transcribe_window(mel, language)
             total += len(tokens)
             pieces.append(self.tokenizer.decode(tokens, skip_special_tokens=True))
-        return " ".join(p.strip() for p in pieces if p.strip()), total
+        return Transcript(" ".join(p.strip() for p in pieces if p.strip()), total)
 
     def transcribe_window(self, mel: np.ndarray, language: str | None) -> tuple[list[int], str]:
         """Greedy tokens of one window (empty when judged silent) and the language used."""
         sp = self.special
         state = self.runner.encode(mel)
-        logits = self.runner.step(state, [sp["sot"]])
-        if float(np.exp(_log_softmax(logits)[sp["no_speech"]])) > NO_SPEECH_THRESHOLD:
+        logits = self.runner.step(state, [sp.sot])
+        if float(np.exp(_log_softmax(logits)[sp.no_speech])) > NO_SPEECH_THRESHOLD:
             return [], language
         if language is None:
             codes = list(self.languages)
             language = codes[int(np.argmax(logits[[self.languages[c] for c in codes]]))]
-        logits = self.runner.step(state, [self.languages[language], sp["transcribe"], sp["no_timestamps"]])
+        logits = self.runner.step(state, [self.languages[language], sp.transcribe, sp.no_timestamps])
         tokens: list[int] = []
         while len(tokens) < self.max_new_tokens and state.length < self.runner.n_text_ctx:
             logits[self._suppress_begin if not tokens else self._suppress] = -np.inf
             token = int(np.argmax(logits))
-            if token == sp["eot"]:
+            if token == sp.eot:
                 break
             tokens.append(token)
             if state.length >= self.runner.n_text_ctx:
                 break
             logits = self.runner.step(state, [token])
         return tokens, language
-
-    @property
-    def device_kind(self) -> str:
-        return self.runner.device_kind

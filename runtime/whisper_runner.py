@@ -1,4 +1,4 @@
-"""Run a compiled Whisper artifact: open and check it, load weights, call encode/prefill/decode.
+"""Run a compiled Whisper artifact: open it, load library and weights, call encode/prefill/decode.
 
 The decoder's self-attention cache is a pair of tensors (K ``[L, p, D]``, V transposed
 ``[L, D, p]``) that each call returns grown by the tokens it appended; the runner keeps them on
@@ -16,21 +16,15 @@ import numpy as np
 import tvm
 
 from ferrum.errors import ArtifactError, InvalidRequestError
-from ferrum.manifest import Manifest, verify_files
-from runtime.vm_loader import load_params, load_vm
-from runtime.artifact import check_host, check_tvm_version, resolve_device
-from runtime.tvm_env import register_kernels
-
-_builtin = tvm.get_global_func
+from ferrum.manifest_extra import WHISPER_DECODING_FILE, WhisperDecoding
+from runtime.artifact import OpenedArtifact, open_artifact, resolve_device
 
 
 @dataclass
-class WhisperArtifact:
-    """A verified transcription artifact: manifest, model shapes and decoding constants."""
+class WhisperArtifact(OpenedArtifact):
+    """A verified transcription artifact: manifest, model shapes and decoding constants (``whisper.json``)."""
 
-    folder: Path
-    manifest: Manifest
-    whisper: dict[str, Any]
+    decoding: WhisperDecoding
 
     @property
     def model(self) -> dict[str, Any]:
@@ -38,19 +32,13 @@ class WhisperArtifact:
 
     @classmethod
     def open(cls, folder: str | Path, verify_hashes: bool = True) -> WhisperArtifact:
-        folder = Path(folder)
-        manifest = Manifest.load(folder)
-        if manifest.modality != "transcription" or manifest.architecture != "whisper":
-            raise ArtifactError(
-                f"artifact {manifest.name} is a {manifest.modality} {manifest.architecture} model, not Whisper"
-            )
-        check_tvm_version(manifest)
-        check_host(manifest)
-        if verify_hashes:
-            verify_files(folder, manifest)
-        register_kernels(folder, manifest.kernels)
-        whisper = json.loads((folder / "whisper.json").read_text())
-        return cls(folder, manifest, whisper)
+        opened = open_artifact(folder, "transcription", architecture="whisper", verify_hashes=verify_hashes)
+        path = opened.folder / WHISPER_DECODING_FILE
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
+        return cls(opened.folder, opened.manifest, WhisperDecoding.from_dict(data, str(path)))
 
 
 class DecoderState:
@@ -69,10 +57,10 @@ class WhisperRunner:
         self.artifact = artifact
         self.device = resolve_device(artifact.manifest, device)
         self.device_kind = artifact.manifest.target.device_type
-        self.dtype = {"q0f32": "float32", "q0f16": "float16"}[artifact.manifest.quantization["name"]]
+        self.dtype = artifact.model_dtype
         self.n_text_ctx = int(artifact.model["n_text_ctx"])
-        self._vm = load_vm(artifact.folder / artifact.manifest.library, self.device)
-        self.params = load_params(artifact.folder / "weights", artifact.manifest.extra["param_names"], self.device)
+        self._vm = artifact.load_library(self.device)
+        self.params = artifact.load_weights(self.device)
         self._encode, self._prefill, self._decode = self._vm["encode"], self._vm["prefill"], self._vm["decode"]
 
     def encode(self, mel: np.ndarray) -> DecoderState:

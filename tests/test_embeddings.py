@@ -74,9 +74,9 @@ def test_manifest_describes_the_embedding_model(minilm_artifact):
     m = Manifest.load(minilm_artifact)
     assert (m.modality, m.architecture, m.functions) == ("embedding", "bert", ["embed"])
     assert m.model["hidden_size"] == 384 and m.model["max_length"] == 256
-    assert (m.extra["embedding_dim"], m.extra["max_length"]) == (384, 256)
-    assert m.extra["pooling"] == "mean" and m.extra["normalize"] is True
-    assert m.extra["inputs"]["tensors"] == ["input_ids", "token_type_ids", "attention_mask"]
+    assert (m.extra.embedding_dim, m.extra.max_length) == (384, 256)
+    assert m.extra.pooling == "mean" and m.extra.normalize is True
+    assert m.extra.inputs.tensors == ["input_ids", "token_type_ids", "attention_mask"]
     assert m.source["name"] == "all-minilm-l6-v2" and m.quantization["name"] == "q0f32"
 
 

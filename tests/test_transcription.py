@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from ferrum.errors import InvalidRequestError
 from ferrum.types import EngineConfig
 from runtime.audio_decode import decode_audio, resample
 from runtime.log_mel import hz_to_mel, mel_filters, mel_windows
+from serial_cancel import assert_cancelled_waiter_leaves_no_trace
 from speech import SENTENCES, espeak_available, read_wav_int16, speak, upsample_by_two, wav_bytes, word_error_rate, word_errors
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (apt-get install espeak-ng)")
@@ -123,9 +125,9 @@ def test_manifest_describes_a_transcription_model(whisper_artifact):
 
     manifest = Manifest.load(whisper_artifact)
     assert manifest.modality == "transcription" and manifest.architecture == "whisper"
-    assert manifest.extra["sample_rate"] == 16000 and manifest.extra["n_mels"] == 80
-    special = manifest.extra["special_tokens"]
-    assert (special["eot"], special["sot"], special["no_timestamps"]) == (50257, 50258, 50363)
+    assert manifest.extra.sample_rate == 16000 and manifest.extra.n_mels == 80
+    special = manifest.extra.special_tokens
+    assert (special.eot, special.sot, special.no_timestamps) == (50257, 50258, 50363)
     assert manifest.functions == ["encode", "prefill", "decode"]
 
 
@@ -157,6 +159,24 @@ def test_corrupt_upload_and_unknown_language_are_rejected(engine):
     with pytest.raises(InvalidRequestError, match="cannot read audio file"):
         asyncio.run(engine.transcribe_file("/nonexistent/audio.wav"))
     assert asyncio.run(engine.status()).is_ready
+    assert asyncio.run(engine.health_check()).status.value == "Healthy"  # the client's fault, not the model's
+
+
+def test_a_request_cancelled_while_waiting_leaves_no_count(whisper_artifact, monkeypatch):
+    """A client that gives up while another transcription runs leaves nothing waiting and is
+    counted cancelled. The model call is a fake held by the test."""
+    from runtime.whisper_engine import Transcript, WhisperEngine
+
+    eng = WhisperEngine(EngineConfig(artifact_path=str(whisper_artifact)))
+    gate = threading.Event()
+
+    def held(data: bytes, language: str | None) -> Transcript:
+        assert gate.wait(10), "the test never released the model call"
+        return Transcript("hello", 1)
+
+    monkeypatch.setattr(eng, "_transcribe", held)
+    assert_cancelled_waiter_leaves_no_trace(eng, gate, lambda: eng.transcribe_bytes(b"audio"))
+    asyncio.run(eng.shutdown())
 
 
 # -- numerics against an independent numpy Whisper -----------------------------------------
@@ -176,7 +196,7 @@ def test_encoder_and_cached_decoder_match_numpy_reference(engine, spoken):
         k, v = ref.cross_kv(encoded, layer)
         assert np.max(np.abs(cross_k[layer] - k)) < 1e-3 * np.max(np.abs(k))
         assert np.max(np.abs(cross_v[layer].T - v)) < 1e-3 * np.max(np.abs(v))
-    prompt = [sp["sot"], engine.languages["en"], sp["transcribe"], sp["no_timestamps"]]
+    prompt = [sp.sot, engine.languages["en"], sp.transcribe, sp.no_timestamps]
     runner.step(state, prompt[:1])  # prefill, then the cached path with several and with one token
     runner.step(state, prompt[1:])
     got = runner.step(state, [440])  # " The"

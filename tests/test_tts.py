@@ -4,6 +4,7 @@ compiled for this CPU and checked against the voice's own ONNX graph run by ONNX
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from ferrum.errors import EngineShutdownError, InvalidRequestError, UnsupportedFeatureError
 from ferrum.manifest import Manifest
 from ferrum.types import EngineConfig
+from serial_cancel import assert_cancelled_waiter_leaves_no_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 VOICE = "piper-joe"
@@ -38,9 +40,9 @@ def test_manifest_describes_a_tts_voice(piper_artifact, engine):
     assert manifest.modality == "tts"
     assert manifest.architecture == "piper-vits"
     assert manifest.functions == ["encode", "decode"]
-    front = manifest.extra["front_end"]
-    assert front["phonemizer"] == "espeak-ng" and front["espeak_voice"] == "en-us"
-    assert front["sample_rate"] == 22050 and front["hop_length"] == 256
+    front = manifest.extra.front_end
+    assert front.phonemizer == "espeak-ng" and front.espeak_voice == "en-us"
+    assert front.sample_rate == 22050 and front.hop_length == 256
     assert isinstance(engine, PiperTtsEngine)
     assert engine.tts_sample_rate() == 22050
 
@@ -48,7 +50,7 @@ def test_manifest_describes_a_tts_voice(piper_artifact, engine):
 def test_phonemes_follow_piper_layout(engine):
     (utt,) = engine.phonemizer.utterances("Hello world, this is a test.")
     assert utt.phonemes.startswith("həlˈoʊ") and ", " in utt.phonemes and utt.phonemes.endswith(".")
-    ids_map = engine.front_end["phoneme_id_map"]
+    ids_map = engine.front_end.phoneme_id_map
     assert utt.ids[:2] == ids_map["^"] + ids_map["_"] and utt.ids[-1:] == ids_map["$"]
     assert utt.ids[2::2][:-1] == [ids_map[p][0] for p in utt.phonemes]  # every phoneme, then the pad
     assert len(engine.phonemizer.utterances("First sentence. Second one!")) == 2
@@ -62,11 +64,11 @@ def test_matches_onnxruntime_on_the_original_graph(engine):
     session = reference_session(packaged_model_path(VOICE))
     (utt,) = engine.phonemizer.utterances("The quick brown fox jumps over the lazy dog.")
     ours = engine._sentence(utt.ids, np.random.default_rng(3))
-    frames = len(ours) // engine.front_end["hop_length"]
+    frames = len(ours) // engine.front_end.hop_length
     rng = np.random.default_rng(3)  # the engine draws noise_w, then the prior noise
     noise_w = rng.standard_normal((1, 2, len(utt.ids))).astype(np.float32)
     noise = rng.standard_normal((1, 192, frames)).astype(np.float32)
-    ref = reference_audio(session, utt.ids, noise_w, noise, engine.front_end)
+    ref = reference_audio(session, utt.ids, noise_w, noise, engine.front_end.to_dict())
     assert ref.shape == ours.shape
     assert np.abs(ref - ours).max() < 1e-3
     assert np.sqrt(np.mean(ref**2)) > 0.01
@@ -113,6 +115,23 @@ def test_bad_requests(engine):
         speak(engine, "Bonjour.", language="fr")
     assert err.value.status == 400 and err.value.param == "language"
     assert len(speak(engine, "Hello.", language="en")) > 0
+
+
+def test_a_request_cancelled_while_waiting_leaves_no_count(piper_artifact, monkeypatch):
+    """The leak this engine had: a client that gave up while waiting left the waiting count up
+    and telemetry never saw the request end. The model call is a fake held by the test."""
+    from runtime.tts_engine import PiperTtsEngine
+
+    eng = PiperTtsEngine(EngineConfig(artifact_path=str(piper_artifact)), verify_hashes=False)
+    gate = threading.Event()
+
+    def held(text: str) -> np.ndarray:
+        assert gate.wait(10), "the test never released the model call"
+        return np.zeros(8, np.float32)
+
+    monkeypatch.setattr(eng, "_synthesize", held)
+    assert_cancelled_waiter_leaves_no_trace(eng, gate, lambda: eng.synthesize_speech("Hello."))
+    asyncio.run(eng.shutdown())
 
 
 def test_shutdown_refuses_new_work(piper_artifact):

@@ -15,6 +15,7 @@ from typing import Any
 
 from compile.targets import BuildTarget
 from ferrum.errors import ModelSourceError
+from ferrum.manifest_extra import ModalityExtra
 from ferrum.quantization import QuantSpec
 
 LIBRARY_NAME = "model.so"
@@ -28,8 +29,8 @@ class BuildOutput:
     architecture: str
     model: dict[str, Any]
     functions: list[str]
+    extra: ModalityExtra  # the modality's typed manifest extra (ferrum/manifest_extra.py)
     kernels: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

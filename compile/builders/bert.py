@@ -21,6 +21,7 @@ from compile.sources.bert_source import BertSource
 from compile.targets import BuildTarget
 from compile.tensor_cache import write_tensor_cache
 from ferrum.errors import FerrumError
+from ferrum.manifest_extra import EmbeddingExtra, EmbeddingInputs, EmbeddingOutput
 from ferrum.quantization import QuantSpec
 
 QKV_SUFFIX = "attention.self.qkv"
@@ -65,22 +66,22 @@ def build_bert(
         model=cfg.to_dict(),
         functions=list(EXPORTED_FUNCTIONS),
         kernels=kernels,
-        extra={
-            "param_names": param_names,
-            "inputs": {
-                "function": "embed",
-                "tensors": ["input_ids", "token_type_ids", "attention_mask"],
-                "shape": ["batch", "seq"],
-                "dtype": "int32",
-                "padding": "right",
-                "max_length": cfg.max_length,
-            },
-            "output": {"dtype": "float32", "shape": ["batch", cfg.hidden_size]},
-            "embedding_dim": cfg.hidden_size,
-            "max_length": cfg.max_length,
-            "pooling": cfg.pooling,
-            "normalize": cfg.normalize,
-        },
+        extra=EmbeddingExtra(
+            param_names=param_names,
+            inputs=EmbeddingInputs(
+                function="embed",
+                tensors=["input_ids", "token_type_ids", "attention_mask"],
+                shape=["batch", "seq"],
+                dtype="int32",
+                padding="right",
+                max_length=cfg.max_length,
+            ),
+            output=EmbeddingOutput(dtype="float32", shape=["batch", cfg.hidden_size]),
+            embedding_dim=cfg.hidden_size,
+            max_length=cfg.max_length,
+            pooling=cfg.pooling,
+            normalize=cfg.normalize,
+        ),
     )
 
 

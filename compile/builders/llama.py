@@ -20,6 +20,7 @@ from compile.targets import BuildTarget
 from compile.tensor_cache import write_tensor_cache
 from compile.weights import convert_weights
 from ferrum.errors import FerrumError
+from ferrum.manifest_extra import LlmExtra
 from ferrum.model_config import LlamaConfig
 from ferrum.quantization import QuantSpec
 
@@ -57,7 +58,7 @@ def build_llama(
         model=cfg.to_dict(),
         functions=functions,
         kernels=kernels,
-        extra={"param_names": param_names, **extra},
+        extra=LlmExtra(param_names=param_names, **extra),
     )
 
 

@@ -12,6 +12,7 @@ from compile.sources.tts_source import PiperVoiceSource
 from compile.targets import BuildTarget
 from compile.tensor_cache import write_tensor_cache
 from ferrum.errors import FerrumError
+from ferrum.manifest_extra import TtsExtra
 from ferrum.quantization import QuantSpec
 
 
@@ -39,7 +40,7 @@ def build_piper(
         model=cfg.to_dict(),
         functions=list(EXPORTED_FUNCTIONS),
         kernels=kernels,
-        extra={"param_names": param_names, "front_end": source.front_end()},
+        extra=TtsExtra(param_names=param_names, front_end=source.front_end()),
     )
 
 

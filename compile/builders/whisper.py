@@ -21,6 +21,7 @@ from compile.sources.whisper_source import WhisperSource
 from compile.targets import BuildTarget
 from compile.tensor_cache import write_tensor_cache
 from ferrum.errors import FerrumError, ModelSourceError
+from ferrum.manifest_extra import WHISPER_DECODING_FILE, TranscriptionExtra, WhisperDecoding, WhisperSpecialTokens
 from ferrum.quantization import QuantSpec
 
 SAMPLE_RATE = 16000
@@ -88,8 +89,9 @@ def whisper_weights(source: WhisperSource, param_names: list[str], dtype: str) -
         yield name, array.astype(dtype)
 
 
-def _special_tokens(source: WhisperSource) -> dict:
-    """Ids of Whisper's control tokens by their text, from tokenizer.json's added tokens."""
+def _decoding(source: WhisperSource) -> WhisperDecoding:
+    """``whisper.json``: Whisper's control token ids (from tokenizer.json's added tokens), language
+    tokens, suppressed tokens and the audio front end."""
     added = {t["content"]: t["id"] for t in json.loads(source.tokenizer_json)["added_tokens"]}
     needed = {
         "eot": "<|endoftext|>", "sot": "<|startoftranscript|>", "transcribe": "<|transcribe|>",
@@ -107,12 +109,18 @@ def _special_tokens(source: WhisperSource) -> dict:
     languages = {id_to_text[i].strip("<|>"): i for i in lang_ids if i in id_to_text}
     if not languages:
         raise ModelSourceError(f"{source.path}: config.json lists no language tokens")
-    return {
-        "special_tokens": ids,
-        "languages": languages,
-        "suppress_tokens": list(source.ct2_config.get("suppress_ids", [])),
-        "suppress_tokens_at_begin": list(source.ct2_config.get("suppress_ids_begin", [])),
-    }
+    return WhisperDecoding(
+        special_tokens=WhisperSpecialTokens(**ids),
+        languages=languages,
+        suppress_tokens=list(source.ct2_config.get("suppress_ids", [])),
+        suppress_tokens_at_begin=list(source.ct2_config.get("suppress_ids_begin", [])),
+        sample_rate=SAMPLE_RATE,
+        n_mels=source.config.n_mels,
+        n_fft=N_FFT,
+        hop_length=HOP_LENGTH,
+        n_frames=N_FRAMES,
+        chunk_seconds=N_FRAMES * HOP_LENGTH // SAMPLE_RATE,
+    )
 
 
 def build_whisper(
@@ -134,17 +142,19 @@ def build_whisper(
     if written != param_names:
         raise FerrumError("internal error: converted weights do not match the compiled model's parameters")
     (staging / "tokenizer.json").write_text(source.tokenizer_json)
-    audio = {"sample_rate": SAMPLE_RATE, "n_mels": cfg.n_mels, "n_fft": N_FFT, "hop_length": HOP_LENGTH,
-             "n_frames": N_FRAMES, "chunk_seconds": N_FRAMES * HOP_LENGTH // SAMPLE_RATE}
-    whisper = {**_special_tokens(source), **audio}
-    (staging / "whisper.json").write_text(json.dumps(whisper, indent=1))
+    d = _decoding(source)
+    (staging / WHISPER_DECODING_FILE).write_text(json.dumps(d.to_dict(), indent=1))
     return BuildOutput(
         modality="transcription",
         architecture="whisper",
         model=cfg.to_dict(),
         functions=list(EXPORTED_FUNCTIONS),
         kernels=kernels,
-        extra={"param_names": param_names, **audio, "special_tokens": whisper["special_tokens"]},
+        extra=TranscriptionExtra(
+            param_names=param_names, sample_rate=d.sample_rate, n_mels=d.n_mels, n_fft=d.n_fft,
+            hop_length=d.hop_length, n_frames=d.n_frames, chunk_seconds=d.chunk_seconds,
+            special_tokens=d.special_tokens,
+        ),
     )
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from compile.model.vits import ConvSpec, VitsConfig
 from compile.sources.base import ModelSource
 from ferrum.errors import ModelSourceError
+from ferrum.manifest_extra import TtsFrontEnd
 
 
 def _module_path(node_name: str) -> str:
@@ -151,19 +152,19 @@ class PiperVoiceSource(ModelSource):
             raise ModelSourceError(f"{self.path}: not a Piper VITS voice ({exc} is missing)") from None
 
     # -- text front end -----------------------------------------------------------------------
-    def front_end(self) -> dict:
-        """What the runtime needs to turn text into phoneme ids and noise (``tts.json``)."""
+    def front_end(self) -> TtsFrontEnd:
+        """What the runtime needs to turn text into phoneme ids and noise (the manifest's ``extra.front_end``)."""
         inference = self.voice.get("inference", {})
-        return {
-            "phonemizer": "espeak-ng",
-            "espeak_voice": self.voice.get("espeak", {}).get("voice", "en-us"),
-            "phoneme_id_map": self.voice["phoneme_id_map"],
-            "sample_rate": self.config.sample_rate,
-            "hop_length": self.config.hop_length,
-            "noise_scale": float(inference.get("noise_scale", 0.667)),
-            "length_scale": float(inference.get("length_scale", 1.0)),
-            "noise_w": float(inference.get("noise_w", 0.8)),
-        }
+        return TtsFrontEnd(
+            phonemizer="espeak-ng",
+            espeak_voice=self.voice.get("espeak", {}).get("voice", "en-us"),
+            phoneme_id_map=self.voice["phoneme_id_map"],
+            sample_rate=self.config.sample_rate,
+            hop_length=self.config.hop_length,
+            noise_scale=float(inference.get("noise_scale", 0.667)),
+            length_scale=float(inference.get("length_scale", 1.0)),
+            noise_w=float(inference.get("noise_w", 0.8)),
+        )
 
     def describe(self) -> dict[str, str]:
         """Provenance, plus the license line of the voice's ``MODEL_CARD`` when it ships one."""
