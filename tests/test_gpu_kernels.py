@@ -21,7 +21,7 @@ def _cuda_torch() -> bool:
     return torch.cuda.is_available()
 
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _cuda_torch(), reason="needs a CUDA GPU and torch")]
+pytestmark = [pytest.mark.gpu, pytest.mark.slow, pytest.mark.skipif(not _cuda_torch(), reason="needs a CUDA GPU and torch")]
 
 
 @pytest.fixture(scope="module")

@@ -67,6 +67,7 @@ def test_smollm2_prefill_logits_match_reference(smollm2_artifact, smollm2_refere
     ],
     ids=["untied", "tied-llama3-rope"],
 )
+@pytest.mark.slow
 def test_tiny_hf_llama_matches_reference(tmp_path, variant):
     folder = write_tiny_llama(tmp_path / "model", seed=7, **variant)
     artifact = compile_model(str(folder), "llvm", "q0f32", output_root=tmp_path / "art")
@@ -75,6 +76,7 @@ def test_tiny_hf_llama_matches_reference(tmp_path, variant):
     assert_matches(all_logits(artifact, tokens), ref.forward(cfg, weights, tokens), F32_BOUND)
 
 
+@pytest.mark.slow
 def test_q4f16_int4_kernels_match_reference(tmp_path, tiny_llama):
     """The fused dequantize-matmul kernels compute with exactly the int4 weights the packer wrote."""
     artifact = compile_model(str(tiny_llama), "llvm", "q4f16", output_root=tmp_path)
