@@ -91,7 +91,7 @@ def minilm_artifact() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_reference(smollm2_gguf):
-    import reference_llama
+    from checks import reference_llama
 
     return reference_llama.load_gguf(smollm2_gguf)
 

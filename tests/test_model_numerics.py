@@ -1,4 +1,4 @@
-"""Compiled models against the independent numpy reference (tests/reference_llama.py).
+"""Compiled models against the independent numpy reference (checks/reference_llama.py).
 
 Bound held: on the CPU in float32, max |compiled logit - reference logit| <= 1e-3 (SmolLM2's
 logits reach ~40; measured 8.5e-5), and the argmax agrees at every position. For int4 (q4f16) the
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import reference_llama as ref
+from checks import reference_llama as ref
 from compile.compile_model import compile_model
 from compile.quantize import dequantize_q4, quantize_q4
 from conftest import write_tiny_llama

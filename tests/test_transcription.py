@@ -21,7 +21,7 @@ from ferrum.errors import InvalidRequestError
 from ferrum.types import EngineConfig
 from runtime.audio_decode import decode_audio, resample
 from runtime.log_mel import hz_to_mel, mel_filters, mel_windows
-from speech import SENTENCES, espeak_available, read_wav_int16, speak, upsample_by_two, wav_bytes, word_error_rate, word_errors
+from checks.speech import SENTENCES, espeak_available, read_wav_int16, speak, upsample_by_two, wav_bytes, word_error_rate, word_errors
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (apt-get install espeak-ng)")
 

@@ -57,7 +57,7 @@ def test_phonemes_follow_piper_layout(engine):
 def test_matches_onnxruntime_on_the_original_graph(engine):
     """Same phoneme ids and the same normal draws: the compiled voice and the ONNX graph agree."""
     from compile.sources import packaged_model_path
-    from piper_reference import reference_audio, reference_session
+    from checks.piper_reference import reference_audio, reference_session
 
     session = reference_session(packaged_model_path(VOICE))
     (utt,) = engine.phonemizer.utterances("The quick brown fox jumps over the lazy dog.")
