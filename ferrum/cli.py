@@ -109,7 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import logging
 
     from runtime.server.app import ServerOptions
-    from runtime.server.serve import open_engines, run_server
+    from runtime.server.serve import open_engines, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     base = EngineConfig(device=args.device, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
@@ -118,7 +118,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
     models = open_engines(args.artifacts, base)
     options = ServerOptions(api_key=args.api_key or os.environ.get("FERRUM_API_KEY") or None,
                             cors_origins=args.cors_origin, max_body_bytes=args.max_body_bytes)
-    asyncio.run(run_server(models, args.host, args.port, options))
+    serve(models, args.host, args.port, options, args.shutdown_timeout)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                    help="share of the GPU memory free after loading the weights that the KV cache and the "
                         "step workspace may take (default 0.9)")
+    p.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="S",
+                   help="on SIGINT/SIGTERM, let in-flight requests finish for at most S seconds, then cancel "
+                        "them and exit (default 30)")
     p.set_defaults(func=cmd_serve)
     return parser
 
