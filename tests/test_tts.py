@@ -15,6 +15,9 @@ from ferrum.types import EngineConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 VOICE = "piper-joe"
+# max |compiled - ONNX Runtime| on the sentence below, float32 on the CPU: measured 2.4e-5 (samples
+# reach 0.43); the bound leaves 2x for other CPUs' vector widths
+ONNX_BOUND = 5e-5
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,7 @@ def test_matches_onnxruntime_on_the_original_graph(engine):
     noise = rng.standard_normal((1, 192, frames)).astype(np.float32)
     ref = reference_audio(session, utt.ids, noise_w, noise, engine.front_end)
     assert ref.shape == ours.shape
-    assert np.abs(ref - ours).max() < 1e-3
+    assert np.abs(ref - ours).max() < ONNX_BOUND
     assert np.sqrt(np.mean(ref**2)) > 0.01
 
 
