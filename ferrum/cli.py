@@ -47,7 +47,13 @@ def _engine(artifact: str, device: str):
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
-    from compile.compile_model import compile_model
+    try:
+        from compile.compile_model import compile_model
+    except ModuleNotFoundError as exc:
+        if exc.name != "compile":
+            raise
+        raise FerrumError("this is the runtime-only install (ferrum-runtime): it serves compiled artifacts; "
+                          "compiling needs the full project (pip install -e . from a checkout)") from None
 
     path = compile_model(
         args.model, args.target, args.quant, args.arch, Path(args.output), args.name, args.skip_existing
