@@ -44,8 +44,12 @@ _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 def build_dist(out: Path) -> list[Path]:
-    """Write the three wheels into ``out``; return their paths."""
+    """Write the three wheels into ``out``, replacing earlier builds of them; return their paths."""
     out.mkdir(parents=True, exist_ok=True)
+    ours = {_wheel_name(name) for name in ("ferrum-runtime", TVM_RUNTIME_DIST, TVM_FFI_DIST)}
+    for old in out.glob("*.whl"):  # another version beside the new one would make `pip install dist/*.whl` fail
+        if old.name.split("-")[0] in ours:
+            old.unlink()
     tvm = metadata.distribution(TVM_DIST)
     return [_ferrum_runtime_wheel(out, tvm.version), _tvm_runtime_wheel(out, tvm), _repacked_wheel(out, TVM_FFI_DIST)]
 

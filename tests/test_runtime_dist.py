@@ -5,9 +5,11 @@ official openai client."""
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +17,26 @@ from pathlib import Path
 import pytest
 from server_harness import ServeProcess
 
-from compile.runtime_dist import build_dist
+from compile.runtime_dist import RUNTIME_DEPENDENCIES, RUNTIME_PACKAGES, build_dist
 
-pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 # distributions of the full project that a serving box must not get
 COMPILE_ONLY = {"apache-tvm", "onnx", "onnxruntime", "gguf", "safetensors", "ferrum"}
+
+
+def test_the_runtime_wheel_requires_exactly_what_its_packages_import():
+    """Every third-party module that ferrum/ and runtime/ import is a declared requirement, and
+    nothing else is (TVM comes in its own wheels; ``compile`` is refused by the CLI there)."""
+    imported = set()
+    for package in RUNTIME_PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - set(RUNTIME_PACKAGES) - {"tvm", "tvm_ffi", "compile"}
+    assert third_party == {re.sub(r"[-.]", "_", name) for name in RUNTIME_DEPENDENCIES}
 
 
 def in_venv(venv: Path, code: str) -> subprocess.CompletedProcess:
@@ -39,6 +56,7 @@ def venv(tmp_path_factory) -> Path:
     return venv
 
 
+@pytest.mark.slow
 def test_the_install_has_the_runtime_and_nothing_of_the_compiler(venv):
     assert not list(venv.rglob("libtvm_compiler*"))
     listing = in_venv(venv, "import json, importlib.metadata as m; "
@@ -58,6 +76,7 @@ def test_the_install_has_the_runtime_and_nothing_of_the_compiler(venv):
     assert refused.returncode == 1 and "runtime-only install" in refused.stderr and "Traceback" not in refused.stderr
 
 
+@pytest.mark.slow
 def test_ferrum_serve_from_the_install_answers_chat_and_embeddings(venv, smollm2_artifact, minilm_artifact):
     openai = pytest.importorskip("openai")
     server = ServeProcess([str(smollm2_artifact), str(minilm_artifact)], "--max-model-len", "1024",
