@@ -1,5 +1,6 @@
 # Ferrum: `make run` (install, compile the default model for this machine if needed, chat)
-# and `make test` (install, compile what the tests need, run them). Both work on a fresh machine.
+# and `make test` (install, lint, compile what the tests need, run them). Both work on a fresh machine.
+# `make test-fast`: lint and the tests that compile nothing; `make dist`: the runtime wheels in dist/.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ QUANT ?=
 ARCH ?=
 COMPILE_ARGS = $(if $(MODEL),$(MODEL)) $(if $(TARGET),--target $(TARGET)) $(if $(QUANT),--quant $(QUANT)) $(if $(ARCH),--arch $(ARCH))
 
-.PHONY: install compile run serve test clean
+.PHONY: install compile run serve lint test test-fast dist clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,9 +41,18 @@ serve: $(STAMP)
 	@artifact=$$($(PY) -m ferrum compile --skip-existing $(COMPILE_ARGS)) && \
 	$(PY) -m ferrum serve "$$artifact" --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m ferrum compile --skip-existing --target llvm
 	$(PY) -m pytest -q
 
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow"
+
+dist: $(STAMP)
+	$(PY) -m compile.runtime_dist dist
+
 clean:
-	rm -rf $(VENV) artifacts/*/ artifacts/.*partial* .pytest_cache .hypothesis
+	rm -rf $(VENV) artifacts/*/ artifacts/.*partial* .pytest_cache .hypothesis dist

@@ -317,7 +317,7 @@ def peer(cfg, ours: dict, runner: ModelRunner, prompt: list[int], short: int, lo
         result.update(static_compiled(model, ids, short, long, per_token, compile_timeout_s))
     except Exception as exc:  # the peer's best mode is reported as unavailable, not guessed
         result["static_compiled_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-    del model
+    model = None  # drop the weights (the closures above share this variable, so no ``del``)
     gc.collect()
     torch.cuda.empty_cache()
     return result

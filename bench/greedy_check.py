@@ -1,7 +1,7 @@
 """Greedy correctness and batch-1 decode speed of compiled artifacts, on CPU or GPU.
 
 For each artifact: greedy completions of fixed chat prompts through the engine, compared with the
-independent numpy reference (``tests/reference_llama.py``, float64) on the same GGUF weights and,
+independent numpy reference (``checks/reference_llama.py``, float64) on the same GGUF weights and,
 with ``--baseline``, with another artifact's tokens (e.g. q4f16 against q0f16); then batch-1
 decode tokens/s, the median of repeated runs, measured two ways: the full engine (sampling,
 detokenization, streaming) and the bare model runner (decode + argmax).
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
@@ -117,7 +117,7 @@ def main() -> int:
 
     reference = None
     if args.gguf:
-        import reference_llama
+        from checks import reference_llama
 
         cfg, weights = reference_llama.load_gguf(args.gguf)
         cache: dict[tuple[int, ...], list[int]] = {}

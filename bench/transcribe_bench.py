@@ -1,6 +1,6 @@
 """Word error rate and CPU/GPU real-time factor of a compiled Whisper artifact.
 
-Speech is spoken by espeak-ng from ``tests/speech.py``'s sentences. Reports, as JSON:
+Speech is spoken by espeak-ng from ``checks/speech.py``'s sentences. Reports, as JSON:
 
 - per sentence: the transcript, word errors, audio seconds, wall seconds (median of
   ``--repeats`` runs through the engine) and real-time factor (wall / audio);
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
@@ -34,7 +34,7 @@ from ferrum.types import EngineConfig  # noqa: E402
 from runtime.audio_decode import decode_audio  # noqa: E402
 from runtime.log_mel import mel_windows  # noqa: E402
 from runtime.whisper_engine import WhisperEngine  # noqa: E402
-from speech import SENTENCES, read_wav_int16, speak, wav_bytes, word_error_rate, word_errors  # noqa: E402
+from checks.speech import SENTENCES, read_wav_int16, speak, wav_bytes, word_error_rate, word_errors  # noqa: E402
 
 
 def timed(engine: WhisperEngine, data: bytes, repeats: int) -> tuple[str, float]:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
@@ -50,7 +50,7 @@ def main() -> None:
     rate = engine.tts_sample_rate()
     session = None
     if args.onnx:
-        from piper_reference import reference_audio, reference_session
+        from checks.piper_reference import reference_audio, reference_session
 
         session = reference_session(Path(args.onnx))
     rows = []

@@ -2,7 +2,8 @@
 
 A serving box gets ``tvm`` minus ``lib/libtvm_compiler.so`` (250 MB), ``3rdparty/``, ``src/`` and
 ``include/``, plus ``tvm_ffi``. ``import tvm`` then runs runtime-only. Used by the runtime-only
-test and to carry the runtime to the GPU machine.
+test, by ``make dist`` (``compile/runtime_dist.py``, as a wheel) and to carry the runtime to the GPU
+machine (as this tarball).
 
     python -m compile.runtime_bundle OUT.tar.gz [--tvm-ffi-wheel apache_tvm_ffi-...-cp312-...whl]
 """

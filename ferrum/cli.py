@@ -48,7 +48,13 @@ def _engine(artifact: str, device: str):
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
-    from compile.compile_model import compile_model
+    try:
+        from compile.compile_model import compile_model
+    except ModuleNotFoundError as exc:
+        if exc.name != "compile":
+            raise
+        raise FerrumError("this is the runtime-only install (ferrum-runtime): it serves compiled artifacts; "
+                          "compiling needs the full project (pip install -e . from a checkout)") from None
 
     path = compile_model(
         args.model, args.target, args.quant, args.arch, Path(args.output), args.name, args.skip_existing
@@ -110,7 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import logging
 
     from runtime.server.app import ServerOptions
-    from runtime.server.serve import open_engines, run_server
+    from runtime.server.serve import open_engines, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     base = EngineConfig(device=args.device, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
@@ -120,7 +126,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
     models = open_engines(args.artifacts, base)
     options = ServerOptions(api_key=args.api_key or os.environ.get("FERRUM_API_KEY") or None,
                             cors_origins=args.cors_origin, limits=limits)
-    asyncio.run(run_server(models, args.host, args.port, options))
+    serve(models, args.host, args.port, options, args.shutdown_timeout)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                    help="share of the GPU memory free after loading the weights that the KV cache and the "
                         "step workspace may take (default 0.9)")
+    p.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="S",
+                   help="on SIGINT/SIGTERM, let in-flight requests finish for at most S seconds, then cancel "
+                        "them and exit (default 30)")
     p.set_defaults(func=cmd_serve)
     return parser
 

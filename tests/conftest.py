@@ -1,4 +1,10 @@
-"""Shared fixtures: the real SmolLM2 artifact and tiny random Llamas written as HF folders."""
+"""Shared fixtures: the real SmolLM2 artifact and tiny random Llamas written as HF folders.
+
+Tiers: a test that compiles a model or needs a compiled artifact is ``slow``. Taking one of
+``ARTIFACT_FIXTURES`` marks it automatically; a test that calls the compiler itself carries
+``@pytest.mark.slow``, and a test without the mark that reaches ``tvm.compile`` fails, so
+``pytest -m "not slow"`` can never start a compile.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,35 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path[:0] = [str(Path(__file__).parent), str(ROOT)]  # test helpers, and checks/ shared with bench/
+
+# fixtures that compile a model or load a compiled one: any test whose fixture closure holds one is slow
+ARTIFACT_FIXTURES = frozenset({"smollm2_artifact", "whisper_artifact", "piper_artifact", "minilm_artifact",
+                               "tiny_artifact", "smollm2_reference"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if ARTIFACT_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _compiling_needs_the_slow_mark(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail a test that is not marked slow as soon as it reaches the TVM compiler."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    try:
+        import tvm
+    except ImportError:  # runtime-only or no TVM: nothing can compile
+        return
+    if not hasattr(tvm, "compile"):
+        return
+
+    def refuse(*args, **kwargs):
+        pytest.fail(f"{request.node.nodeid} compiles a model: mark it @pytest.mark.slow", pytrace=False)
+
+    monkeypatch.setattr(tvm, "compile", refuse)
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
@@ -57,7 +91,7 @@ def minilm_artifact() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_reference(smollm2_gguf):
-    import reference_llama
+    from checks import reference_llama
 
     return reference_llama.load_gguf(smollm2_gguf)
 

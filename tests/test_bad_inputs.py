@@ -94,6 +94,7 @@ def test_truncated_gguf(workdir, smollm2_gguf):
     assert not (workdir / "artifacts").exists()
 
 
+@pytest.mark.slow
 def test_failed_compile_leaves_no_artifact(tmp_path):
     """A source that fails late (after the library is built) leaves nothing behind."""
     folder = write_tiny_llama(tmp_path / "broken", drop="model.layers.1.mlp.down_proj.weight")

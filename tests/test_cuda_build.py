@@ -39,6 +39,7 @@ def _build(cfg: LlamaConfig, quant: str, tmp_path: Path):
 
 
 @needs_nvcc
+@pytest.mark.slow
 @pytest.mark.parametrize("quant, linear", [("q0f16", "f16"), ("q4f16", "q4")])
 def test_llm_build_links_and_calls_the_kernels(tmp_path, quant, linear):
     library, text, functions, extra = _build(TINY, quant, tmp_path)
@@ -61,6 +62,7 @@ def test_llm_build_links_and_calls_the_kernels(tmp_path, quant, linear):
 
 
 @needs_nvcc
+@pytest.mark.slow
 def test_models_the_kernels_cannot_take_build_with_tvm_kernels(tmp_path):
     odd_heads = LlamaConfig(**{**TINY.to_dict(), "hidden_size": 64, "num_attention_heads": 4, "head_dim": 16})
     target = resolve_target("cuda", "sm_90a")

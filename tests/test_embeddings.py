@@ -239,6 +239,7 @@ def test_unsupported_pooling_is_refused(minilm_folder, tmp_path):
 
 @pytest.mark.skipif(shutil.which("nvcc") is None and not list(Path("/usr/local").glob("cuda*/bin/nvcc")),
                     reason="the CUDA build needs nvcc")
+@pytest.mark.slow
 def test_cuda_build_compiles(tmp_path):
     """Compile only (no GPU here): the encoder lowers for sm_90a and nvcc builds its kernels."""
     from compile.compile_model import compile_model

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-import reference_llama as ref
+from checks import reference_llama as ref
 from ferrum.errors import ContextLengthExceededError, InvalidRequestError
 from ferrum.types import EngineConfig, FinishReason, InferenceRequest, SamplingParams
 from runtime.batch_engine import ContinuousBatchEngine

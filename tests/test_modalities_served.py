@@ -10,7 +10,7 @@ import wave
 import numpy as np
 import pytest
 from server_harness import ServeProcess
-from speech import word_error_rate
+from checks.speech import word_error_rate
 
 SENTENCE = "The weather is sunny today and the park is full of children."
 

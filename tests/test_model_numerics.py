@@ -1,4 +1,4 @@
-"""Compiled models against the independent numpy reference (tests/reference_llama.py).
+"""Compiled models against the independent numpy reference (checks/reference_llama.py).
 
 Bound held: on the CPU in float32, max |compiled logit - reference logit| <= 1e-3 (SmolLM2's
 logits reach ~40; measured 8.5e-5), and the argmax agrees at every position. For int4 (q4f16) the
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import reference_llama as ref
+from checks import reference_llama as ref
 from compile.compile_model import compile_model
 from compile.quantize import dequantize_q4, quantize_q4
 from conftest import write_tiny_llama
@@ -67,6 +67,7 @@ def test_smollm2_prefill_logits_match_reference(smollm2_artifact, smollm2_refere
     ],
     ids=["untied", "tied-llama3-rope"],
 )
+@pytest.mark.slow
 def test_tiny_hf_llama_matches_reference(tmp_path, variant):
     folder = write_tiny_llama(tmp_path / "model", seed=7, **variant)
     artifact = compile_model(str(folder), "llvm", "q0f32", output_root=tmp_path / "art")
@@ -75,6 +76,7 @@ def test_tiny_hf_llama_matches_reference(tmp_path, variant):
     assert_matches(all_logits(artifact, tokens), ref.forward(cfg, weights, tokens), F32_BOUND)
 
 
+@pytest.mark.slow
 def test_q4f16_int4_kernels_match_reference(tmp_path, tiny_llama):
     """The fused dequantize-matmul kernels compute with exactly the int4 weights the packer wrote."""
     artifact = compile_model(str(tiny_llama), "llvm", "q4f16", output_root=tmp_path)

@@ -226,25 +226,32 @@ def test_health_and_status(server):
     assert state["metrics"]["total_requests"] >= 1
 
 
-def test_metrics_prometheus(server, client):
+def scrape(server) -> dict:
     from prometheus_client.parser import text_string_to_metric_families
 
-    client.completions.create(model=server.model, prompt="One, two,", max_tokens=4, temperature=0)
     status, headers, body = run(request("GET", server.url + "/metrics"))
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    return {f.name: f for f in text_string_to_metric_families(body.decode())}
+
+
+def test_metrics_prometheus(server, client):
+    def value(family: str, sample: str, **labels) -> float:
+        return sum(s.value for s in families[family].samples
+                   if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    families = scrape(server)
+    unauthorized_before = value("ferrum_http_requests", "ferrum_http_requests_total", status="401")
+    client.completions.create(model=server.model, prompt="One, two,", max_tokens=4, temperature=0)
+    assert run(request("GET", server.url + "/v1/models"))[0] == 401  # no key: counted as a 401
+    families = scrape(server)
     for name in ("ferrum_requests_running", "ferrum_requests_waiting", "ferrum_kv_cache_pages_used",
                  "ferrum_kv_cache_pages_free", "ferrum_prefix_cache_hits", "ferrum_time_to_first_token_seconds",
                  "ferrum_inter_token_latency_seconds", "ferrum_e2e_request_latency_seconds",
                  "ferrum_prompt_tokens", "ferrum_generation_tokens", "ferrum_http_requests"):
         assert name in families, name
 
-    def value(family: str, sample: str, **labels) -> float:
-        return sum(s.value for s in families[family].samples
-                   if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()))
-
     assert value("ferrum_http_requests", "ferrum_http_requests_total", route="/v1/completions", status="200") >= 1
-    assert value("ferrum_http_requests", "ferrum_http_requests_total", status="401") >= 0
+    assert value("ferrum_http_requests", "ferrum_http_requests_total", status="401") == unauthorized_before + 1
     assert value("ferrum_generation_tokens", "ferrum_generation_tokens_total", model=server.model) >= 4
     assert value("ferrum_e2e_request_latency_seconds", "ferrum_e2e_request_latency_seconds_count") >= 1
     assert value("ferrum_inter_token_latency_seconds", "ferrum_inter_token_latency_seconds_count") >= 3

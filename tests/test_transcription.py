@@ -22,8 +22,8 @@ from ferrum.errors import InvalidRequestError
 from ferrum.types import EngineConfig
 from runtime.audio_decode import decode_audio, resample
 from runtime.log_mel import hz_to_mel, mel_filters, mel_windows
+from checks.speech import SENTENCES, espeak_available, read_wav_int16, speak, upsample_by_two, wav_bytes, word_error_rate, word_errors
 from serial_cancel import assert_cancelled_waiter_leaves_no_trace
-from speech import SENTENCES, espeak_available, read_wav_int16, speak, upsample_by_two, wav_bytes, word_error_rate, word_errors
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (apt-get install espeak-ng)")
 

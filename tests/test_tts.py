@@ -17,6 +17,9 @@ from serial_cancel import assert_cancelled_waiter_leaves_no_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 VOICE = "piper-joe"
+# max |compiled - ONNX Runtime| on the sentence below, float32 on the CPU: measured 2.4e-5 (samples
+# reach 0.43); the bound leaves 2x for other CPUs' vector widths
+ONNX_BOUND = 5e-5
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +62,7 @@ def test_phonemes_follow_piper_layout(engine):
 def test_matches_onnxruntime_on_the_original_graph(engine):
     """Same phoneme ids and the same normal draws: the compiled voice and the ONNX graph agree."""
     from compile.sources import packaged_model_path
-    from piper_reference import reference_audio, reference_session
+    from checks.piper_reference import reference_audio, reference_session
 
     session = reference_session(packaged_model_path(VOICE))
     (utt,) = engine.phonemizer.utterances("The quick brown fox jumps over the lazy dog.")
@@ -70,7 +73,7 @@ def test_matches_onnxruntime_on_the_original_graph(engine):
     noise = rng.standard_normal((1, 192, frames)).astype(np.float32)
     ref = reference_audio(session, utt.ids, noise_w, noise, engine.front_end.to_dict())
     assert ref.shape == ours.shape
-    assert np.abs(ref - ours).max() < 1e-3
+    assert np.abs(ref - ours).max() < ONNX_BOUND
     assert np.sqrt(np.mean(ref**2)) > 0.01
 
 

@@ -1,6 +1,6 @@
 """Speech test material: sentences spoken by espeak-ng, WAV writing, and word error rate.
 
-Used by tests/test_transcription.py and bench/transcribe_bench.py.
+Used by tests/test_transcription.py, tests/test_modalities_served.py and bench/transcribe_bench.py.
 """
 
 from __future__ import annotations
