@@ -265,11 +265,12 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
     def config(self) -> EngineConfig:
         return self._config
 
-    async def shutdown(self, drain_timeout_s: float = 30.0) -> None:
-        """Stop accepting, let in-flight requests finish (up to ``drain_timeout_s``), cancel the
-        rest with a final chunk, and stop the loop."""
+    async def shutdown(self, drain_timeout_s: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish (for at most ``drain_timeout_s``; by
+        default until they end, which their ``max_tokens`` bounds, so the server's
+        ``--shutdown-timeout`` governs), cancel the rest with a final chunk, and stop the loop."""
         self._closing = True
-        deadline = time.monotonic() + drain_timeout_s
+        deadline = time.monotonic() + (drain_timeout_s if drain_timeout_s is not None else float("inf"))
         while self._in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self._intake.put(Stop())
