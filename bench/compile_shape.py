@@ -24,9 +24,8 @@ sys.path.insert(0, str(ROOT))
 import tvm  # noqa: E402
 
 import ferrum  # noqa: E402
-from compile.build import build_fatbins  # noqa: E402
-from compile.builders import LIBRARY_NAME  # noqa: E402
-from compile.builders.llama import compile_llama  # noqa: E402
+from compile.build import LIBRARY_NAME  # noqa: E402
+from compile.builders.decoder import compile_decoder  # noqa: E402
 from compile.model.llama import LlamaForCausalLM  # noqa: E402
 from compile.targets import resolve_target  # noqa: E402
 from ferrum.manifest import GenerationConfig, Manifest, describe_files  # noqa: E402
@@ -64,17 +63,16 @@ def main() -> int:
     shapes = {n: [[int(d) for d in p.shape], str(p.dtype)]
               for n, p in LlamaForCausalLM(cfg, quant, target.tvm_target).named_parameters()}
     print(f"{name}: {len(shapes)} parameters, compiling", flush=True)
-    executable, param_names, functions, extra = compile_llama(cfg, quant, target, folder / LIBRARY_NAME, print)
-    assert param_names == list(shapes), "parameter order differs from the model's"
-    kernels = build_fatbins(executable, target.cuda_archs, folder / "kernels", print) if target.info.kind == "cuda" else {}
+    compiled = compile_decoder(cfg, quant, target, folder, print)
+    assert compiled.param_names == list(shapes), "parameter order differs from the model's"
     (folder / "generation.json").write_text(json.dumps(GenerationConfig(bos_token_id=128000, eos_token_ids=[128001], context_length=cfg.context_length).to_dict()))
     Manifest(
         name=name, modality="llm", architecture="llama", model=cfg.to_dict(), quantization=quant.to_dict(),
         target=target.info, tvm_version=tvm.__version__, ferrum_version=ferrum.__version__,
-        source={"format": "shape", "name": args.shape}, library=LIBRARY_NAME, functions=functions,
-        files=describe_files(folder), kernels=kernels,
-        extra={"param_names": param_names, "param_shapes": shapes, "weights": "generated at run time (benchmark)",
-               **extra},
+        source={"format": "shape", "name": args.shape}, library=LIBRARY_NAME, functions=compiled.functions,
+        files=describe_files(folder), kernels=compiled.library.kernels,
+        extra={"param_names": compiled.param_names, "param_shapes": shapes,
+               "weights": "generated at run time (benchmark)", **compiled.extra},
         created_at=datetime.now(timezone.utc).isoformat(),
     ).write(folder)
     print(folder)
