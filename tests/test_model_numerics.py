@@ -64,8 +64,9 @@ def test_smollm2_prefill_logits_match_reference(smollm2_artifact, smollm2_refere
         {},
         {"tie": True, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 64}},
+        {"bias": True},
     ],
-    ids=["untied", "tied-llama3-rope"],
+    ids=["untied", "tied-llama3-rope", "attention-and-mlp-bias"],
 )
 def test_tiny_hf_llama_matches_reference(tmp_path, variant):
     folder = write_tiny_llama(tmp_path / "model", seed=7, **variant)
