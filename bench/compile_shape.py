@@ -15,22 +15,22 @@ import argparse
 import json
 import shutil
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import tvm  # noqa: E402
+import tvm
 
-import ferrum  # noqa: E402
-from compile.build import LIBRARY_NAME  # noqa: E402
-from compile.builders.decoder import compile_decoder  # noqa: E402
-from compile.model.llama import LlamaForCausalLM  # noqa: E402
-from compile.targets import resolve_target  # noqa: E402
-from ferrum.manifest import GenerationConfig, Manifest, describe_files  # noqa: E402
-from ferrum.model_config import LlamaConfig  # noqa: E402
-from ferrum.quantization import get_quantization  # noqa: E402
+import ferrum
+from compile.build import LIBRARY_NAME
+from compile.builders.decoder import compile_decoder
+from compile.model.llama import LlamaForCausalLM
+from compile.targets import resolve_target
+from ferrum.manifest import GenerationConfig, Manifest, describe_files
+from ferrum.model_config import LlamaConfig
+from ferrum.quantization import get_quantization
 
 SHAPES = {
     # Meta-Llama-3-8B's config.json
@@ -73,7 +73,7 @@ def main() -> int:
         files=describe_files(folder), kernels=compiled.library.kernels,
         extra={"param_names": compiled.param_names, "param_shapes": shapes,
                "weights": "generated at run time (benchmark)", **compiled.extra},
-        created_at=datetime.now(timezone.utc).isoformat(),
+        created_at=datetime.now(UTC).isoformat(),
     ).write(folder)
     print(folder)
     return 0

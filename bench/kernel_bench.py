@@ -33,10 +33,9 @@ import tvm_ffi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compile.kernels.constants import CONFIGS, KINDS  # noqa: E402  (the ids and counts the kernels are built with)
-from ferrum.manifest import SAMPLE_PARAMS  # noqa: E402
-from runtime.sampling import draw  # noqa: E402  (the host sampler's contract, float64)
-
+from compile.kernels.constants import CONFIGS, KINDS
+from ferrum.manifest import SAMPLE_PARAMS
+from runtime.sampling import draw
 
 GEMV_CONFIGS = {kind: CONFIGS[kind] for kind in ("gemv_f16", "gemv_q4")}
 GEMM_CONFIGS = CONFIGS["gemm_f16"]
@@ -366,7 +365,8 @@ def time_attention(kern: Kernels) -> list[dict]:
         ms = time_ms(run, 10)
         qt, kt, vt = (t.transpose(0, 1)[None] for t in (q, k, v))
         kt, vt = kt.repeat_interleave(h_q // h_kv, 1), vt.repeat_interleave(h_q // h_kv, 1)
-        sdpa = time_ms(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True), 10)
+        sdpa = time_ms(lambda qt=qt, kt=kt, vt=vt: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True),
+                       10)
         flops = 4 * n * n * d * h_q / 2
         rows.append({"tokens": n, "h_q": h_q, "h_kv": h_kv, "d": d, "ms": ms, "tflops": flops / ms / 1e9,
                      "torch_sdpa_ms": sdpa})
@@ -424,7 +424,7 @@ def tune(kern: Kernels, models: list[str], budget_s: float) -> tuple[list[dict],
                     cases = [make_case(op, quant, m, n, k, 1000 + i) for i in range(copies)]
                     idx = [0]
 
-                    def run():
+                    def run(cases=cases, idx=idx, copies=copies, op=op, quant=quant):
                         x, g, wq, _, res, out, scratch = cases[idx[0] % copies]
                         idx[0] += 1
                         run_op(kern, op, quant, x, g, wq, res, out, scratch)
@@ -456,7 +456,7 @@ def tune(kern: Kernels, models: list[str], budget_s: float) -> tuple[list[dict],
                     row["auto_ms"] = time_ms(run, reps)
                     if not quant:
                         x0, _, wq0, _, _, _, _ = cases[0]
-                        row["cublas_ms"] = time_ms(lambda: torch.nn.functional.linear(x0, wq0[0][:rows_w]), reps)
+                        row["cublas_ms"] = time_ms(lambda x0=x0, w=wq0[0][:rows_w]: torch.nn.functional.linear(x0, w), reps)
                     key_best = min(row["ms"], key=row["ms"].get)
                     wbytes = rows_w * k * (0.5 + 4 / 32 if quant else 2)
                     row["best"] = key_best

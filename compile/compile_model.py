@@ -11,7 +11,7 @@ import os
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import tvm
@@ -83,7 +83,7 @@ def compile_model(
             files=describe_files(staging),
             kernels=output.kernels,
             extra=output.extra,
-            created_at=datetime.now(timezone.utc).isoformat(),
+            created_at=datetime.now(UTC).isoformat(),
         ).write(staging)
         _replace(staging, final)
     except BaseException:

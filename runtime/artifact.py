@@ -15,7 +15,6 @@ from ferrum.model_config import LlamaConfig
 from ferrum.quantization import get_quantization
 from runtime.tvm_env import open_device, register_kernels
 
-
 _TRIPLE_MACHINES = {"x86_64-linux-gnu": ("x86_64", "AMD64"), "aarch64-linux-gnu": ("aarch64", "arm64")}
 
 

@@ -8,11 +8,11 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import write_tiny_llama
 
 from compile.builders import get_builder
 from compile.compile_model import compile_model
 from compile.model.architectures import ARCHITECTURES, architecture_for_hf, get_architecture
-from conftest import write_tiny_llama
 from ferrum.errors import ArtifactError, ModelSourceError
 from ferrum.manifest import LLM_FUNCTIONS, Manifest
 from ferrum.model_config import DecoderConfig, LlamaConfig

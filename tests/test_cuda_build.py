@@ -57,10 +57,11 @@ def test_llm_build_links_and_calls_the_kernels(tmp_path, quant, linear):
     decode = text[text.index("@batch_decode:"): text.index("\n@", text.index("@batch_decode:") + 1)]
     # one graph per layer: from each attention call to the next (the first QKV reads the input, not captured)
     assert decode.count("vm.builtin.cuda_graph.run_or_capture") == TINY.num_hidden_layers
-    symbols = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True).stdout
+    symbols = subprocess.run(["nm", "-D", "--defined-only", str(library)],
+                             capture_output=True, text=True, check=True).stdout
     for fn in ("ferrum_norm_linear_f16", "ferrum_attention_decode_paged", "ferrum_split_rotary"):
         assert f"__tvm_ffi_{fn}" in symbols
-    needed = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True).stdout
+    needed = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True, check=True).stdout
     assert "libcudart" not in needed  # the CUDA runtime is linked in statically: only the driver is needed
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import reference_llama as ref
+from conftest import write_tiny_llama
+
 from compile.compile_model import compile_model
 from compile.quantize import dequantize_q4, quantize_q4
-from conftest import write_tiny_llama
 from runtime.artifact import LlmArtifact
 from runtime.model_runner import KVCacheConfig, ModelRunner
 from runtime.tokenizer import ChatTokenizer

