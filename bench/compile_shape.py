@@ -15,7 +15,7 @@ import argparse
 import json
 import shutil
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,15 +24,15 @@ sys.path.insert(0, str(ROOT))
 import tvm  # noqa: E402
 
 import ferrum  # noqa: E402
-from compile.build import build_fatbins  # noqa: E402
-from compile.builders import LIBRARY_NAME  # noqa: E402
-from compile.builders.llama import compile_llama  # noqa: E402
+from compile.build import LIBRARY_NAME  # noqa: E402
+from compile.builders.decoder import compile_decoder  # noqa: E402
 from compile.model.llama import LlamaForCausalLM  # noqa: E402
 from compile.targets import resolve_target  # noqa: E402
 from ferrum.manifest import GenerationConfig, Manifest, describe_files  # noqa: E402
 from ferrum.manifest_extra import LlmExtra  # noqa: E402
 from ferrum.model_config import LlamaConfig  # noqa: E402
 from ferrum.quantization import get_quantization  # noqa: E402
+
 
 SHAPES = {
     # Meta-Llama-3-8B's config.json
@@ -65,18 +65,17 @@ def main() -> int:
     shapes = {n: [[int(d) for d in p.shape], str(p.dtype)]
               for n, p in LlamaForCausalLM(cfg, quant, target.tvm_target).named_parameters()}
     print(f"{name}: {len(shapes)} parameters, compiling", flush=True)
-    executable, param_names, functions, extra = compile_llama(cfg, quant, target, folder / LIBRARY_NAME, print)
-    assert param_names == list(shapes), "parameter order differs from the model's"
-    kernels = build_fatbins(executable, target.cuda_archs, folder / "kernels", print) if target.info.kind == "cuda" else {}
+    compiled = compile_decoder(cfg, quant, target, folder, print)
+    assert compiled.param_names == list(shapes), "parameter order differs from the model's"
     (folder / "generation.json").write_text(json.dumps(GenerationConfig(bos_token_id=128000, eos_token_ids=[128001], context_length=cfg.context_length).to_dict()))
     Manifest(
         name=name, modality="llm", architecture="llama", model=cfg.to_dict(), quantization=quant.to_dict(),
         target=target.info, tvm_version=tvm.__version__, ferrum_version=ferrum.__version__,
-        source={"format": "shape", "name": args.shape}, library=LIBRARY_NAME, functions=functions,
-        files=describe_files(folder), kernels=kernels,
-        extra=LlmExtra(param_names=param_names, param_shapes=shapes, weights="generated at run time (benchmark)",
-                       **extra),
-        created_at=datetime.now(timezone.utc).isoformat(),
+        source={"format": "shape", "name": args.shape}, library=LIBRARY_NAME, functions=compiled.functions,
+        files=describe_files(folder), kernels=compiled.library.kernels,
+        extra=LlmExtra(param_names=compiled.param_names, param_shapes=shapes,
+                       weights="generated at run time (benchmark)", **compiled.extra),
+        created_at=datetime.now(UTC).isoformat(),
     ).write(folder)
     print(folder)
     return 0

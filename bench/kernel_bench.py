@@ -68,7 +68,8 @@ def time_attention(kern: Kernels) -> list[dict]:
         ms = time_ms(run, 10)
         qt, kt, vt = (t.transpose(0, 1)[None] for t in (q, k, v))
         kt, vt = kt.repeat_interleave(h_q // h_kv, 1), vt.repeat_interleave(h_q // h_kv, 1)
-        sdpa = time_ms(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True), 10)
+        sdpa = time_ms(lambda qt=qt, kt=kt, vt=vt: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True),
+                       10)
         flops = 4 * n * n * d * h_q / 2
         rows.append({"tokens": n, "h_q": h_q, "h_kv": h_kv, "d": d, "ms": ms, "tflops": flops / ms / 1e9,
                      "torch_sdpa_ms": sdpa})
@@ -126,7 +127,7 @@ def tune(kern: Kernels, models: list[str], budget_s: float) -> tuple[list[dict],
                     cases = [make_case(op, quant, m, n, k, 1000 + i) for i in range(copies)]
                     idx = [0]
 
-                    def run():
+                    def run(cases=cases, idx=idx, copies=copies, op=op, quant=quant):
                         x, g, wq, _, res, out, scratch = cases[idx[0] % copies]
                         idx[0] += 1
                         run_op(kern, op, quant, x, g, wq, res, out, scratch)
@@ -158,7 +159,7 @@ def tune(kern: Kernels, models: list[str], budget_s: float) -> tuple[list[dict],
                     row["auto_ms"] = time_ms(run, reps)
                     if not quant:
                         x0, _, wq0, _, _, _, _ = cases[0]
-                        row["cublas_ms"] = time_ms(lambda: torch.nn.functional.linear(x0, wq0[0][:rows_w]), reps)
+                        row["cublas_ms"] = time_ms(lambda x0=x0, w=wq0[0][:rows_w]: torch.nn.functional.linear(x0, w), reps)
                     key_best = min(row["ms"], key=row["ms"].get)
                     wbytes = rows_w * k * (0.5 + 4 / 32 if quant else 2)
                     row["best"] = key_best

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 import tvm_ffi
 
+from compile.kernels.constants import CONFIGS, KINDS
+from ferrum.manifest import SAMPLE_PARAMS
 from runtime.sampling import draw  # the host sampler's contract, float64
 
-GEMV_CONFIGS = {"gemv_f16": 3, "gemv_q4": 3}
-GEMM_CONFIGS = 8
-KIND_ID = {"gemv_f16": 0, "gemv_q4": 1, "gemm_f16": 2, "path_f16": 3}
+GEMV_CONFIGS = {kind: CONFIGS[kind] for kind in ("gemv_f16", "gemv_q4")}
+GEMM_CONFIGS = CONFIGS["gemm_f16"]
 EPS = 1e-5
 
 
@@ -39,7 +40,7 @@ class Kernels:
         self.mod[name](*conv)
 
     def force(self, kind: str, config: int) -> None:
-        self.mod["ferrum_force_config"](KIND_ID[kind], config)
+        self.mod["ferrum_force_config"](KINDS[kind], config)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -174,19 +175,22 @@ def check_sampler(kern: Kernels) -> dict:
     top_k = rng.choice([0, 1, 40, 1000], b)
     min_p = rng.choice([0.0, 0.05], b)
     uniform = rng.random(b)
-    params = torch.tensor(np.stack([temperature, top_p, top_k, min_p, uniform], 1), dtype=torch.float32, device="cuda")
+    columns = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p, "uniform": uniform}
+    rows = np.stack([columns[name] for name in SAMPLE_PARAMS], 1)
+    params = torch.tensor(rows, dtype=torch.float32, device="cuda")
     out = torch.full((b,), -1, dtype=torch.int32, device="cuda")
     kern("ferrum_sample_tokens", logits, params, out)
     got = out.cpu().numpy()
     lg = logits.cpu().double().numpy()
-    expect = np.array([draw(lg[i], (temperature[i], top_p[i], top_k[i], min_p[i], uniform[i])) for i in range(b)])
+    expect = np.array([draw(lg[i], tuple(rows[i])) for i in range(b)])
     greedy = temperature == 0
     same = got == expect
     # frequencies: one row, many uniforms
     row = torch.randn(1, 1000, generator=gen, device="cuda").repeat(4096, 1)
     u = np.random.default_rng(1).random(4096)
-    p = torch.tensor(np.stack([np.ones(4096), np.ones(4096), np.zeros(4096), np.zeros(4096), u], 1),
-                     dtype=torch.float32, device="cuda")
+    columns = {"temperature": np.ones(4096), "top_p": np.ones(4096), "top_k": np.zeros(4096), "min_p": np.zeros(4096),
+               "uniform": u}
+    p = torch.tensor(np.stack([columns[name] for name in SAMPLE_PARAMS], 1), dtype=torch.float32, device="cuda")
     draws = torch.empty(4096, dtype=torch.int32, device="cuda")
     kern("ferrum_sample_tokens", row, p, draws)
     probs = torch.softmax(row[0].double(), 0).cpu().numpy()

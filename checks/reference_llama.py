@@ -92,7 +92,15 @@ def load_hf(folder: str | Path) -> tuple[RefConfig, dict[str, np.ndarray]]:
                              ("o", "self_attn.o_proj"), ("gate", "mlp.gate_proj"), ("up", "mlp.up_proj"),
                              ("down", "mlp.down_proj"), ("n1", "input_layernorm"), ("n2", "post_attention_layernorm")]:
             named[f"{i}.{ours}"] = weights[f"{p}.{theirs}.weight"]
+            if f"{p}.{theirs}.bias" in weights:  # attention_bias / mlp_bias checkpoints
+                named[f"{i}.{ours}_bias"] = weights[f"{p}.{theirs}.bias"]
     return cfg, named
+
+
+def _linear(x: np.ndarray, w: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """``x @ W.T``, plus the layer's bias where the checkpoint has one."""
+    y = x @ w[name].T
+    return y + w[f"{name}_bias"] if f"{name}_bias" in w else y
 
 
 def _inv_freq(cfg: RefConfig) -> np.ndarray:
@@ -137,18 +145,18 @@ def forward(cfg: RefConfig, w: dict[str, np.ndarray], tokens: list[int]) -> np.n
     group = cfg.heads // cfg.kv_heads
     for i in range(cfg.layers):
         h = _rms(x, w[f"{i}.n1"], cfg.eps)
-        q = _rope((h @ w[f"{i}.q"].T).reshape(n, cfg.heads, hd), pos, cfg)
-        k = _rope((h @ w[f"{i}.k"].T).reshape(n, cfg.kv_heads, hd), pos, cfg)
-        v = (h @ w[f"{i}.v"].T).reshape(n, cfg.kv_heads, hd)
+        q = _rope(_linear(h, w, f"{i}.q").reshape(n, cfg.heads, hd), pos, cfg)
+        k = _rope(_linear(h, w, f"{i}.k").reshape(n, cfg.kv_heads, hd), pos, cfg)
+        v = _linear(h, w, f"{i}.v").reshape(n, cfg.kv_heads, hd)
         k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
         scores = np.einsum("qhd,khd->hqk", q, k) / math.sqrt(hd) + mask
         scores = np.exp(scores - scores.max(-1, keepdims=True))
         scores /= scores.sum(-1, keepdims=True)
         attn = np.einsum("hqk,khd->qhd", scores, v).reshape(n, cfg.heads * hd)
-        x = x + attn @ w[f"{i}.o"].T
+        x = x + _linear(attn, w, f"{i}.o")
         h = _rms(x, w[f"{i}.n2"], cfg.eps)
-        gate, up = h @ w[f"{i}.gate"].T, h @ w[f"{i}.up"].T
-        x = x + (gate / (1 + np.exp(-gate)) * up) @ w[f"{i}.down"].T
+        gate, up = _linear(h, w, f"{i}.gate"), _linear(h, w, f"{i}.up")
+        x = x + _linear(gate / (1 + np.exp(-gate)) * up, w, f"{i}.down")
     return _rms(x, w["norm"], cfg.eps) @ w["head"].T
 
 

@@ -1,33 +1,24 @@
-"""Lower an ``nn.Module`` to a TVM library for the target, with device code built ahead of time.
+"""Lower an ``nn.Module`` to the artifact's library for any target, with its device code built ahead of time.
 
-The Relax pipeline is TVM's per-target default (for CUDA it applies dlight's default GPU
-schedules and ``RewriteCUDAGraph``); for CPUs we add our linear-layer schedule and dlight's CPU
-reduction rule so the kernels that take the time are vectorized and parallel, not naive loops.
-
-TVM 0.27 stores CUDA kernels in the exported library as source and compiles them when the library
-is loaded, through the ``tvm_callback_cuda_compile`` hook (NVRTC by default). A serving box has no
-compiler, so here every CUDA module's source is compiled with nvcc into a fatbin for each
-requested architecture and stored keyed by the source's sha256; the runtime answers the hook with
-those bytes (``runtime/tvm_env.py``).
+Every builder goes through ``build_library``: it compiles with the target's Relax pipeline
+(``compile/pipelines.py``), exports ``model.so`` into the staging folder and runs the target's
+device-code packager (``compile/device_code.py``). What differs between targets is read from the
+target's row of ``compile/targets.py``, so adding a target changes no builder.
 """
 
 from __future__ import annotations
 
-import hashlib
-import subprocess
-import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import tvm
 from tvm import relax
 from tvm.relax.frontend import nn
 
-from compile.kernels.build import find_nvcc
-from compile.schedules.cpu import CPULinear
-from compile.schedules.cuda import RowDispatch
 from compile.targets import BuildTarget
-from ferrum.errors import FerrumError
+
+LIBRARY_NAME = "model.so"
 
 
 def _attach_graph_bounds(bounds: dict[str, dict[str, int]]) -> tvm.transform.Pass:
@@ -50,26 +41,14 @@ def _attach_graph_bounds(bounds: dict[str, dict[str, int]]) -> tvm.transform.Pas
     return attach
 
 
-def _pipeline(target: tvm.target.Target, graph_bounds: dict[str, dict[str, int]] | None = None) -> tvm.transform.Pass:
-    import importlib
-
-    from tvm.s_tir import dlight as dl
-
-    # The backend packages do not re-export every stage; their ``pipeline`` modules have them all.
-    backend = "cuda" if target.kind.name == "cuda" else "cpu_generic"
-    stages = importlib.import_module(f"tvm.relax.backend.{backend}.pipeline")
-    passes = stages.library_dispatch_passes(target) + stages.legalize_passes(target)
-    if target.kind.name == "llvm":
-        passes.append(dl.ApplyDefaultSchedule(CPULinear(), dl.cpu.Reduction()))
-    else:  # before dlight's default schedules, which skip what is already scheduled
-        passes.insert(len(passes) - 1, RowDispatch())
-    passes += stages.dataflow_lower_passes(target) + stages.finalize_passes(target)
+def _pipeline(target: BuildTarget, graph_bounds: dict[str, dict[str, int]] | None) -> tvm.transform.Pass:
+    passes = target.kind.passes(target.tvm_target)
     if graph_bounds:
         passes.insert(0, _attach_graph_bounds(graph_bounds))
 
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
-        with target:
+        with target.tvm_target:
             return tvm.transform.Sequential(passes)(mod)
 
     return pipeline
@@ -98,57 +77,31 @@ def _linker(extra: list[str]) -> Callable:
     return fcompile
 
 
-def compile_library(
+@dataclass
+class Library:
+    """A compiled library in the staging folder and the device code packaged beside it."""
+
+    executable: relax.VMExecutable
+    kernels: dict[str, str]  # the manifest's ``kernels``: device-module source sha256 -> file
+
+
+def build_library(
     mod: tvm.ir.IRModule,
     target: BuildTarget,
-    library_path: Path,
+    staging: Path,
+    progress: Callable[[str], None],
     graph_bounds: dict[str, dict[str, int]] | None = None,
     link_extra: list[str] | None = None,
-) -> relax.VMExecutable:
-    """``graph_bounds`` (CUDA): functions whose kernels run as CUDA graphs, with the upper bound of
-    each symbolic size they are captured by. ``link_extra``: more inputs for linking model.so."""
+) -> Library:
+    """Compile ``mod`` for ``target`` into ``staging/model.so`` and package its device code.
+
+    ``graph_bounds``: functions whose kernels run as CUDA graphs, with the upper bound of each
+    symbolic size they are captured by (only a pipeline with ``RewriteCUDAGraph`` captures them;
+    others plan those functions' memory at the bound). ``link_extra``: more inputs for linking
+    model.so (static archives of kernels linked in)."""
     config = {"relax.backend.use_cuda_graph": bool(graph_bounds)}
     with tvm.transform.PassContext(config=config):
-        executable = tvm.compile(mod, target=target.tvm_target,
-                                 relax_pipeline=_pipeline(target.tvm_target, graph_bounds))
-    executable.export_library(str(library_path), fcompile=_linker(link_extra) if link_extra else None)
-    return executable
-
-
-def _cuda_sources(executable: relax.VMExecutable) -> list[str]:
-    def walk(module):
-        yield module
-        for child in module.imports:
-            yield from walk(child)
-
-    return [m.inspect_source() for m in walk(executable.mod) if m.kind == "cuda"]
-
-
-def build_fatbins(
-    executable: relax.VMExecutable,
-    archs: tuple[str, ...],
-    kernels_dir: Path,
-    progress: Callable[[str], None] = print,
-) -> dict[str, str]:
-    """nvcc every CUDA module into ``kernels_dir/<sha256>.fatbin``; map source hash → file name."""
-    nvcc = find_nvcc()
-    kernels_dir.mkdir(parents=True, exist_ok=True)
-    gencode = []
-    for arch in archs:
-        gencode += ["-gencode", f"arch=compute_{arch[3:]},code={arch}"]
-    kernels = {}
-    for source in _cuda_sources(executable):
-        digest = hashlib.sha256(source.encode()).hexdigest()
-        out = kernels_dir / f"{digest}.fatbin"
-        progress(f"nvcc: {source.count('__global__')} kernels for {', '.join(archs)}")
-        with tempfile.TemporaryDirectory() as tmp:
-            cu = Path(tmp) / "kernels.cu"
-            cu.write_text(source)
-            run = subprocess.run(
-                [nvcc, "--fatbin", "-O3", "-std=c++17", *gencode, "-o", str(out), str(cu)],
-                capture_output=True, text=True,
-            )
-        if run.returncode != 0:
-            raise FerrumError(f"nvcc failed compiling CUDA kernels:\n{run.stderr[-4000:]}")
-        kernels[digest] = f"kernels/{out.name}"
-    return kernels
+        executable = tvm.compile(mod, target=target.tvm_target, relax_pipeline=_pipeline(target, graph_bounds))
+    executable.export_library(str(staging / LIBRARY_NAME), fcompile=_linker(link_extra) if link_extra else None)
+    package = target.kind.package
+    return Library(executable, package(executable, target, staging, progress) if package else {})

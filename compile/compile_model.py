@@ -11,13 +11,14 @@ import os
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import tvm
 
 import ferrum
-from compile.builders import LIBRARY_NAME, check_quantization, get_builder
+from compile.build import LIBRARY_NAME
+from compile.builders import check_quantization, get_builder
 from compile.sources import open_source
 from compile.targets import resolve_target
 from ferrum.errors import ArtifactError
@@ -53,7 +54,7 @@ def compile_model(
     progress(f"reading model {model or '(default)'}")
     source = open_source(model)
     builder = get_builder(source.architecture)
-    quant = get_quantization(quantization or builder.default_quantization(build_target.info.kind))
+    quant = get_quantization(quantization or builder.default_quantization(build_target.kind))
     check_quantization(builder, quant, source.architecture)
     name = name or f"{source.name}-{quant.name}-{build_target.tag}"
     final = Path(output_root) / name
@@ -82,7 +83,7 @@ def compile_model(
             files=describe_files(staging),
             kernels=output.kernels,
             extra=output.extra,
-            created_at=datetime.now(timezone.utc).isoformat(),
+            created_at=datetime.now(UTC).isoformat(),
         ).write(staging)
         _replace(staging, final)
     except BaseException:

@@ -20,13 +20,14 @@ from compile.tensor_cache import write_tensor_cache
 from compile.weights import convert_weights
 from ferrum.errors import ArtifactError, FerrumError
 from ferrum.manifest import Manifest, verify_files
+from ferrum.model_config import DecoderConfig
 from ferrum.quantization import get_quantization
 
 
 def restore_weights(artifact: Path, source: str) -> None:
     manifest = Manifest.load(artifact)
     model = open_source(source)
-    if model.config.to_dict() != manifest.model:
+    if model.config != DecoderConfig.from_dict(manifest.model):  # older manifests lack newer fields
         raise ArtifactError(f"{source} is not the model {manifest.name} was compiled from")
     weights = artifact / "weights"
     shutil.rmtree(weights, ignore_errors=True)

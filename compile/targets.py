@@ -1,4 +1,10 @@
-"""Choose the TVM target for a build and describe it for the manifest.
+"""The compile targets: one row of ``TARGETS`` per kind holds everything that differs between them.
+
+A row names the TVM target factory, the Relax pass list (``compile/pipelines.py``), the runtime
+device type the library's code runs on (recorded in the manifest; the runtime's device entries
+are in ``runtime/tvm_env.py``), the default quantization, whether it is a GPU, and the packager
+that builds its device code ahead of time (``compile/device_code.py``). Builders and
+``compile/build.py`` read the row and never branch on the target's name.
 
 CPU builds target the host's x86-64 micro-architecture level (v2/v3/v4) so vector code uses what
 the machine has; the manifest lists the CPU flags that level needs and the runtime refuses to
@@ -11,10 +17,15 @@ from __future__ import annotations
 
 import platform
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import tvm
+from tvm import relax
 
+from compile.device_code import cuda_fatbins
+from compile.pipelines import cpu_passes, cuda_passes
 from ferrum.errors import InvalidRequestError
 from ferrum.manifest import TargetInfo, host_cpu_flags
 
@@ -25,19 +36,47 @@ X86_LEVELS = {
 }
 CUDA_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90", "sm_90a")
 DEFAULT_CUDA_ARCHS = ("sm_80", "sm_89", "sm_90a")
+AUTO = (None, "", "auto")
 
 
-@dataclass
-class BuildTarget:
-    """A TVM target plus what the manifest records about it."""
+@dataclass(frozen=True)
+class TargetOutput:
+    """What a target factory makes of the requested architecture."""
 
     tvm_target: tvm.target.Target
+    triple: str
+    cpu_features: tuple[str, ...] = ()
+    archs: tuple[str, ...] = ()  # device architectures whose machine code the library carries
+
+
+Packager = Callable[[relax.VMExecutable, "BuildTarget", Path, Callable[[str], None]], dict[str, str]]
+
+
+@dataclass(frozen=True)
+class TargetKind:
+    """One compile target (a row of ``TARGETS``)."""
+
+    name: str
+    device_type: str  # the runtime device the library's code runs on
+    default_quantization: str
+    gpu: bool  # device code runs on a GPU (GPU layouts, TVM's GPU attention grids)
+    make: Callable[[str | None], TargetOutput]  # ARCH (None: the default) -> the TVM target
+    passes: Callable[[tvm.target.Target], list[tvm.transform.Pass]]  # the Relax pipeline's passes
+    package: Packager | None = None  # builds the device code ahead of time; None: it is in the library
+
+
+@dataclass(frozen=True)
+class BuildTarget:
+    """A resolved target: the TVM target, its row of ``TARGETS``, and what the manifest records."""
+
+    tvm_target: tvm.target.Target
+    kind: TargetKind
     info: TargetInfo
-    cuda_archs: tuple[str, ...] = ()
+    archs: tuple[str, ...] = ()
 
     @property
     def tag(self) -> str:
-        return self.info.kind
+        return self.kind.name
 
 
 def _host_x86_level() -> str:
@@ -48,16 +87,16 @@ def _host_x86_level() -> str:
     return "x86-64"
 
 
-def _host_llvm(level: str | None = None) -> tuple[dict, TargetInfo]:
+def _host_llvm(level: str | None = None) -> tuple[dict, str, tuple[str, ...]]:
+    """The LLVM target of this host (at ``level`` on x86-64), its triple and the CPU flags it needs."""
     machine = platform.machine()
     if machine in ("x86_64", "AMD64"):
         mcpu = level or _host_x86_level()
         triple = "x86_64-linux-gnu"
-        info = TargetInfo(kind="llvm", triple=triple, cpu_features=X86_LEVELS.get(mcpu, []))
-        return {"kind": "llvm", "mtriple": triple, "mcpu": mcpu}, info
+        return {"kind": "llvm", "mtriple": triple, "mcpu": mcpu}, triple, tuple(X86_LEVELS.get(mcpu, []))
     if machine in ("aarch64", "arm64"):
         triple = "aarch64-linux-gnu"
-        return {"kind": "llvm", "mtriple": triple}, TargetInfo(kind="llvm", triple=triple)
+        return {"kind": "llvm", "mtriple": triple}, triple, ()
     raise InvalidRequestError(f"unsupported host architecture {machine!r}")
 
 
@@ -76,32 +115,55 @@ def detect_cuda_arch() -> str | None:
     return "sm_90a" if arch == "sm_90" else arch
 
 
-def resolve_target(kind: str | None, arch: str | None = None) -> BuildTarget:
-    """``kind``: ``llvm``, ``cuda`` or None (the detected GPU if any, else this CPU)."""
-    detected = detect_cuda_arch() if kind in (None, "", "auto", "cuda") else None
-    if kind in (None, "", "auto"):
-        kind = "cuda" if detected else "llvm"
-    if kind == "llvm":
-        if arch:
-            raise InvalidRequestError("ARCH applies to CUDA targets only", param="arch")
-        target, info = _host_llvm()
-        return BuildTarget(tvm.target.Target(target), info)
-    if kind != "cuda":
-        raise InvalidRequestError(f"unknown target {kind!r}; choose llvm or cuda", param="target")
+def _make_llvm(arch: str | None) -> TargetOutput:
+    if arch:
+        raise InvalidRequestError("ARCH applies to GPU targets only", param="arch")
+    target, triple, features = _host_llvm()
+    return TargetOutput(tvm.target.Target(target), triple, features)
+
+
+def _make_cuda(arch: str | None) -> TargetOutput:
     if arch and arch not in CUDA_ARCHS:
         raise InvalidRequestError(f"unknown CUDA arch {arch!r}; choose one of {', '.join(CUDA_ARCHS)}", param="arch")
+    detected = None if arch else detect_cuda_arch()
     archs = (arch,) if arch else (detected,) if detected else DEFAULT_CUDA_ARCHS
-    host, host_info = _host_llvm("x86-64-v2") if platform.machine() == "x86_64" else _host_llvm()
-    codegen_arch = min(archs)  # kernels use only features every listed GPU has
+    host, triple, features = _host_llvm("x86-64-v2") if platform.machine() == "x86_64" else _host_llvm()
     target = tvm.target.Target(
         {
             "kind": "cuda",
-            "arch": codegen_arch,
+            "arch": min(archs),  # kernels use only features every listed GPU has
             "max_threads_per_block": 1024,
             "max_shared_memory_per_block": 49152,
             "thread_warp_size": 32,
         },
         host=host,
     )
-    info = TargetInfo(kind="cuda", triple=host_info.triple, arch=",".join(archs), cpu_features=host_info.cpu_features)
-    return BuildTarget(target, info, archs)
+    return TargetOutput(target, triple, features, archs)
+
+
+TARGETS: dict[str, TargetKind] = {
+    "llvm": TargetKind("llvm", device_type="cpu", default_quantization="q0f32", gpu=False,
+                       make=_make_llvm, passes=cpu_passes),
+    "cuda": TargetKind("cuda", device_type="cuda", default_quantization="q0f16", gpu=True,
+                       make=_make_cuda, passes=cuda_passes, package=cuda_fatbins),
+}
+
+
+def get_target_kind(name: str) -> TargetKind:
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise InvalidRequestError(
+            f"unknown target {name!r}; choose one of {', '.join(TARGETS)}", param="target"
+        ) from None
+
+
+def resolve_target(kind: str | None, arch: str | None = None) -> BuildTarget:
+    """``kind``: a name in ``TARGETS``, or None/"auto" (the detected GPU if any, else this CPU)."""
+    if kind in AUTO:
+        kind = "cuda" if detect_cuda_arch() else "llvm"
+    row = get_target_kind(kind)
+    made = row.make(arch)
+    info = TargetInfo(kind=row.name, triple=made.triple, arch=",".join(made.archs) or None,
+                      cpu_features=list(made.cpu_features), device_type=row.device_type)
+    return BuildTarget(made.tvm_target, row, info, made.archs)

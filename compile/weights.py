@@ -3,96 +3,77 @@
 Pure numpy, no TVM: a machine with only the TVM runtime can regenerate an artifact's weights
 from the same source and check them against the manifest's hashes.
 
-The plan fuses Q/K/V into ``qkv_proj`` and gate/up into ``gate_up_proj`` (one matmul each, as
-the compiled model expects), casts to the model dtype, and quantizes linear and embedding
-weights when the scheme asks for it (norm weights always stay in the model dtype).
+Each architecture's mapping (``compile/model/<name>_hf.py``) plans its parameters: which
+checkpoint tensors are concatenated (rows) into each one, e.g. Q/K/V into ``qkv_proj`` and
+gate/up into ``gate_up_proj`` (one matmul each, as the compiled model expects), with the shapes
+its config implies. Here they are checked, cast to the model dtype, and linear weights quantized
+when the scheme asks for it (embeddings, the LM head, norms and biases stay in the model dtype).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from compile.model.architectures import get_architecture
 from compile.quantize import quantize_q4
-from compile.sources.base import HF_EMBED, HF_FINAL_NORM, HF_LM_HEAD, LlamaSource, hf_layer_names
 from ferrum.errors import ModelSourceError
-from ferrum.model_config import LlamaConfig
+from ferrum.model_config import DecoderConfig
 from ferrum.quantization import QuantSpec
+
+if TYPE_CHECKING:
+    from compile.sources.base import DecoderSource
+
+KINDS = ("linear", "dense", "norm", "bias")  # only "linear" weights are quantized
 
 
 @dataclass(frozen=True)
 class WeightPlan:
-    """One artifact weight: the HF tensors concatenated (rows) to make it, and its kind."""
+    """One artifact parameter: the checkpoint tensors concatenated (rows) to make it, the shape the
+    config implies for each, and its kind (one of ``KINDS``)."""
 
-    name: str
+    name: str  # the parameter's module path; ".weight"/".bias"/".q_weight"... is appended
     sources: tuple[str, ...]
-    kind: str  # "linear", "embedding" or "norm"
+    shapes: tuple[tuple[int, ...], ...]
+    kind: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS or len(self.sources) != len(self.shapes):
+            raise ValueError(f"malformed weight plan entry {self}")
 
 
-def llama_plan(cfg: LlamaConfig) -> list[WeightPlan]:
-    plan = [WeightPlan("embed_tokens", (HF_EMBED,), "embedding")]
-    for i in range(cfg.num_hidden_layers):
-        hf, p = hf_layer_names(i), f"layers.{i}"
-        plan += [
-            WeightPlan(f"{p}.input_layernorm", (hf["input_norm"],), "norm"),
-            WeightPlan(f"{p}.self_attn.qkv_proj", (hf["q"], hf["k"], hf["v"]), "linear"),
-            WeightPlan(f"{p}.self_attn.o_proj", (hf["o"],), "linear"),
-            WeightPlan(f"{p}.post_attention_layernorm", (hf["post_norm"],), "norm"),
-            WeightPlan(f"{p}.mlp.gate_up_proj", (hf["gate"], hf["up"]), "linear"),
-            WeightPlan(f"{p}.mlp.down_proj", (hf["down"],), "linear"),
-        ]
-    plan.append(WeightPlan("norm", (HF_FINAL_NORM,), "norm"))
-    if not cfg.tie_word_embeddings:
-        plan.append(WeightPlan("lm_head", (HF_LM_HEAD,), "linear"))
-    return plan
+@dataclass(frozen=True)
+class HFMapping:
+    """How one architecture's Hugging Face checkpoints map onto its network."""
+
+    read_config: Callable[[dict[str, Any], Path], DecoderConfig]  # config.json (and its folder, for errors)
+    plan: Callable[[DecoderConfig], list[WeightPlan]]  # every parameter in the network's call order
 
 
-def expected_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
-    """Hugging Face tensor shapes implied by the config (catches mismatched checkpoints early)."""
-    d, hd = cfg.hidden_size, cfg.head_dim
-    shapes = {HF_EMBED: (cfg.vocab_size, d), HF_FINAL_NORM: (d,)}
-    if not cfg.tie_word_embeddings:
-        shapes[HF_LM_HEAD] = (cfg.vocab_size, d)
-    for i in range(cfg.num_hidden_layers):
-        hf = hf_layer_names(i)
-        shapes.update(
-            {
-                hf["q"]: (cfg.num_attention_heads * hd, d),
-                hf["k"]: (cfg.num_key_value_heads * hd, d),
-                hf["v"]: (cfg.num_key_value_heads * hd, d),
-                hf["o"]: (d, cfg.num_attention_heads * hd),
-                hf["gate"]: (cfg.intermediate_size, d),
-                hf["up"]: (cfg.intermediate_size, d),
-                hf["down"]: (d, cfg.intermediate_size),
-                hf["input_norm"]: (d,),
-                hf["post_norm"]: (d,),
-            }
-        )
-    return shapes
-
-
-def convert_weights(source: LlamaSource, quant: QuantSpec) -> Iterator[tuple[str, np.ndarray]]:
+def convert_weights(source: DecoderSource, quant: QuantSpec) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (parameter name, array) for every parameter of the compiled model, in plan order."""
     cfg = source.config
-    shapes = expected_shapes(cfg)
-    available = source.tensor_names()
-    missing = sorted(set(shapes) - available)
+    plan = get_architecture(cfg.architecture).hf_mapping().plan(cfg)
+    missing = sorted({name for item in plan for name in item.sources} - source.tensor_names())
     if missing:
         raise ModelSourceError(f"{source.path}: {len(missing)} tensors missing, e.g. {missing[0]}")
-    for item in llama_plan(cfg):
+    for item in plan:
         parts = []
-        for name in item.sources:
+        for name, shape in zip(item.sources, item.shapes, strict=True):
             w = source.tensor(name)
-            if tuple(w.shape) != shapes[name]:
-                raise ModelSourceError(f"{source.path}: {name} has shape {w.shape}, config implies {shapes[name]}")
+            if tuple(w.shape) != shape:
+                raise ModelSourceError(f"{source.path}: {name} has shape {w.shape}, config implies {shape}")
             parts.append(w)
         w = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-        if item.kind == "linear" and item.name != "lm_head" and quant.quantized:  # see layers.Embedding
+        if item.kind == "linear" and quant.quantized:
             packed, scale, low = quantize_q4(w, quant.group_size)
             yield f"{item.name}.q_weight", packed
             yield f"{item.name}.q_scale", scale.astype(quant.model_dtype)
             yield f"{item.name}.q_min", low.astype(quant.model_dtype)
         else:
-            yield f"{item.name}.weight", w.astype(quant.model_dtype)
+            suffix = "bias" if item.kind == "bias" else "weight"
+            yield f"{item.name}.{suffix}", w.astype(quant.model_dtype)

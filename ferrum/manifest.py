@@ -28,18 +28,36 @@ from ferrum.manifest_extra import EXTRA_TYPES, ModalityExtra
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MODALITIES = tuple(EXTRA_TYPES)  # each modality's ``extra`` has its own type (ferrum/manifest_extra.py)
+# Functions every LLM artifact's library exports: the runtime's whole interface to the network, whatever
+# its architecture (see compile/model/llama.py for their signatures).
+LLM_FUNCTIONS = ("embed", "batch_prefill", "batch_decode", "batch_verify", "create_paged_kv_cache")
 # Columns of the params argument of an LLM artifact's ``sample_tokens(logits[b, vocab], params[b, 5])``
 # (CUDA builds): temperature (0 = greedy), top_p, top_k (0 = off), min_p, a uniform number in [0, 1).
+# The CUDA sampler's column indices are generated from this tuple (compile/kernels/build.py).
 SAMPLE_PARAMS = ("temperature", "top_p", "top_k", "min_p", "uniform")
-# a row that samples greedily and takes no random number (for batch rows whose token is ignored)
-IGNORED_SAMPLE_ROW = (0.0, 1.0, 0.0, 0.0, 0.0)
+
+
+def sample_row(*, temperature: float, top_p: float, top_k: float, min_p: float, uniform: float) -> tuple[float, ...]:
+    """One row of ``sample_tokens``' params in ``SAMPLE_PARAMS`` order (keyword arguments, so a
+    reordering of the columns cannot silently swap values)."""
+    values = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p, "uniform": uniform}
+    return tuple(float(values[name]) for name in SAMPLE_PARAMS)
+
+
+# A row that samples greedily and draws no random number: for rows whose token is thrown away.
+IGNORED_SAMPLE_ROW = sample_row(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, uniform=0.0)
+# Device type of the library's code for artifacts written before the manifest recorded it (frozen:
+# newer artifacts carry ``target.device_type``, taken from the compile stage's target table).
+_LEGACY_DEVICE_TYPES = {"llvm": "cpu", "cuda": "cuda"}
 
 
 @dataclass
 class TargetInfo:
     """What the library was compiled for.
 
-    ``kind`` is ``llvm`` or ``cuda``; ``arch`` the CUDA architecture (``sm_90a``); ``triple`` the
+    ``kind`` is the compile target (``llvm``, ``cuda``: ``compile/targets.py``); ``device_type`` the
+    runtime device its code runs on (``cpu``, ``cuda``), which picks the runtime's device entry
+    (``runtime/tvm_env.py``); ``arch`` the device architectures (``sm_80,sm_90a``); ``triple`` the
     host triple; ``cpu_features`` CPU flags the host code needs (as in /proc/cpuinfo).
     """
 
@@ -47,10 +65,15 @@ class TargetInfo:
     triple: str
     arch: str | None = None
     cpu_features: list[str] = field(default_factory=list)
+    device_type: str = ""
 
-    @property
-    def device_type(self) -> str:
-        return "cuda" if self.kind == "cuda" else "cpu"
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TargetInfo:
+        """The manifest's ``target``; older manifests lack ``device_type`` and get their kind's."""
+        info = cls(**data)
+        if not info.device_type:
+            info.device_type = _LEGACY_DEVICE_TYPES.get(info.kind, "")
+        return info
 
 
 @dataclass
@@ -132,7 +155,7 @@ class Manifest:
         if extra_type is None:
             raise ArtifactError(f"{path}: unknown modality {data.get('modality')!r} (choose {', '.join(MODALITIES)})")
         try:
-            data["target"] = TargetInfo(**data["target"])
+            data["target"] = TargetInfo.from_dict(data["target"])
             data["extra"] = extra_type.from_dict(data.get("extra"), f"{path}: extra")
             manifest = cls(**data)
         except (KeyError, TypeError) as exc:

@@ -10,10 +10,19 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+NORMS = ("rmsnorm", "layernorm")
+
 
 @dataclass(frozen=True)
-class LlamaConfig:
-    """A decoder-only Llama-family transformer (Llama 2/3, TinyLlama, SmolLM)."""
+class DecoderConfig:
+    """A decoder-only transformer LLM over the paged KV cache: its sizes and what its layers do.
+
+    The feature flags say explicitly how an architecture departs from Llama (their defaults), so
+    the network (``compile/model/<architecture>.py``) and the CUDA kernel gate
+    (``compile/builders/decoder.py``) read one description; a network refuses flags it does not
+    implement rather than ignore them. Manifests written before a flag existed load with its
+    default, which is what those (Llama) models did.
+    """
 
     vocab_size: int
     hidden_size: int
@@ -22,12 +31,19 @@ class LlamaConfig:
     num_attention_heads: int
     num_key_value_heads: int
     head_dim: int
-    rms_norm_eps: float
+    rms_norm_eps: float  # epsilon of every norm layer (named as in Hugging Face Llama configs)
     rope_theta: float
     context_length: int
     tie_word_embeddings: bool
     rope_scaling: dict[str, Any] = field(default_factory=dict)
     architecture: str = "llama"
+    qkv_bias: bool = False  # bias on the Q, K and V projections (Qwen2; Llama's attention_bias)
+    o_bias: bool = False  # bias on the attention output projection (Llama's attention_bias)
+    mlp_bias: bool = False  # biases on the gate, up and down projections (Llama's mlp_bias)
+    qk_norm: bool = False  # RMSNorm over each head of Q and K before RoPE (Qwen3, Gemma 3)
+    sliding_window: int = 0  # tokens each position attends back over; 0: the whole context (Mistral, Gemma 2)
+    activation: str = "silu"  # the gated MLP's activation: silu (SwiGLU), gelu_pytorch_tanh (GeGLU), ...
+    norm: str = "rmsnorm"  # one of NORMS
 
     def __post_init__(self) -> None:
         if self.num_attention_heads % self.num_key_value_heads:
@@ -35,15 +51,23 @@ class LlamaConfig:
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {self.norm!r}")
+        if self.sliding_window < 0:
+            raise ValueError(f"sliding_window must be >= 0 (0: full attention), not {self.sliding_window}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LlamaConfig:
+    def from_dict(cls, data: dict[str, Any]) -> DecoderConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         """Bytes of K and V one token occupies across all layers."""
         return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * dtype_bytes
+
+
+# The name from before other decoder architectures: runtime and bench code still import it.
+LlamaConfig = DecoderConfig

@@ -17,10 +17,10 @@ import tvm
 from tvm.runtime.vm import VirtualMachine
 
 from ferrum.errors import ArtifactError
-from ferrum.manifest import GenerationConfig, Manifest, host_cpu_flags, verify_files
-from ferrum.model_config import LlamaConfig
+from ferrum.manifest import LLM_FUNCTIONS, GenerationConfig, Manifest, host_cpu_flags, verify_files
+from ferrum.model_config import DecoderConfig
 from ferrum.quantization import get_quantization
-from runtime.tvm_env import cuda_arch, open_device, register_kernels
+from runtime.tvm_env import open_device, register_kernels
 from runtime.vm_loader import load_params, load_vm
 
 
@@ -53,23 +53,24 @@ def check_tvm_version(manifest: Manifest) -> None:
 
 
 def resolve_device(manifest: Manifest, requested: str = "auto") -> tvm.runtime.Device:
-    """The device to run on: the artifact's target, checked against ``requested`` and the GPU."""
+    """The device to run on: the artifact's target, checked against ``requested`` and the device
+    (``runtime/tvm_env.py``'s entry for the target's device type)."""
     kind, _, index = requested.partition(":")
-    want = manifest.target.device_type
-    if kind not in ("auto", want):
+    if kind not in ("auto", manifest.target.device_type):
         raise ArtifactError(
             f"artifact {manifest.name} is compiled for {manifest.target.kind} and cannot run on {requested!r}"
         )
-    dev = open_device(want, int(index or 0))
-    if want == "cuda":
-        arch = cuda_arch(dev)
-        built = [a.rstrip("a") for a in (manifest.target.arch or "").split(",") if a]
-        if arch not in built:
-            raise ArtifactError(
-                f"artifact {manifest.name} holds device code for {manifest.target.arch}, "
-                f"but this GPU ({dev.device_name}) is {arch}; recompile with ARCH={arch}"
-            )
-    return dev
+    return open_device(manifest.name, manifest.target, int(index or 0))
+
+
+def check_llm_functions(manifest: Manifest) -> None:
+    """An LLM artifact of any architecture runs if its library exports the runtime's interface."""
+    missing = [f for f in LLM_FUNCTIONS if f not in manifest.functions]
+    if missing:
+        raise ArtifactError(
+            f"artifact {manifest.name} ({manifest.architecture}) is not a runnable LLM: its library lacks "
+            f"{', '.join(missing)}"
+        )
 
 
 # how a refusal names the model a modality's engine wanted
@@ -138,14 +139,13 @@ def open_artifact(
 class LlmArtifact(OpenedArtifact):
     """A verified LLM artifact: its manifest, configs and file paths."""
 
-    config: LlamaConfig
+    config: DecoderConfig
     generation: GenerationConfig
 
     @classmethod
     def open(cls, folder: str | Path, verify_hashes: bool = True) -> LlmArtifact:
         opened = open_artifact(folder, "llm", verify_hashes=verify_hashes)
         manifest = opened.manifest
-        if manifest.architecture != "llama":
-            raise ArtifactError(f"artifact {manifest.name}: unsupported architecture {manifest.architecture!r}")
+        check_llm_functions(manifest)
         generation = GenerationConfig.from_dict(json.loads((opened.folder / "generation.json").read_text()))
-        return cls(opened.folder, manifest, LlamaConfig.from_dict(manifest.model), generation)
+        return cls(opened.folder, manifest, DecoderConfig.from_dict(manifest.model), generation)

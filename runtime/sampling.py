@@ -13,6 +13,7 @@ from collections import Counter
 
 import numpy as np
 
+from ferrum.manifest import sample_row
 from ferrum.types import SamplingParams, TokenLogprob
 
 
@@ -105,8 +106,9 @@ class SequenceSampler:
         consumes the same random stream whichever side samples it."""
         p = self.params
         if p.is_greedy:
-            return 0.0, 1.0, 0.0, 0.0, 0.0
-        return float(p.temperature), float(p.top_p), float(p.top_k or 0), float(p.min_p or 0.0), float(self.rng.random())
+            return sample_row(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, uniform=0.0)
+        return sample_row(temperature=p.temperature, top_p=p.top_p, top_k=p.top_k or 0, min_p=p.min_p or 0.0,
+                          uniform=self.rng.random())
 
     def record(self, token: int) -> None:
         """Count a token chosen elsewhere (the GPU sampler) for the penalties."""

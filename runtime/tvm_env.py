@@ -5,12 +5,19 @@
 ``tvm.tirx``, ``tvm.s_tir``, ``tvm.target``); it loads the CUDA runtime library itself, and
 answers TVM's load-time CUDA compile hook with the fatbins the compile stage built, so loading a
 CUDA artifact compiles nothing.
+
+``DEVICES`` is the one place that maps the device type an artifact's manifest names
+(``target.device_type``, from the compile stage's target table) to what running on it needs:
+which runtime libraries and hooks to load, and which check the device must pass (the GPU
+architecture the device code was built for).
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import tvm
@@ -18,6 +25,7 @@ import tvm_ffi
 from tvm.runtime import Device
 
 from ferrum.errors import ArtifactError
+from ferrum.manifest import TargetInfo
 
 _cuda_lock = threading.Lock()
 _cuda_loaded = False
@@ -70,12 +78,11 @@ def register_kernels(folder: Path, kernels: dict[str, str]) -> None:
         _prebuilt_kernels[digest] = Path(folder) / rel
 
 
-def open_device(kind: str, index: int = 0) -> Device:
-    """The TVM device for ``cpu`` or ``cuda`` (loading the CUDA runtime on first use)."""
-    if kind == "cpu":
-        return tvm.cpu(0)
-    if kind != "cuda":
-        raise ArtifactError(f"unsupported device {kind!r}")
+def _open_cpu(_index: int) -> Device:
+    return tvm.cpu(0)
+
+
+def _open_cuda(index: int) -> Device:
     _load_cuda_runtime()
     dev = tvm.cuda(index)
     if not dev.exist:
@@ -86,3 +93,42 @@ def open_device(kind: str, index: int = 0) -> Device:
 def cuda_arch(dev: Device) -> str:
     """``sm_XY`` of a CUDA device."""
     return "sm_" + dev.compute_version.replace(".", "")
+
+
+def _cuda_arch_mismatch(dev: Device, target: TargetInfo) -> str | None:
+    arch = cuda_arch(dev)
+    built = [a.rstrip("a") for a in (target.arch or "").split(",") if a]
+    if arch in built:
+        return None
+    return f"holds device code for {target.arch}, but this GPU ({dev.device_name}) is {arch}; recompile with ARCH={arch}"
+
+
+@dataclass(frozen=True)
+class RuntimeDevice:
+    """What running a library on one device type needs."""
+
+    open: Callable[[int], Device]  # loads the device's runtime libraries and hooks, returns device ``index``
+    # why the device cannot run a library built for the target (a predicate phrase), None if it can
+    mismatch: Callable[[Device, TargetInfo], str | None] = lambda _dev, _target: None
+
+
+DEVICES: dict[str, RuntimeDevice] = {
+    "cpu": RuntimeDevice(open=_open_cpu),
+    "cuda": RuntimeDevice(open=_open_cuda, mismatch=_cuda_arch_mismatch),
+}
+
+
+def open_device(artifact: str, target: TargetInfo, index: int = 0) -> Device:
+    """Device ``index`` of the type ``target`` runs on, with its runtime loaded and the device
+    checked against what artifact ``artifact``'s library was built for (else ``ArtifactError``)."""
+    entry = DEVICES.get(target.device_type)
+    if entry is None:
+        raise ArtifactError(
+            f"artifact {artifact} is compiled for {target.kind} ({target.device_type or 'unknown'} devices); "
+            f"this runtime runs on {', '.join(DEVICES)}"
+        )
+    dev = entry.open(index)
+    problem = entry.mismatch(dev, target)
+    if problem:
+        raise ArtifactError(f"artifact {artifact} {problem}")
+    return dev

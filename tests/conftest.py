@@ -116,8 +116,9 @@ def train_tokenizer() -> str:
 
 def write_tiny_llama(folder: Path, *, seed: int = 0, tie: bool = False, rope_scaling: dict | None = None,
                      layers: int = 2, vocab: int = 320, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
-                     intermediate: int = 128, drop: str | None = None) -> Path:
-    """Write a random LlamaForCausalLM as a Hugging Face folder (``drop`` omits one tensor)."""
+                     intermediate: int = 128, drop: str | None = None, bias: bool = False) -> Path:
+    """Write a random LlamaForCausalLM as a Hugging Face folder (``drop`` omits one tensor; ``bias``:
+    ``attention_bias`` and ``mlp_bias`` with random biases)."""
     from safetensors.numpy import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -128,7 +129,7 @@ def write_tiny_llama(folder: Path, *, seed: int = 0, tie: bool = False, rope_sca
         "hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": layers,
         "num_attention_heads": heads, "num_key_value_heads": kv_heads, "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0, "max_position_embeddings": 512, "tie_word_embeddings": tie,
-        "bos_token_id": 0, "eos_token_id": 1,
+        "bos_token_id": 0, "eos_token_id": 1, "attention_bias": bias, "mlp_bias": bias,
     }
     if rope_scaling:
         config["rope_scaling"] = rope_scaling
@@ -153,6 +154,12 @@ def write_tiny_llama(folder: Path, *, seed: int = 0, tie: bool = False, rope_sca
             f"{p}.input_layernorm.weight": (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32),
             f"{p}.post_attention_layernorm.weight": (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32),
         })
+        if bias:
+            for module, rows in (("self_attn.q_proj", heads * hd), ("self_attn.k_proj", kv_heads * hd),
+                                 ("self_attn.v_proj", kv_heads * hd), ("self_attn.o_proj", hidden),
+                                 ("mlp.gate_proj", intermediate), ("mlp.up_proj", intermediate),
+                                 ("mlp.down_proj", hidden)):
+                tensors[f"{p}.{module}.bias"] = (0.5 * rng.standard_normal(rows)).astype(np.float32)
     if drop:
         tensors.pop(drop)
     save_file(tensors, str(folder / "model.safetensors"))

@@ -141,7 +141,7 @@ def test_cpu_artifact_refuses_cuda_device(artifact_copy):
 
 def test_cuda_artifact_refused_without_gpu(artifact_copy):
     manifest = json.loads((artifact_copy / "manifest.json").read_text())
-    manifest["target"].update(kind="cuda", arch="sm_90a")
+    manifest["target"].update(kind="cuda", arch="sm_90a", device_type="cuda")
     (artifact_copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="CUDA"):
         resolve_device(Manifest.load(artifact_copy))

@@ -16,26 +16,30 @@ from pathlib import Path
 
 import pytest
 
-from compile.builders.llama import DECODE_GRAPH_MAX_BATCH, compile_llama, uses_cuda_kernels
-from compile.kernels.build import KINDS, OPS, TUNING_DIR, tuning_table
+from compile.builders.decoder import DECODE_GRAPH_MAX_BATCH, compile_decoder, uses_cuda_kernels
+from compile.kernels.build import TUNING_DIR, tuning_table
+from compile.kernels.constants import CONFIGS, HEADER_NAME, KINDS, OPS, constants_header
+from compile.kernels.ops import kernel_blockers
 from compile.targets import resolve_target
-from ferrum.model_config import LlamaConfig
+from ferrum.manifest import SAMPLE_PARAMS
+from ferrum.model_config import DecoderConfig
 from ferrum.quantization import get_quantization
 
 needs_nvcc = pytest.mark.skipif(
     shutil.which("nvcc") is None and not list(Path("/usr/local").glob("cuda*/bin/nvcc")),
     reason="the CUDA build needs nvcc")
 
-TINY = LlamaConfig(vocab_size=320, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+TINY = DecoderConfig(vocab_size=320, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                    num_attention_heads=2, num_key_value_heads=1, head_dim=64, rms_norm_eps=1e-5,
                    rope_theta=10000.0, context_length=512, tie_word_embeddings=False)
 
 
-def _build(cfg: LlamaConfig, quant: str, tmp_path: Path):
+def _build(cfg: DecoderConfig, quant: str, tmp_path: Path, log: list[str] | None = None):
     target = resolve_target("cuda", "sm_90a")
-    library = tmp_path / f"{quant}.so"
-    executable, names, functions, extra = compile_llama(cfg, get_quantization(quant), target, library, lambda _: None)
-    return library, executable.as_text(), functions, extra
+    compiled = compile_decoder(cfg, get_quantization(quant), target, tmp_path, (log if log is not None else []).append)
+    # TVM's own CUDA modules are packaged as fatbins next to the library (loading compiles nothing)
+    assert compiled.library.kernels and all((tmp_path / rel).stat().st_size for rel in compiled.library.kernels.values())
+    return tmp_path / "model.so", compiled.library.executable.as_text(), compiled.functions, compiled.extra
 
 
 @needs_nvcc
@@ -54,41 +58,70 @@ def test_llm_build_links_and_calls_the_kernels(tmp_path, quant, linear):
     decode = text[text.index("@batch_decode:"): text.index("\n@", text.index("@batch_decode:") + 1)]
     # one graph per layer: from each attention call to the next (the first QKV reads the input, not captured)
     assert decode.count("vm.builtin.cuda_graph.run_or_capture") == TINY.num_hidden_layers
-    symbols = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True).stdout
+    symbols = subprocess.run(["nm", "-D", "--defined-only", str(library)],
+                             capture_output=True, text=True, check=True).stdout
     for fn in ("ferrum_norm_linear_f16", "ferrum_attention_decode_paged", "ferrum_split_rotary"):
         assert f"__tvm_ffi_{fn}" in symbols
-    needed = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True).stdout
+    needed = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True, check=True).stdout
     assert "libcudart" not in needed  # the CUDA runtime is linked in statically: only the driver is needed
+
+
+def test_kernel_gate_reads_the_feature_flags():
+    target, f16 = resolve_target("cuda", "sm_90a"), get_quantization("q0f16")
+    assert uses_cuda_kernels(TINY, f16, target) and kernel_blockers(TINY, f16) == []
+    assert not uses_cuda_kernels(TINY, f16, resolve_target("llvm"))
+    assert kernel_blockers(TINY, get_quantization("q0f32")) == ["q0f32 computes in float32 (the kernels take float16)"]
+    for flag, value, says in [("qkv_bias", True, "q/k/v projection biases"), ("mlp_bias", True, "MLP projection biases"),
+                              ("qk_norm", True, "q/k norm"), ("sliding_window", 4096, "sliding-window"),
+                              ("activation", "gelu_pytorch_tanh", "gelu_pytorch_tanh/rmsnorm"),
+                              ("norm", "layernorm", "silu/layernorm")]:
+        cfg = DecoderConfig(**{**TINY.to_dict(), flag: value})
+        assert not uses_cuda_kernels(cfg, f16, target), flag
+        assert len(kernel_blockers(cfg, f16)) == 1 and says in kernel_blockers(cfg, f16)[0], flag
 
 
 @needs_nvcc
 @pytest.mark.slow
 def test_models_the_kernels_cannot_take_build_with_tvm_kernels(tmp_path):
-    odd_heads = LlamaConfig(**{**TINY.to_dict(), "hidden_size": 64, "num_attention_heads": 4, "head_dim": 16})
-    target = resolve_target("cuda", "sm_90a")
-    assert not uses_cuda_kernels(odd_heads, get_quantization("q0f16"), target)
-    assert not uses_cuda_kernels(TINY, get_quantization("q0f32"), target)
-    _, text, functions, extra = _build(odd_heads, "q0f16", tmp_path)
+    odd_heads = DecoderConfig(**{**TINY.to_dict(), "hidden_size": 64, "num_attention_heads": 4, "head_dim": 16,
+                                 "qkv_bias": True})
+    log: list[str] = []
+    _, text, functions, extra = _build(odd_heads, "q0f16", tmp_path, log)
     assert "sample_tokens" not in functions and not extra
     assert "ferrum_" not in text and "cuda_graph" not in text
+    gate = next(line for line in log if "CUDA kernels cannot take this model" in line)
+    assert "head dim 16" in gate and "q/k/v projection biases" in gate
 
 
 def test_scaled_rope_keeps_tvms_split_rotary():
-    from compile.builders.llama import plain_rope
+    from compile.builders.decoder import plain_rope
 
     assert plain_rope(TINY) == (10000.0, 1.0)
-    llama31 = LlamaConfig(**{**TINY.to_dict(), "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
+    llama31 = DecoderConfig(**{**TINY.to_dict(), "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
     assert plain_rope(llama31) is None
 
 
 def test_tuning_database_is_well_formed_and_compiled_in():
-    limits = {"gemv_f16": 2, "gemv_q4": 2, "gemm_f16": 7, "path_f16": 8}
     for path in TUNING_DIR.glob("*.json"):
         entries = json.loads(path.read_text())["entries"]
         assert entries, path
         for e in entries:
             assert e["kind"] in KINDS and e["op"] in OPS, e
-            assert 0 <= e["config"] <= limits[e["kind"]] and e["m_max"] >= 1 and e["n"] % 8 == 0, e
+            assert 0 <= e["config"] < CONFIGS[e["kind"]] and e["m_max"] >= 1 and e["n"] % 8 == 0, e
         rows = tuning_table((path.stem,)).splitlines()[1:]
         assert len(rows) == len(entries)
     assert tuning_table(("sm_80",)).splitlines()[1:] == []  # no database: heuristics only
+
+
+def test_cuda_constants_header_is_generated_from_the_python_definitions():
+    """The kernels' enums and the sampling-row layout are never written by hand in the CUDA sources."""
+    header = constants_header()
+    assert "enum Kind { GEMV_F16 = 0, GEMV_Q4 = 1, GEMM_F16 = 2, PATH_F16 = 3 };" in header
+    assert "enum GemvOp { OP_PLAIN = 0, OP_NORM = 1, OP_GATED = 2, OP_RES = 3 };" in header
+    assert f"constexpr int kSampleParams = {len(SAMPLE_PARAMS)};" in header
+    assert "constexpr int kSampleTopK = 2;" in header and SAMPLE_PARAMS[2] == "top_k"
+    assert f"kConfigCount[kNumKinds] = {{{', '.join(str(CONFIGS[k]) for k in KINDS)}}};" in header
+    sources = "".join(p.read_text() for p in (TUNING_DIR.parent / "cuda").glob("*.cu*"))
+    assert f'#include "{HEADER_NAME}"' in sources
+    for hand_written in ("enum Kind", "enum GemvOp", "kSampleParams =", "prm[0]"):
+        assert hand_written not in sources, hand_written

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from checks import reference_llama as ref
+from conftest import write_tiny_llama
 from compile.compile_model import compile_model
 from compile.quantize import dequantize_q4, quantize_q4
-from conftest import write_tiny_llama
 from runtime.artifact import LlmArtifact
 from runtime.model_runner import KVCacheConfig, ModelRunner
 from runtime.tokenizer import ChatTokenizer
@@ -64,8 +64,9 @@ def test_smollm2_prefill_logits_match_reference(smollm2_artifact, smollm2_refere
         {},
         {"tie": True, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 64}},
+        {"bias": True},
     ],
-    ids=["untied", "tied-llama3-rope"],
+    ids=["untied", "tied-llama3-rope", "attention-and-mlp-bias"],
 )
 @pytest.mark.slow
 def test_tiny_hf_llama_matches_reference(tmp_path, variant):

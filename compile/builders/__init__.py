@@ -1,9 +1,11 @@
 """One builder per architecture: turns a model source into an artifact's files.
 
-A builder writes the library, weights and whatever its runtime needs (tokenizer, configs) into the
-staging folder and returns what the manifest records about them; ``compile/compile_model.py`` does
-everything common (target, staging, hashing, manifest, atomic rename). Builders are imported only
-when used, so compiling one architecture never imports another's code.
+A builder writes the library (through ``compile.build.build_library``, which handles every
+target), weights and whatever its runtime needs (tokenizer, configs) into the staging folder and
+returns what the manifest records about them; ``compile/compile_model.py`` does everything common
+(target, staging, hashing, manifest, atomic rename). Builders are imported only when used, so
+compiling one architecture never imports another's code. Every decoder LLM architecture
+registered in ``compile/model/architectures.py`` builds with the decoder builder.
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from compile.targets import BuildTarget
+from compile.model.architectures import ARCHITECTURES
+from compile.targets import BuildTarget, TargetKind
 from ferrum.errors import ModelSourceError
 from ferrum.manifest_extra import ModalityExtra
 from ferrum.quantization import QuantSpec
-
-LIBRARY_NAME = "model.so"
 
 
 @dataclass
@@ -38,13 +39,16 @@ class Builder:
     """``build(source, quant, target, staging, progress) -> BuildOutput``, plus the schemes it takes."""
 
     build: Callable[..., BuildOutput]
-    quantizations: tuple[str, ...]
-    default_quantization: Callable[[str], str]
+    quantizations: tuple[str, ...]  # the first is the default where the target's default is not among them
+
+    def default_quantization(self, target: TargetKind) -> str:
+        """The target's default scheme if this builder takes it, else the builder's first."""
+        return target.default_quantization if target.default_quantization in self.quantizations else self.quantizations[0]
 
 
-# architecture → "module:attribute" holding a Builder
+DECODER_BUILDER = "compile.builders.decoder:BUILDER"
+# the other architectures → "module:attribute" holding a Builder
 BUILDERS = {
-    "llama": "compile.builders.llama:BUILDER",
     "whisper": "compile.builders.whisper:BUILDER",
     "piper-vits": "compile.builders.tts:BUILDER",
     "bert": "compile.builders.bert:BUILDER",
@@ -52,9 +56,12 @@ BUILDERS = {
 
 
 def get_builder(architecture: str) -> Builder:
-    spec = BUILDERS.get(architecture)
+    spec = DECODER_BUILDER if architecture in ARCHITECTURES else BUILDERS.get(architecture)
     if spec is None:
-        raise ModelSourceError(f"no compile path for architecture {architecture!r}")
+        raise ModelSourceError(
+            f"no compile path for architecture {architecture!r}; "
+            f"Ferrum compiles {', '.join(sorted([*ARCHITECTURES, *BUILDERS]))}"
+        )
     module, attr = spec.split(":")
     return getattr(importlib.import_module(module), attr)
 
@@ -67,4 +74,4 @@ def check_quantization(builder: Builder, quant: QuantSpec, architecture: str) ->
         )
 
 
-__all__ = ["LIBRARY_NAME", "BuildOutput", "BuildTarget", "Builder", "check_quantization", "get_builder"]
+__all__ = ["BuildOutput", "BuildTarget", "Builder", "check_quantization", "get_builder"]

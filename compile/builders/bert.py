@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compile.build import build_fatbins, compile_library, export_module
-from compile.builders import LIBRARY_NAME, Builder, BuildOutput
+from compile.build import build_library, export_module
+from compile.builders import Builder, BuildOutput
 from compile.model.bert import EXPORTED_FUNCTIONS, BertEmbedder
 from compile.sources.bert_source import BertSource
 from compile.targets import BuildTarget
@@ -51,10 +51,7 @@ def build_bert(
     dtypes = {name: str(param.dtype) for name, param in model.named_parameters()}
     mod, param_names = export_module(model)
     progress("lowering and compiling the encoder")
-    executable = compile_library(mod, target, staging / LIBRARY_NAME)
-    kernels = {}
-    if target.info.kind == "cuda":
-        kernels = build_fatbins(executable, target.cuda_archs, staging / "kernels", progress)
+    library = build_library(mod, target, staging, progress)
     progress(f"writing {len(param_names)} weights")
     written = write_tensor_cache(_weights(source, param_names, dtypes), staging / "weights")
     if written != param_names:
@@ -65,7 +62,7 @@ def build_bert(
         architecture=cfg.architecture,
         model=cfg.to_dict(),
         functions=list(EXPORTED_FUNCTIONS),
-        kernels=kernels,
+        kernels=library.kernels,
         extra=EmbeddingExtra(
             param_names=param_names,
             inputs=EmbeddingInputs(
@@ -85,8 +82,4 @@ def build_bert(
     )
 
 
-BUILDER = Builder(
-    build=build_bert,
-    quantizations=("q0f32", "q0f16"),
-    default_quantization=lambda kind: "q0f32" if kind == "llvm" else "q0f16",
-)
+BUILDER = Builder(build=build_bert, quantizations=("q0f32", "q0f16"))

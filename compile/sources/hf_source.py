@@ -1,7 +1,9 @@
 """Hugging Face model folders: ``config.json``, (sharded) ``*.safetensors``, ``tokenizer.json``.
 
-Supports ``LlamaForCausalLM`` checkpoints (Llama 2/3, TinyLlama, SmolLM). Safetensors are read
-by a small memory-mapped reader so bfloat16 checkpoints work with numpy alone.
+Reads checkpoints of every decoder architecture in ``compile/model/architectures.py`` (by the
+config's ``model_type``; today ``LlamaForCausalLM``: Llama 2/3, TinyLlama, SmolLM), whose mapping
+turns ``config.json`` into a ``DecoderConfig``. Safetensors are read by a small memory-mapped
+reader so bfloat16 checkpoints work with numpy alone.
 """
 
 from __future__ import annotations
@@ -13,13 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from compile.sources.base import LlamaSource
+from compile.model.architectures import architecture_for_hf
+from compile.sources.base import DecoderSource
 from ferrum.errors import ModelSourceError
 from ferrum.manifest import GenerationConfig
-from ferrum.model_config import LlamaConfig
 
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
-_SUPPORTED_ROPE = {"default", "llama3"}
 
 
 class SafetensorsFile:
@@ -55,13 +56,16 @@ class SafetensorsFile:
         return raw.astype(np.float32)
 
 
-class HFSource(LlamaSource):
+class HFSource(DecoderSource):
     format = "hf"
 
     def __init__(self, folder: Path):
         self.path = Path(folder)
         config = self._json("config.json", required=True)
-        self.config = self._read_config(config)
+        architecture = architecture_for_hf(config.get("model_type"))
+        if architecture is None:
+            raise ModelSourceError(f"{self.path}: model_type {config.get('model_type')!r} is not a decoder Ferrum compiles")
+        self.config = architecture.hf_mapping().read_config(config, self.path)
         self._files = self._open_shards()
         self._where = {name: f for f in self._files for name in f.names()}
         tokenizer_path = self.path / "tokenizer.json"
@@ -81,36 +85,6 @@ class HFSource(LlamaSource):
             return json.loads(path.read_text())
         except ValueError as exc:
             raise ModelSourceError(f"{path} is not valid JSON: {exc}") from None
-
-    def _read_config(self, c: dict[str, Any]) -> LlamaConfig:
-        if c.get("attention_bias") or c.get("mlp_bias"):
-            raise ModelSourceError(f"{self.path}: attention/MLP biases are not supported")
-        rope_scaling = c.get("rope_scaling") or {}
-        rope_type = rope_scaling.get("rope_type", rope_scaling.get("type", "default"))
-        if rope_type not in _SUPPORTED_ROPE:
-            raise ModelSourceError(f"{self.path}: RoPE scaling {rope_type!r} is not supported")
-        if rope_type == "default":
-            rope_scaling = {}
-        heads = c["num_attention_heads"]
-        try:
-            return LlamaConfig(
-                vocab_size=c["vocab_size"],
-                hidden_size=c["hidden_size"],
-                intermediate_size=c["intermediate_size"],
-                num_hidden_layers=c["num_hidden_layers"],
-                num_attention_heads=heads,
-                num_key_value_heads=c.get("num_key_value_heads") or heads,
-                head_dim=c.get("head_dim") or c["hidden_size"] // heads,
-                rms_norm_eps=float(c.get("rms_norm_eps", 1e-6)),
-                rope_theta=float(c.get("rope_theta", 10000.0)),
-                context_length=int(c.get("max_position_embeddings", 2048)),
-                tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
-                rope_scaling={**rope_scaling, "rope_type": rope_type} if rope_scaling else {},
-            )
-        except KeyError as exc:
-            raise ModelSourceError(f"{self.path}/config.json lacks {exc}") from None
-        except ValueError as exc:
-            raise ModelSourceError(f"{self.path}/config.json: {exc}") from None
 
     def _open_shards(self) -> list[SafetensorsFile]:
         index = self._json("model.safetensors.index.json")

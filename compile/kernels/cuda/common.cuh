@@ -4,6 +4,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "ferrum_constants.h"  // generated: kernel kinds, ops, sampling columns (compile/kernels/constants.py)
+
 namespace ferrum {
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -28,7 +28,7 @@ namespace {
 
 // ---------------------------------------------------------------------------------------------
 // Configurations and the tuning table
-enum Kind { GEMV_F16 = 0, GEMV_Q4 = 1, GEMM_F16 = 2, PATH_F16 = 3 };
+// Kinds and their configuration counts come from ferrum_constants.h (compile/kernels/constants.py).
 // Configurations: GEMV f16 (R, U) = (1, 4) (2, 2) (4, 2); GEMV int4 (1, 2) (2, 2) (4, 1), rows per
 // warp capped by q4_rows; GEMM 0..7 as listed in gemm(); PATH_F16: the most activation rows for
 // which an f16 op still takes the GEMV path (0..8; above it, the tensor-core GEMM).
@@ -54,7 +54,12 @@ int device_sm() {
   return sm;
 }
 
-int forced_config[4] = {-1, -1, -1, -1};  // set by the tuning harness only
+// Set by the tuning harness only; -1: the table (or the heuristic) decides.
+int forced_config[kNumKinds];
+const bool forced_config_cleared = [] {
+  for (int& c : forced_config) c = -1;
+  return true;
+}();
 
 int heuristic(int kind, int m, int n) {
   if (kind == PATH_F16) return 4;  // measured on the H100: the GEMM overtakes the GEMV between 4 and 8 rows
@@ -438,7 +443,7 @@ void sample_tokens(DLTensor* logits, DLTensor* params, DLTensor* out) {
   require(is(logits, kDLFloat, 32) && logits->ndim >= 2, "logits must be float32 (batch, vocab)");
   const int64_t V = logits->shape[logits->ndim - 1];
   const int64_t B = numel(logits) / V;
-  require(is(params, kDLFloat, 32) && numel(params) == B * kSampleParams, "params must be float32 (batch, 5)");
+  require(is(params, kDLFloat, 32) && numel(params) == B * kSampleParams, "params must be float32 (batch, kSampleParams)");
   require(is(out, kDLInt, 32) && numel(out) == B, "the output must be int32 (batch,)");
   if (B == 0) return;
   sample_kernel<<<static_cast<unsigned>(B), SAMPLE_THREADS, 0, stream_of(logits)>>>(
@@ -557,7 +562,8 @@ void split_rotary_with(DLTensor* qkv, DLTensor* positions, DLTensor* q, DLTensor
 
 // Benchmark/tuning only: pin the configuration of one kernel kind (-1: back to the table).
 void force_config(int64_t kind, int64_t config) {
-  require(kind >= 0 && kind < 4, "kind must be 0 (gemv f16), 1 (gemv q4), 2 (gemm) or 3 (f16 path)");
+  require(kind >= 0 && kind < kNumKinds, "kind must be an id of compile/kernels/constants.py KINDS");
+  require(config >= -1 && config < kConfigCount[kind], "config out of range for this kind (-1: back to the table)");
   forced_config[kind] = static_cast<int>(config);
 }
 

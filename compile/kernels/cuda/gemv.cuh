@@ -13,8 +13,6 @@
 
 namespace ferrum {
 
-enum GemvOp { OP_PLAIN = 0, OP_NORM = 1, OP_GATED = 2, OP_RES = 3 };
-
 constexpr int GEMV_WARPS = 4;
 
 // Reduce the warp's partial sums, scale row m by post[m], apply the op's epilogue, store.

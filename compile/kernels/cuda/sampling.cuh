@@ -12,7 +12,6 @@
 namespace ferrum {
 
 constexpr int SAMPLE_THREADS = 512;
-constexpr int kSampleParams = 5;  // temperature, top_p, top_k, min_p, uniform
 
 __device__ __forceinline__ uint32_t order_key(float f) {
   const uint32_t b = __float_as_uint(f);
@@ -62,7 +61,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
   bi = best_i[0];
   for (int w = 1; w < SAMPLE_THREADS / 32; ++w)
     if (best_v[w] > bv || (best_v[w] == bv && best_i[w] < bi)) { bv = best_v[w]; bi = best_i[w]; }
-  const float temp = prm[0];
+  const float temp = prm[kSampleTemperature];
   if (!(temp > 0.f)) {
     if (tid == 0) out[row] = bi;
     return;
@@ -70,7 +69,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
   const float inv_t = 1.0f / temp, top = bv * inv_t;
 
   // 2. top-k: the k-th largest scaled logit, exactly
-  const int k = static_cast<int>(prm[2]);
+  const int k = static_cast<int>(prm[kSampleTopK]);
   uint32_t kth_key = 0;
   if (k > 0 && k < V) {
     for (int bit = 31; bit >= 0; --bit) {
@@ -81,7 +80,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     }
   }
   // 3. min-p keeps e >= min_p * max(e) where max(e) = 1
-  const float mp = prm[3];
+  const float mp = prm[kSampleMinP];
   auto weight = [&](int i) -> float {
     const float s = x[i] * inv_t;
     if (order_key(s) < kth_key) return 0.f;
@@ -93,7 +92,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
   mass = block_sum(mass, fshared);
 
   // 4. top-p: the smallest weight of the shortest prefix (by weight) holding top_p of the mass
-  const float p = prm[1];
+  const float p = prm[kSampleTopP];
   uint32_t p_key = 0;
   if (p < 1.f) {
     const float need = p * mass;
@@ -141,7 +140,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
   }
   __syncthreads();
   const float total = fshared[0];
-  const float target = prm[4] * total;
+  const float target = prm[kSampleUniform] * total;
   if (tid == 0) out[row] = best_i[0];  // target at or past the end (rounding): the last kept token
   __syncthreads();
   float run = prefix[tid];

@@ -1,0 +1,110 @@
+"""Builder for decoder LLMs (GGUF or Hugging Face sources) of every architecture in
+``compile/model/architectures.py``: the network and weight plan come from the architecture's
+entry, everything target-specific from ``compile.build.build_library``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from compile.build import Library, build_library, export_module
+from compile.builders import Builder, BuildOutput
+from compile.kernels.build import link_options
+from compile.kernels.ops import SAMPLER_FUNCTIONS, CudaKernels, install_attention_kernels, kernel_blockers
+from compile.model.architectures import get_architecture
+from compile.model.attention_grid import prefill_attention_grid
+from compile.sources.base import DecoderSource
+from compile.targets import BuildTarget
+from compile.tensor_cache import write_tensor_cache
+from compile.weights import convert_weights
+from ferrum.errors import FerrumError
+from ferrum.manifest import LLM_FUNCTIONS
+from ferrum.manifest_extra import LlmExtra
+from ferrum.model_config import DecoderConfig
+from ferrum.quantization import QuantSpec
+
+# Largest batch a decode step may have: CUDA builds plan decode memory for it (CUDA graphs).
+DECODE_GRAPH_MAX_BATCH = 256
+
+
+@dataclass
+class CompiledDecoder:
+    """The library of a decoder network (no weights yet) and what the manifest records about it."""
+
+    library: Library
+    param_names: list[str]
+    functions: list[str]
+    extra: dict
+
+
+def build_decoder(
+    source: DecoderSource, quant: QuantSpec, target: BuildTarget, staging: Path, progress: Callable[[str], None]
+) -> BuildOutput:
+    cfg = source.config
+    progress(
+        f"{source.name}: {cfg.architecture}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+        f"vocab {cfg.vocab_size}; {quant.name} for {target.info.kind} {target.info.arch or ''}".rstrip()
+    )
+    compiled = compile_decoder(cfg, quant, target, staging, progress)
+    total = len(compiled.param_names)
+
+    def report(name: str, i: int) -> None:
+        if i % 40 == 0 or i == total:
+            progress(f"weights {i}/{total} {name}")
+
+    written = write_tensor_cache(convert_weights(source, quant), staging / "weights", progress=report)
+    if written != compiled.param_names:
+        raise FerrumError("internal error: converted weights do not match the compiled model's parameters")
+    (staging / "tokenizer.json").write_text(source.tokenizer_json)
+    (staging / "generation.json").write_text(json.dumps(source.generation.to_dict(), indent=2))
+    return BuildOutput(
+        modality="llm",
+        architecture=cfg.architecture,
+        model=cfg.to_dict(),
+        functions=compiled.functions,
+        kernels=compiled.library.kernels,
+        extra=LlmExtra(param_names=compiled.param_names, **compiled.extra),
+    )
+
+
+def uses_cuda_kernels(cfg: DecoderConfig, quant: QuantSpec, target: BuildTarget) -> bool:
+    """Ferrum's CUDA kernels run the blocks of CUDA builds whose config they take (see
+    ``kernel_blockers``); other models build with TVM's kernels alone."""
+    return target.kind.name == "cuda" and not kernel_blockers(cfg, quant)
+
+
+def plain_rope(cfg: DecoderConfig) -> tuple[float, float] | None:
+    """(theta, position scale) when the model's RoPE is the default rotate-half over the whole head
+    (what Ferrum's split-rotary kernel computes); None for scaled variants (llama3, YaRN, ...)."""
+    return (cfg.rope_theta, 1.0) if not cfg.rope_scaling else None
+
+
+def compile_decoder(
+    cfg: DecoderConfig, quant: QuantSpec, target: BuildTarget, staging: Path, progress: Callable[[str], None]
+) -> CompiledDecoder:
+    """Export and compile the network (no weights) into ``staging``."""
+    network = get_architecture(cfg.architecture).network_class()
+    kernels = None
+    if uses_cuda_kernels(cfg, quant, target):
+        kernels = CudaKernels(target.archs, rope=plain_rope(cfg))
+    elif target.kind.name == "cuda":
+        progress(f"Ferrum's CUDA kernels cannot take this model ({'; '.join(kernel_blockers(cfg, quant))}): "
+                 "building with TVM's kernels")
+    functions = list(LLM_FUNCTIONS) + (list(SAMPLER_FUNCTIONS) if kernels else [])
+    with prefill_attention_grid() if target.kind.gpu else contextlib.nullcontext():
+        mod, param_names = export_module(network(cfg, quant, target.tvm_target, kernels))
+    if kernels is not None:
+        mod = install_attention_kernels(mod, kernels)
+    progress(f"lowering and compiling {len(functions)} functions"
+             + (" with Ferrum's CUDA kernels and decode CUDA graphs" if kernels else ""))
+    if kernels is None:
+        return CompiledDecoder(build_library(mod, target, staging, progress), param_names, functions, {})
+    library = build_library(mod, target, staging, progress, graph_bounds={"batch_decode": {"b": DECODE_GRAPH_MAX_BATCH}},
+                            link_extra=link_options())
+    return CompiledDecoder(library, param_names, functions, {"decode_max_batch": DECODE_GRAPH_MAX_BATCH})
+
+
+BUILDER = Builder(build=build_decoder, quantizations=("q0f32", "q0f16", "q4f16"))

@@ -1,0 +1,63 @@
+"""The decoder LLM architectures Ferrum compiles: name → network, Hugging Face mapping (as MLC-LLM's
+``model/model.py``).
+
+Every architecture is one network module (``compile/model/<name>.py``, a ``tvm.relax.frontend.nn``
+module over ``DecoderConfig``, exporting ``ferrum.manifest.LLM_FUNCTIONS``) and one mapping module
+(``compile/model/<name>_hf.py``, numpy only: Hugging Face ``config.json`` → ``DecoderConfig``, and
+which checkpoint tensors make each parameter). They are named here as ``module:attribute`` and
+imported on first use, so reading a source or restoring weights never imports the TVM compiler.
+The decoder builder (``compile/builders/decoder.py``), the Hugging Face source and the weight
+converter find them here; adding an architecture is its two modules and its row below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ferrum.errors import ModelSourceError
+
+if TYPE_CHECKING:
+    from compile.weights import HFMapping
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One decoder architecture: its name (``DecoderConfig.architecture``), the Hugging Face
+    ``model_type`` values it reads, and where its network and mapping live."""
+
+    name: str
+    hf_model_types: tuple[str, ...]
+    network: str  # "module:attribute" of the nn.Module class: (config, quant, tvm target, CUDA kernels or None)
+    mapping: str  # "module:attribute" of its HFMapping
+
+    def network_class(self) -> Any:
+        return _load(self.network)
+
+    def hf_mapping(self) -> HFMapping:
+        return _load(self.mapping)
+
+
+def _load(spec: str) -> Any:
+    module, attr = spec.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "llama": Architecture("llama", ("llama",), "compile.model.llama:LlamaForCausalLM", "compile.model.llama_hf:MAPPING"),
+}
+
+
+def get_architecture(name: str) -> Architecture:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ModelSourceError(
+            f"unsupported decoder architecture {name!r}; Ferrum compiles {', '.join(sorted(ARCHITECTURES))}"
+        ) from None
+
+
+def architecture_for_hf(model_type: str | None) -> Architecture | None:
+    """The architecture that reads Hugging Face folders of ``model_type``, if any."""
+    return next((a for a in ARCHITECTURES.values() if model_type in a.hf_model_types), None)
