@@ -1,4 +1,4 @@
-"""Soak test: ``ferrum serve`` under a long reliability load (``runtime/soak.py``), report as JSON.
+"""Soak test: ``ferrum serve`` under a long reliability load (``checks/soak.py``), report as JSON.
 
 Starts the server on ARTIFACT with a KV cache small enough to force preemption (or targets a
 running one with ``--url``), then runs N concurrent streaming clients through the official
@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runtime.soak import SoakConfig, soak  # noqa: E402
+from checks.soak import SoakConfig, soak  # noqa: E402
 
 
 def start_server(artifact: str, port: int, kv_cache_tokens: int, max_num_seqs: int) -> subprocess.Popen:

@@ -43,6 +43,8 @@ FINISH_AFTER_S = 1.0
 
 
 class CharTokenizer:
+    vocab_size = 0x110000  # token ids are code points
+
     def encode(self, text: str, add_bos=None) -> list[int]:
         return [ord(c) for c in text]
 

@@ -103,7 +103,7 @@ def manifest_for(modality: str, architecture: str = "llama") -> Manifest:
     kind = "llm" if modality == "llm" else modality
     return Manifest(
         name=f"test-{modality}", modality=modality, architecture=architecture, model={}, quantization={"name": "q0f32"},
-        target=TargetInfo(kind="llvm", triple="x86_64-linux-gnu"), tvm_version="0.27.0", ferrum_version="0",
+        target=TargetInfo(kind="llvm", triple="x86_64-linux-gnu", device_type="cpu"), tvm_version="0.27.0", ferrum_version="0",
         source={}, library="model.so", functions=[], files={}, extra=EXTRA_TYPES[kind].from_dict(WRITTEN[kind]),
     )
 

@@ -11,7 +11,7 @@ import json
 import pytest
 from server_harness import ServeProcess, request, run
 
-from runtime.soak import BAD_REQUESTS, SoakConfig, soak
+from checks.soak import BAD_REQUESTS, SoakConfig, soak
 
 KV_TOKENS = 1024
 

@@ -25,7 +25,7 @@ def fake_artifact() -> OpenedArtifact:
                         hop_length=256, noise_scale=0.667, length_scale=1.0, noise_w=0.8)
     manifest = Manifest(
         name="fake-voice", modality="tts", architecture="fake", model={}, quantization={"name": "q0f32"},
-        target=TargetInfo(kind="llvm", triple="x86_64-linux-gnu"), tvm_version="0.27.0", ferrum_version="0",
+        target=TargetInfo(kind="llvm", triple="x86_64-linux-gnu", device_type="cpu"), tvm_version="0.27.0", ferrum_version="0",
         source={}, library="model.so", functions=[], files={"weights/x.bin": {"sha256": "", "bytes": WEIGHT_BYTES}},
         extra=TtsExtra(param_names=[], front_end=front),
     )

@@ -14,6 +14,8 @@ from runtime.stats import mean, percentile, rate, summarize, utilization
 from runtime.telemetry import EngineTelemetry
 
 values = st.lists(st.floats(min_value=0, allow_nan=False, allow_infinity=False), max_size=200)
+# numpy's interpolation overflows near the float maximum, so it is the oracle only below that
+moderate = st.lists(st.floats(min_value=0, max_value=1e300, allow_nan=False, allow_infinity=False), max_size=200)
 any_floats = st.floats(allow_nan=True, allow_infinity=True)
 
 
@@ -35,7 +37,7 @@ def test_percentiles_do_not_depend_on_input_order(data, rng: random.Random):
     assert summarize(shuffled) == summarize(data)
 
 
-@given(values, st.floats(min_value=0, max_value=100))
+@given(moderate, st.floats(min_value=0, max_value=100))
 def test_percentile_matches_linear_interpolation_of_numpy(data, q):
     import numpy as np
 

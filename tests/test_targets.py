@@ -56,7 +56,7 @@ def _manifest_with_target(folder, **target) -> Manifest:
         "name": "probe", "modality": "llm", "architecture": "llama", "model": {}, "quantization": {},
         "target": {"kind": "llvm", "triple": "x86_64-linux-gnu", **target}, "tvm_version": "0.27.0",
         "ferrum_version": "0", "source": {}, "library": "model.so", "functions": [], "files": {},
-        "schema_version": 1,
+        "extra": {"param_names": []}, "schema_version": 1,
     }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return Manifest.load(folder)
@@ -69,6 +69,7 @@ def test_runtime_refuses_a_device_type_it_has_no_entry_for(tmp_path):
     assert resolve_device(_manifest_with_target(tmp_path)).dlpack_device_type() == 1  # kDLCPU
 
 
+@pytest.mark.slow
 def test_a_new_target_row_builds_through_every_stage_unchanged(tmp_path, tiny_llama, monkeypatch):
     """A target added as one row (here a CPU target with its own device-code packager) compiles an
     LLM without touching any builder: the packager's files land in the artifact and the manifest,

@@ -1,4 +1,4 @@
-"""A reliability load against any running ``ferrum serve`` (what ``bench/soak.py`` and the test suite run).
+"""A reliability load against any running ``ferrum serve`` (shared by ``bench/soak.py`` and ``tests/test_reliability.py``).
 
 Many concurrent streaming chat clients through the official ``openai`` client, a share of them
 hanging up mid-stream; bad requests interleaved, each of which must be a 4xx with an OpenAI error
