@@ -61,6 +61,7 @@ class SoakReport:
     p50_latency_s: float = 0.0
     p99_latency_s: float = 0.0
     wall_s: float = 0.0
+    preempted: int = 0  # sequences the server preempted (its KV cache was too small for the load)
     left_running: int = -1
     left_waiting: int = -1
     big_prompt_tokens: int = 0
@@ -160,6 +161,7 @@ class _Soak:
                 break
             await asyncio.sleep(0.1)
         self.report.left_running, self.report.left_waiting = running, waiting
+        self.report.preempted = (state.get("scheduler") or {}).get("preempted_requests", 0)
         tokens = int(self.config.kv_cache_tokens * 0.9)
         self.report.big_prompt_tokens = tokens
         body = {"model": self.model, "prompt": [random.Random(self.config.seed).randrange(100, 1000)] * tokens,
