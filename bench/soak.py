@@ -18,32 +18,14 @@ import asyncio
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from checks.serve_process import ServeProcess  # noqa: E402
 from checks.soak import SoakConfig, soak  # noqa: E402
-
-
-def start_server(artifact: str, port: int, kv_cache_tokens: int, max_num_seqs: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ferrum", "serve", artifact, "--port", str(port), "--kv-cache-tokens",
-         str(kv_cache_tokens), "--max-model-len", str(kv_cache_tokens), "--max-num-seqs", str(max_num_seqs)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("ferrum serve did not start")
 
 
 def main() -> int:
@@ -56,22 +38,22 @@ def main() -> int:
     p.add_argument("--hangup-share", type=float, default=0.25)
     p.add_argument("--kv-cache-tokens", type=int, default=4096)
     p.add_argument("--max-num-seqs", type=int, default=64)
-    p.add_argument("--port", type=int, default=8765)
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     if not args.url and not args.artifact:
         p.error("give an artifact to serve or --url")
     model = args.model or Path(args.artifact).name
-    proc = None if args.url else start_server(args.artifact, args.port, args.kv_cache_tokens, args.max_num_seqs)
-    url = args.url or f"http://127.0.0.1:{args.port}"
+    server = None if args.url else ServeProcess(
+        [args.artifact], "--kv-cache-tokens", str(args.kv_cache_tokens), "--max-model-len", str(args.kv_cache_tokens),
+        "--max-num-seqs", str(args.max_num_seqs), timeout=300)
+    url = args.url or server.url
     try:
         config = SoakConfig(streams=args.streams, max_tokens=args.max_tokens, hangup_share=args.hangup_share,
                             kv_cache_tokens=args.kv_cache_tokens)
         report = asyncio.run(soak(url, model, config=config))
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(60)
+        if server is not None:
+            server.terminate()
     result = {"report": report.to_dict(), "command": " ".join(sys.argv),
               "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
                           "cores": os.cpu_count()},

@@ -38,26 +38,14 @@ from ferrum.types import EngineConfig, FinishReason, InferenceRequest, StreamChu
 from runtime.server.app import ServerOptions  # noqa: E402
 from runtime.server.models import ServedModels  # noqa: E402
 from runtime.server.serve import serve  # noqa: E402
+from server_harness import CodePointTokenizer  # noqa: E402  (this script's folder is on sys.path)
 
 FINISH_AFTER_S = 1.0
 
 
-class CharTokenizer:
-    vocab_size = 0x110000  # token ids are code points
-
-    def encode(self, text: str, add_bos=None) -> list[int]:
-        return [ord(c) for c in text]
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return "".join(chr(i) for i in ids)
-
-    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
-        return "\n".join(m["content"] for m in messages)
-
-
 class StallingLlm(LlmInferenceEngine):
     max_model_len = 4096
-    tokenizer = CharTokenizer()
+    tokenizer = CodePointTokenizer()
 
     def __init__(self, mode: str):
         self.mode = mode

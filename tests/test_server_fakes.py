@@ -15,7 +15,7 @@ import wave
 from pathlib import Path
 
 import pytest
-from server_harness import request, run, served_in_thread, sse_events
+from server_harness import CodePointTokenizer, request, run, served_in_thread, sse_events
 
 from ferrum.engine import EmbedEngine, LlmInferenceEngine, TranscribeEngine, TtsEngine
 from ferrum.errors import ContextLengthExceededError, EngineShutdownError, InvalidRequestError, OverloadedError
@@ -58,24 +58,11 @@ class _Base:
         return HealthStatus.from_components(ComponentStatus(scheduler, ok, ok, ok, ok, ok))
 
 
-class FakeTokenizer:
-    vocab_size = 0x110000  # token ids are code points
-
-    def encode(self, text: str, add_bos=None) -> list[int]:
-        return [ord(c) for c in text]
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return "".join(chr(i) for i in ids)
-
-    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
-        return "\n".join(m["content"] for m in messages)
-
-
 class FakeLlm(_Base, LlmInferenceEngine):
     """Echoes the prompt backwards, one character per token, at most 5; magic prompts fail."""
 
     max_model_len = 4096
-    tokenizer = FakeTokenizer()
+    tokenizer = CodePointTokenizer()
 
     async def infer_stream(self, request: InferenceRequest):
         params = request.sampling_params
