@@ -136,4 +136,4 @@ def kv_machine(runner: ModelRunner) -> type[RuleBasedStateMachine]:
 
 @pytest.mark.slow
 def test_page_model_matches_tvm_for_any_operation_sequence(runner):
-    run_state_machine_as_test(kv_machine(runner), settings=costly(ci=40, deep=2_000, ci_steps=30))
+    run_state_machine_as_test(kv_machine(runner), settings=costly(ci=40, deep=1_000, ci_steps=30))

@@ -236,7 +236,7 @@ def test_every_metrics_type_is_a_spec_struct_or_enum():
 
 
 @pytest.mark.parametrize("name", sorted(STRUCTS))
-@costly(ci=15, deep=1_000)
+@costly(ci=10, deep=1_000)
 @given(data=st.data())
 def test_rust_json_round_trips_through_the_python_type(name, data):
     rust = data.draw(rust_json((name,)))

@@ -127,4 +127,4 @@ class PrefixCacheMachine(RuleBasedStateMachine):
 
 
 TestPrefixCache = PrefixCacheMachine.TestCase
-TestPrefixCache.settings = costly(ci=200, deep=20_000, ci_steps=30)
+TestPrefixCache.settings = costly(ci=100, deep=3_000, ci_steps=30)

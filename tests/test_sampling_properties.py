@@ -101,7 +101,7 @@ def test_temperature_zero_and_top_k_one_are_argmax(x, uniform):
     assert draw(x, (1.0, 1.0, 1.0, 0.0, uniform)) in best  # top-k 1 keeps only the maximum (and its ties)
 
 
-@costly(ci=60, deep=5_000)
+@costly(ci=30, deep=5_000)
 @given(logit_rows, temperatures, top_ps, st.integers(0, 45), min_ps)
 def test_draw_follows_the_filtered_distribution(x, temperature, top_p, top_k, min_p):
     """Evenly spaced uniforms make the inverse CDF's counts exact up to one draw per token."""
@@ -142,6 +142,7 @@ def penalty_params(draw_, vocab: int) -> SamplingParams:
     )
 
 
+@costly(ci=50, deep=20_000)
 @given(st.data(), st.integers(2, 30))
 def test_greedy_with_penalties_is_the_argmax_of_the_penalized_logits(data, vocab):
     params = data.draw(penalty_params(vocab))

@@ -207,4 +207,4 @@ class SchedulerMachine(RuleBasedStateMachine):
 
 
 TestScheduler = SchedulerMachine.TestCase
-TestScheduler.settings = costly(ci=150, deep=5_000, ci_steps=40)
+TestScheduler.settings = costly(ci=150, deep=2_000, ci_steps=40)
