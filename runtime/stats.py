@@ -66,12 +66,15 @@ def utilization(used: float, total: float) -> float:
 
 def mean(values: Sequence[float]) -> float:
     """Arithmetic mean, within [min, max] for any finite values: the exact sum divided once, or,
-    when that sum overflows, each term divided first (dividing first underflows subnormals)."""
+    when that sum overflows, the sum of the terms scaled down by a power of two above ``n`` (exact
+    for such huge terms, and the scaled sum cannot overflow; dividing each term by ``n`` instead
+    rounds, and ``n`` terms rounded up can overflow again)."""
     if not values:
         return 0.0
     n = len(values)
     try:
         average = math.fsum(values) / n
     except OverflowError:
-        average = math.fsum(v / n for v in values)
+        scale = 2.0 ** n.bit_length()
+        average = math.fsum(v / scale for v in values) / n * scale
     return min(max(average, min(values)), max(values))

@@ -2,7 +2,9 @@
 
 Text that could still become a stop string is held back, so a client never receives part of a
 stop sequence; when a stop string appears, the output ends just before it (OpenAI semantics:
-the stop string itself is not returned).
+the stop string itself is not returned). "Appears" means completed: of overlapping stop strings the
+one that ends first wins (of those ending together, the longest), as if the text had streamed in
+one character at a time, so the output does not depend on how the text was chunked.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ class StopStringMatcher:
         if not self.stops:
             return delta, False
         text = self.held + delta
-        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
-        if hits:
+        ends = [(i + len(s), i) for s in self.stops if (i := text.find(s)) >= 0]
+        if ends:
             self.held = ""
-            return text[: min(hits)], True
+            return text[: min(ends)[1]], True
         hold = 0
         for stop in self.stops:
             for k in range(min(len(stop) - 1, len(text)), hold, -1):

@@ -181,8 +181,7 @@ class EngineTelemetry:
         with self._lock:
             self.steps_total += 1
             self._steps.append((now, batch_size, num_tokens, seconds, capacity))
-            if seconds > 0:
-                self.peak_tokens_per_second = max(self.peak_tokens_per_second, num_tokens / seconds)
+            self.peak_tokens_per_second = max(self.peak_tokens_per_second, rate(num_tokens, seconds))
             self._prune(now)
 
     def add_phase_time(self, phase: str, seconds: float) -> None:
@@ -190,7 +189,8 @@ class EngineTelemetry:
             self._phase[phase] += seconds
 
     def _prune(self, now: float) -> None:
-        """Drop events older than the window (callers hold the lock)."""
+        """Drop events older than the window (callers hold the lock). Snapshots prune too: with no
+        event for a while, the window's rates must still forget what happened before it."""
         horizon = now - self.window_s
         while self._finished and self._finished[0].at <= horizon:
             self._finished.popleft()
@@ -221,6 +221,7 @@ class EngineTelemetry:
     def throughput_metrics(self) -> ThroughputMetrics:
         span = self._window_seconds()
         with self._lock:
+            self._prune(time.monotonic())
             done = [f for f in self._finished if f.status == "completed"]
             tokens = sum(n for _, n in self._tokens_window)
             steps = len(self._steps)
@@ -231,6 +232,7 @@ class EngineTelemetry:
     def batching_metrics(self) -> BatchingMetrics:
         span = self._window_seconds()
         with self._lock:
+            self._prune(time.monotonic())
             steps = list(self._steps)
             total = self.steps_total
         sizes = [s[1] for s in steps]
@@ -241,6 +243,7 @@ class EngineTelemetry:
     def scheduler_stats(self, waiting: int, running: int, preempted: int, queue_capacity: int) -> SchedulerStats:
         span = self._window_seconds()
         with self._lock:
+            self._prune(time.monotonic())
             done = sum(1 for f in self._finished if f.status == "completed")
             wait = mean([v * 1000 for v in self._queue_all])
             execution = mean([v * 1000 for v in self._exec_all])
@@ -278,6 +281,7 @@ class EngineTelemetry:
         latency = self.latency_metrics()
         throughput = self.throughput_metrics()
         with self._lock:
+            self._prune(time.monotonic())
             counts = dict(self.counts)
             finished_total = counts["completed"] + counts["failed"] + counts["cancelled"]
             errors = ErrorStats(
