@@ -1,6 +1,6 @@
 # Ferrum: `make run` (install, compile the default model for this machine if needed, chat)
 # and `make test` (install, lint, compile what the tests need, run them). Both work on a fresh machine.
-# `make test-fast`: lint and the tests that compile nothing; `make dist`: the runtime wheels in dist/.
+# `make test-fast`: lint and the tests that compile nothing; `make test-deep`: the property tests, deep; `make dist`: the runtime wheels in dist/.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +13,7 @@ QUANT ?=
 ARCH ?=
 COMPILE_ARGS = $(if $(MODEL),$(MODEL)) $(if $(TARGET),--target $(TARGET)) $(if $(QUANT),--quant $(QUANT)) $(if $(ARCH),--arch $(ARCH))
 
-.PHONY: install compile run serve lint test test-fast dist clean
+.PHONY: install compile run serve lint test test-fast test-deep dist clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ test: lint
 
 test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
+
+test-deep: $(STAMP)
+	HYPOTHESIS_PROFILE=deep $(PY) -m pytest -q tests/test_*_properties.py
 
 dist: $(STAMP)
 	$(PY) -m compile.runtime_dist dist

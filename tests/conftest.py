@@ -17,6 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(Path(__file__).parent), str(ROOT)]  # test helpers, and checks/ shared with bench/
+import hypothesis_profiles  # noqa: E402,F401  (the profile must load before test modules are imported)
 
 # fixtures that compile a model or load a compiled one: any test whose fixture closure holds one is slow
 ARTIFACT_FIXTURES = frozenset({"smollm2_artifact", "whisper_artifact", "piper_artifact", "minilm_artifact",
