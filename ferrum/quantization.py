@@ -38,6 +38,9 @@ QUANTIZATIONS: dict[str, QuantSpec] = {
     "q0f32": QuantSpec("q0f32", "float32", 0, 0),
     "q0f16": QuantSpec("q0f16", "float16", 0, 0),
     "q4f16": QuantSpec("q4f16", "float16", 4, 32),
+    # CPU int4: the q4f16 weights (Q4_1 blocks exactly, scale/min rounded to float16 then held as float32)
+    # with float32 activations and accumulation, the dequantization fused into the matmul.
+    "q4f32": QuantSpec("q4f32", "float32", 4, 32),
 }
 
 

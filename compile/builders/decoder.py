@@ -107,4 +107,4 @@ def compile_decoder(
     return CompiledDecoder(library, param_names, functions, {"decode_max_batch": DECODE_GRAPH_MAX_BATCH})
 
 
-BUILDER = Builder(build=build_decoder, quantizations=("q0f32", "q0f16", "q4f16"))
+BUILDER = Builder(build=build_decoder, quantizations=("q0f32", "q0f16", "q4f16", "q4f32"))
