@@ -20,7 +20,7 @@ from compile.sources.base import DecoderSource
 from compile.targets import BuildTarget
 from compile.tensor_cache import write_tensor_cache
 from compile.weights import convert_weights
-from ferrum.errors import FerrumError
+from ferrum.errors import FerrumError, ModelSourceError
 from ferrum.manifest import LLM_FUNCTIONS
 from ferrum.manifest_extra import LlmExtra
 from ferrum.model_config import DecoderConfig
@@ -44,6 +44,8 @@ def build_decoder(
     source: DecoderSource, quant: QuantSpec, target: BuildTarget, staging: Path, progress: Callable[[str], None]
 ) -> BuildOutput:
     cfg = source.config
+    if quant.interleave and target.kind.gpu:
+        raise ModelSourceError(f"{quant.name} lays weights out for CPU kernels; build {target.info.kind} with q4f16")
     progress(
         f"{source.name}: {cfg.architecture}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
         f"vocab {cfg.vocab_size}; {quant.name} for {target.info.kind} {target.info.arch or ''}".rstrip()
