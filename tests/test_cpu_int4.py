@@ -67,7 +67,8 @@ def test_interleaved_rows_put_sixteen_output_rows_in_one_vector():
 
 @pytest.mark.slow
 def test_q4f32_kernels_match_reference(tmp_path, tiny_llama):
-    """The interleaved int4 and int8 kernels compute with exactly the weights the packer wrote (float32)."""
+    """The interleaved int4 and int8 kernels compute with exactly the weights the packer wrote (float32),
+    through batch_verify and through batch_decode."""
     artifact = compile_model(str(tiny_llama), "llvm", "q4f32", output_root=tmp_path)
     cfg, weights = ref.load_hf(tiny_llama)
     for name, w in weights.items():
@@ -75,14 +76,19 @@ def test_q4f32_kernels_match_reference(tmp_path, tiny_llama):
             weights[name] = dequantize_q8(*quantize_q8(w.astype(np.float32), 32), 32).astype(np.float64)
         elif w.ndim == 2 and name != "embed":
             weights[name] = dequantize_q4(*quantize_q4(w.astype(np.float32), 32), 32).astype(np.float64)
-    tokens = list(np.random.default_rng(2).integers(0, 300, size=24))
+    tokens = list(np.random.default_rng(2).integers(0, 300, size=300))  # > 2 chunks of CPU decode attention
     runner = ModelRunner(LlmArtifact.open(artifact))
-    runner.create_kv_cache(KVCacheConfig(2, 1024, 256, 16))
+    runner.create_kv_cache(KVCacheConfig(2, 1024, 512, 16))
     runner.add_sequence(0)
     compiled = runner.verify([0], [tokens])
     expected = ref.forward(cfg, weights, tokens)
     assert np.abs(compiled - expected).max() <= 1e-3
     assert (compiled.argmax(-1) == expected.argmax(-1)).all()
+    # one token at a time: Ferrum's CPU decode attention (compile/model/cpu_attention.py), keys over 3 chunks
+    runner.add_sequence(1)
+    runner.prefill([1], [tokens[:4]])
+    decoded = np.stack([runner.decode([1], [t])[0] for t in tokens[4:]])
+    assert np.abs(decoded - expected[4:]).max() <= 1e-3
 
 
 def _greedy(artifact, prompts: list[str], tokens: int) -> list[list[int]]:

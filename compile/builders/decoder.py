@@ -16,6 +16,7 @@ from compile.kernels.build import link_options
 from compile.kernels.ops import SAMPLER_FUNCTIONS, CudaKernels, install_attention_kernels, kernel_blockers
 from compile.model.architectures import get_architecture
 from compile.model.attention_grid import prefill_attention_grid
+from compile.model.cpu_attention import install_cpu_decode_attention
 from compile.sources.base import DecoderSource
 from compile.targets import BuildTarget
 from compile.tensor_cache import write_tensor_cache
@@ -100,6 +101,9 @@ def compile_decoder(
         mod, param_names = export_module(network(cfg, quant, target.tvm_target, kernels))
     if kernels is not None:
         mod = install_attention_kernels(mod, kernels)
+    elif not target.kind.gpu:
+        mod = install_cpu_decode_attention(mod, cfg.num_key_value_heads, cfg.num_attention_heads, cfg.head_dim,
+                                           quant.model_dtype)
     progress(f"lowering and compiling {len(functions)} functions"
              + (" with Ferrum's CUDA kernels and decode CUDA graphs" if kernels else ""))
     if kernels is None:
