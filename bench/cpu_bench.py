@@ -187,8 +187,9 @@ def main() -> int:
     report["decode"] = {"gguf": gguf.name, "prompt_tokens": len(ids), "generated_tokens": args.tokens, "rows": {}}
     rows = report["decode"]["rows"]
     for artifact in args.artifacts:
-        rows[artifact.name] = ferrum_decode(artifact, ids, args.tokens, args.repeats)
-        print(f"{artifact.name}: {rows[artifact.name]['decode_tok_s']:.1f} tok/s", flush=True)
+        key = artifact.name if [a.name for a in args.artifacts].count(artifact.name) == 1 else str(artifact)
+        rows[key] = ferrum_decode(artifact, ids, args.tokens, args.repeats)
+        print(f"{key}: {rows[key]['decode_tok_s']:.1f} tok/s", flush=True)
     try:
         rows["llama.cpp"] = llama_cpp_decode(gguf, ids, args.tokens, args.repeats, args.threads)
         print(f"llama.cpp: {rows['llama.cpp']['decode_tok_s']:.1f} tok/s", flush=True)
