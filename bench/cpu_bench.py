@@ -10,7 +10,7 @@
 
 llama.cpp is a bench peer only, never a runtime dependency; install it where this bench sees it:
 
-    CMAKE_BUILD_PARALLEL_LEVEL=2 pip install --target /tmp/llamacpp-pkg llama-cpp-python==0.3.36  # builds, ~10 min
+    CMAKE_BUILD_PARALLEL_LEVEL=2 .venv/bin/pip install --no-deps --target /tmp/llamacpp-pkg llama-cpp-python==0.3.36 diskcache  # builds, ~20 min on 2 busy cores
     PYTHONPATH=/tmp/llamacpp-pkg .venv/bin/python bench/cpu_bench.py \\
         artifacts/smollm2-135m-instruct-q0f32-llvm artifacts/smollm2-135m-instruct-q4f32-llvm \\
         --out bench/results/cpu_bench.json
