@@ -5,8 +5,8 @@
 2. Batch-1 decode: a fixed 32-token prompt, then 128 greedy tokens (EOS ignored), tokens/s
    between the first and the last streamed token (the median of ``--repeats`` runs), for each
    Ferrum artifact (the full engine: sampling, detokenization, streaming) and for llama.cpp on the
-   GGUF they were compiled from, same thread count. Also the weight bytes each Ferrum step streams,
-   so tok/s x bytes can be read against the measured bandwidth.
+   GGUF they were compiled from, same thread count. Also the weight bytes each Ferrum step reads
+   (``streamed_weight_bytes``), so tok/s x bytes can be read against the measured bandwidth.
 
 llama.cpp is a bench peer only, never a runtime dependency; install it where this bench sees it:
 
@@ -95,10 +95,15 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def weight_bytes(artifact: Path) -> int:
-    """Bytes of the artifact's weight shards (what one decode step streams, the embedding table's
-    gathered rows aside: SmolLM2's table is also its LM head, so it is streamed whole)."""
-    return sum(p.stat().st_size for p in (artifact / "weights").iterdir() if p.suffix == ".bin")
+def streamed_weight_bytes(artifact: Path) -> int:
+    """Bytes of the weights one batch-1 decode step reads: every parameter except the embedding
+    table when the artifact has its own LM head (then only one row of the table is gathered; a
+    tied table is the LM head, so it is read whole)."""
+    records = [t for shard in json.loads((artifact / "weights" / "tensor-cache.json").read_text())["records"]
+               for t in shard["records"]]
+    names = {t["name"] for t in records}
+    own_head = any(n.startswith("lm_head.") for n in names)
+    return sum(t["nbytes"] for t in records if not (own_head and t["name"].startswith("embed_tokens.")))
 
 
 def ferrum_decode(artifact: Path, prompt_ids: list[int], tokens: int, repeats: int) -> dict:
@@ -119,9 +124,9 @@ def ferrum_decode(artifact: Path, prompt_ids: list[int], tokens: int, repeats: i
         greedy = asyncio.run(engine.infer(InferenceRequest(prompt_token_ids=prompt_ids, sampling_params=params))).tokens
     finally:
         asyncio.run(engine.shutdown())
-    size = weight_bytes(artifact)
+    size = streamed_weight_bytes(artifact)
     rate = statistics.median(rates)
-    return {"decode_tok_s": rate, "runs_tok_s": rates, "weight_bytes": size,
+    return {"decode_tok_s": rate, "runs_tok_s": rates, "streamed_weight_bytes_per_token": size,
             "weight_GBps_at_that_rate": size * rate / 1e9, "tokens": greedy}
 
 
