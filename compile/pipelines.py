@@ -15,7 +15,7 @@ from types import ModuleType
 
 import tvm
 
-from compile.schedules.cpu import CPULinear
+from compile.schedules.cpu import CPULinear, CPULinearInterleaved
 from compile.schedules.cuda import RowDispatch
 
 
@@ -32,7 +32,7 @@ def cpu_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     return [
         *stages.library_dispatch_passes(target),
         *stages.legalize_passes(target),
-        dl.ApplyDefaultSchedule(CPULinear(), dl.cpu.Reduction()),
+        dl.ApplyDefaultSchedule(CPULinear(), CPULinearInterleaved(), dl.cpu.Reduction()),
         *stages.dataflow_lower_passes(target),
         *stages.finalize_passes(target),
     ]

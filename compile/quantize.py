@@ -5,6 +5,15 @@ int4 (q4f16), asymmetric: per row, groups of ``group`` consecutive inputs share 
 [0, 15] and is restored as ``q * scale + min``. Eight nibbles fill a uint32, element ``k`` at bits
 ``4*(k % 8)``. Min/scale (rather than a symmetric scale around zero) reproduces GGUF ``Q4_1``
 blocks of 32 exactly, so a Q4_1 model re-quantized for q4f16 keeps its weights.
+
+int8 (the q4f32 LM head), symmetric: groups of ``group`` inputs share a float16 scale
+``max|w| / 127``; each weight becomes ``round(w / scale)`` in [-127, 127]. That is GGUF ``Q8_0``:
+re-quantizing a dequantized Q8_0 block gives back its scale and integers exactly.
+
+Row interleaving (q4f32, for the CPU): ``interleave_rows`` turns each (rows, n) array into
+(rows / L, n, L), so element ``[b, c, l]`` is row ``b*L + l``, column ``c``. The CPU GEMV then
+vectorizes over L output rows: one contiguous load gives the same packed word (eight inputs) of L
+rows, every lane shifts by the same amount, and no horizontal sum is needed.
 """
 
 from __future__ import annotations
@@ -38,3 +47,37 @@ def dequantize_q4(packed: np.ndarray, scale: np.ndarray, low: np.ndarray, group:
     nibbles = np.stack([(packed >> np.uint32(4 * i)) & np.uint32(15) for i in range(Q4_PER_WORD)], axis=-1)
     values = nibbles.reshape(rows, words * Q4_PER_WORD).astype(np.float32)
     return values * np.repeat(scale.astype(np.float32), group, axis=1) + np.repeat(low.astype(np.float32), group, axis=1)
+
+
+Q8_LEVELS = 127
+
+
+def quantize_q8(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) float → (rows, cols) int8 and (rows, cols/group) float16 scales."""
+    rows, cols = w.shape
+    if cols % group:
+        raise ValueError(f"cannot quantize a row of {cols} values in groups of {group}")
+    grouped = w.astype(np.float32).reshape(rows, cols // group, group)
+    scale = (np.abs(grouped).max(axis=2) / Q8_LEVELS).astype(np.float16)
+    safe = np.where(scale == 0, np.float16(1), scale).astype(np.float32)
+    q = np.clip(np.rint(grouped / safe[:, :, None]), -Q8_LEVELS, Q8_LEVELS).astype(np.int8)
+    return q.reshape(rows, cols), scale
+
+
+def dequantize_q8(q: np.ndarray, scale: np.ndarray, group: int) -> np.ndarray:
+    """Inverse of ``quantize_q8`` (float32), for references and tests."""
+    return q.astype(np.float32) * np.repeat(scale.astype(np.float32), group, axis=1)
+
+
+def interleave_rows(a: np.ndarray, rows_per_block: int) -> np.ndarray:
+    """(rows, n) → (rows / L, n, L) with ``out[b, c, l] = a[b*L + l, c]`` (see the module docstring)."""
+    rows, n = a.shape
+    if rows % rows_per_block:
+        raise ValueError(f"cannot interleave {rows} rows in blocks of {rows_per_block}")
+    return np.ascontiguousarray(a.reshape(rows // rows_per_block, rows_per_block, n).transpose(0, 2, 1))
+
+
+def deinterleave_rows(a: np.ndarray) -> np.ndarray:
+    """Inverse of ``interleave_rows``."""
+    blocks, n, per = a.shape
+    return np.ascontiguousarray(a.transpose(0, 2, 1).reshape(blocks * per, n))

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from compile.model.architectures import get_architecture
-from compile.quantize import quantize_q4
+from compile.quantize import interleave_rows, quantize_q4, quantize_q8
 from ferrum.errors import ModelSourceError
 from ferrum.model_config import DecoderConfig
 from ferrum.quantization import QuantSpec
@@ -28,7 +28,8 @@ from ferrum.quantization import QuantSpec
 if TYPE_CHECKING:
     from compile.sources.base import DecoderSource
 
-KINDS = ("linear", "dense", "norm", "bias")  # only "linear" weights are quantized
+KINDS = ("linear", "dense", "norm", "bias")  # only "linear" weights (and LM_HEAD, see QuantSpec.head_bits) are quantized
+EMBEDDINGS, LM_HEAD = "embed_tokens", "lm_head"  # parameter names every decoder network uses
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ def convert_weights(source: DecoderSource, quant: QuantSpec) -> Iterator[tuple[s
     """Yield (parameter name, array) for every parameter of the compiled model, in plan order."""
     cfg = source.config
     plan = get_architecture(cfg.architecture).hf_mapping().plan(cfg)
+    if quant.head_bits and cfg.tie_word_embeddings:  # the network then holds its own quantized LM head
+        embed = next(item for item in plan if item.name == EMBEDDINGS)
+        plan.append(WeightPlan(LM_HEAD, embed.sources, embed.shapes, "dense"))
     missing = sorted({name for item in plan for name in item.sources} - source.tensor_names())
     if missing:
         raise ModelSourceError(f"{source.path}: {len(missing)} tensors missing, e.g. {missing[0]}")
@@ -69,8 +73,17 @@ def convert_weights(source: DecoderSource, quant: QuantSpec) -> Iterator[tuple[s
                 raise ModelSourceError(f"{source.path}: {name} has shape {w.shape}, config implies {shape}")
             parts.append(w)
         w = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-        if item.kind == "linear" and quant.quantized:
+        if item.name == LM_HEAD and quant.head_bits:
+            head = quant.head()
+            q, scale = quantize_q8(w, head.group_size)
+            if head.interleave:
+                q, scale = interleave_rows(q, head.interleave), interleave_rows(scale, head.interleave)
+            yield f"{item.name}.q_weight", q
+            yield f"{item.name}.q_scale", scale.astype(quant.model_dtype)
+        elif item.kind == "linear" and quant.quantized:
             packed, scale, low = quantize_q4(w, quant.group_size)
+            if quant.interleave:
+                packed, scale, low = (interleave_rows(a, quant.interleave) for a in (packed, scale, low))
             yield f"{item.name}.q_weight", packed
             yield f"{item.name}.q_scale", scale.astype(quant.model_dtype)
             yield f"{item.name}.q_min", low.astype(quant.model_dtype)

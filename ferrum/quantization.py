@@ -17,6 +17,12 @@ class QuantSpec:
     model_dtype: str
     weight_bits: int
     group_size: int
+    # int4 only: output rows interleaved in blocks of this many at compile time, so a CPU GEMV
+    # loads one vector of words for that many rows at once (compile/quantize.py); 0 keeps (out, in).
+    interleave: int = 0
+    # Bits of the LM head: 0 keeps it in the model dtype (see compile/model/layers.py Embedding); 8 is
+    # int8 with a scale per group (GGUF Q8_0, which SmolLM2's GGUF stores its tied embeddings in).
+    head_bits: int = 0
 
     @property
     def quantized(self) -> bool:
@@ -30,6 +36,12 @@ class QuantSpec:
         """The scheme for layers this one keeps in the model dtype (embeddings, LM head)."""
         return QuantSpec(self.name, self.model_dtype, 0, 0)
 
+    def head(self) -> QuantSpec:
+        """The scheme of the LM head (also when the embeddings are tied to it)."""
+        if not self.head_bits:
+            return self.unquantized()
+        return QuantSpec(self.name, self.model_dtype, self.head_bits, self.group_size, self.interleave)
+
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
@@ -38,6 +50,10 @@ QUANTIZATIONS: dict[str, QuantSpec] = {
     "q0f32": QuantSpec("q0f32", "float32", 0, 0),
     "q0f16": QuantSpec("q0f16", "float16", 0, 0),
     "q4f16": QuantSpec("q4f16", "float16", 4, 32),
+    # CPU int4: the q4f16 weights (Q4_1 blocks exactly, scale/min rounded to float16 then held as
+    # float32), rows interleaved by 16 (one AVX-512 vector), float32 activations and accumulation;
+    # the LM head in int8 (Q8_0 blocks exactly). CPU builds only.
+    "q4f32": QuantSpec("q4f32", "float32", 4, 32, interleave=16, head_bits=8),
 }
 
 

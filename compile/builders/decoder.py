@@ -16,11 +16,12 @@ from compile.kernels.build import link_options
 from compile.kernels.ops import SAMPLER_FUNCTIONS, CudaKernels, install_attention_kernels, kernel_blockers
 from compile.model.architectures import get_architecture
 from compile.model.attention_grid import prefill_attention_grid
+from compile.model.cpu_attention import install_cpu_decode_attention
 from compile.sources.base import DecoderSource
 from compile.targets import BuildTarget
 from compile.tensor_cache import write_tensor_cache
 from compile.weights import convert_weights
-from ferrum.errors import FerrumError
+from ferrum.errors import FerrumError, ModelSourceError
 from ferrum.manifest import LLM_FUNCTIONS
 from ferrum.manifest_extra import LlmExtra
 from ferrum.model_config import DecoderConfig
@@ -44,6 +45,8 @@ def build_decoder(
     source: DecoderSource, quant: QuantSpec, target: BuildTarget, staging: Path, progress: Callable[[str], None]
 ) -> BuildOutput:
     cfg = source.config
+    if quant.interleave and target.kind.gpu:
+        raise ModelSourceError(f"{quant.name} lays weights out for CPU kernels; build {target.info.kind} with q4f16")
     progress(
         f"{source.name}: {cfg.architecture}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
         f"vocab {cfg.vocab_size}; {quant.name} for {target.info.kind} {target.info.arch or ''}".rstrip()
@@ -98,6 +101,9 @@ def compile_decoder(
         mod, param_names = export_module(network(cfg, quant, target.tvm_target, kernels))
     if kernels is not None:
         mod = install_attention_kernels(mod, kernels)
+    elif not target.kind.gpu:
+        mod = install_cpu_decode_attention(mod, cfg.num_key_value_heads, cfg.num_attention_heads, cfg.head_dim,
+                                           quant.model_dtype)
     progress(f"lowering and compiling {len(functions)} functions"
              + (" with Ferrum's CUDA kernels and decode CUDA graphs" if kernels else ""))
     if kernels is None:
@@ -107,4 +113,4 @@ def compile_decoder(
     return CompiledDecoder(library, param_names, functions, {"decode_max_batch": DECODE_GRAPH_MAX_BATCH})
 
 
-BUILDER = Builder(build=build_decoder, quantizations=("q0f32", "q0f16", "q4f16"))
+BUILDER = Builder(build=build_decoder, quantizations=("q0f32", "q0f16", "q4f16", "q4f32"))

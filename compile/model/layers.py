@@ -2,7 +2,8 @@
 
 ``q0*`` layers hold plain weights. ``q4f16`` layers hold int4 weights packed eight to a
 ``uint32`` with one float16 scale and one float16 minimum per group of 32 (asymmetric, like
-GGUF's ``Q4_1``, which it reproduces exactly; see ``compile/quantize.py``). Every linear layer is ONE TensorIR function: for int4 a dequantize block feeds the
+GGUF's ``Q4_1``, which it reproduces exactly; see ``compile/quantize.py``); ``q4f32`` holds the
+same values with output rows interleaved by 16 for the CPU GEMV. Every linear layer is ONE TensorIR function: for int4 a dequantize block feeds the
 product block, and the GPU (dlight GEMV/Matmul) and CPU schedules inline it, so int4 weights are
 read once and never materialized in fp16. Weights stay in their (out, in) layout, so no transpose
 runs at inference time. Accumulation is in float32 for every scheme: fp16 sums over
@@ -28,22 +29,44 @@ def _q4_value(word, k, scale, low, dtype: str):
 
 
 LINEAR_BLOCK = "ferrum_linear"
+# The product block of row-interleaved int4 weights (q4f32); the CPU schedules it over output rows.
+LINEAR_INTERLEAVED_BLOCK = "ferrum_linear_interleaved"
 
 
 def linear(x: Tensor, weights: list[Tensor], spec: QuantSpec, out_dtype: str) -> Tensor:
     """``x @ W.T`` as one TensorIR function, W kept in its stored (out, in) layout.
 
-    ``weights`` is ``[weight]`` for ``q0*`` or ``[q_weight, q_scale, q_min]`` for ``q4*`` (then a
-    ``dequantize`` block precedes the product). The product block is named ``LINEAR_BLOCK`` so
+    ``weights`` is ``[weight]`` for ``q0*``, ``[q_weight, q_scale, q_min]`` for int4 or
+    ``[q_weight, q_scale]`` for int8 (row-interleaved only; then a ``dequantize`` block precedes the product). The product block is named ``LINEAR_BLOCK`` so
     the CPU schedule rule (``compile/schedules/cpu.py``) can find it; it accumulates in float32
     and a final block casts to ``out_dtype``.
     """
-    n_out = int(weights[0].shape[0])
-    n_in = int(weights[0].shape[1]) * (Q4_PER_WORD if spec.quantized else 1)
-    group, dtype = spec.group_size, spec.model_dtype
+    group, dtype, per = spec.group_size, spec.model_dtype, spec.interleave
+    bits = spec.weight_bits
+    interleaved = spec.quantized and per > 0
+    per_word = Q4_PER_WORD if bits == 4 else 1
+    if interleaved:  # (out / per, in / per_word, per), see compile/quantize.py
+        n_out, n_in = int(weights[0].shape[0]) * per, int(weights[0].shape[1]) * per_word
+    else:
+        n_out, n_in = int(weights[0].shape[0]), int(weights[0].shape[1]) * per_word
 
     def fused(x: te.Tensor, *ws: te.Tensor) -> te.Tensor:
-        if spec.quantized:
+        if interleaved and bits == 8:
+            qw, qs = ws
+            w = te.compute(
+                (n_out, n_in),
+                lambda i, k: qw[i // per, k, i % per].astype(dtype) * qs[i // per, k // group, i % per],
+                name="dequantize",
+            )
+        elif interleaved:
+            qw, qs, qm = ws
+            w = te.compute(
+                (n_out, n_in),
+                lambda i, k: _q4_value(qw[i // per, k // Q4_PER_WORD, i % per], k, qs[i // per, k // group, i % per],
+                                       qm[i // per, k // group, i % per], dtype),
+                name="dequantize",
+            )
+        elif spec.quantized:
             qw, qs, qm = ws
             w = te.compute(
                 (n_out, n_in),
@@ -56,7 +79,7 @@ def linear(x: Tensor, weights: list[Tensor], spec: QuantSpec, out_dtype: str) ->
         acc = te.compute(
             (*x.shape[:-1], n_out),
             lambda *idx: te.sum(x[(*idx[:-1], k)].astype("float32") * w[idx[-1], k].astype("float32"), axis=k),
-            name=LINEAR_BLOCK,
+            name=LINEAR_INTERLEAVED_BLOCK if interleaved else LINEAR_BLOCK,
         )
         if out_dtype == "float32":
             return acc
@@ -74,15 +97,27 @@ class QLinear(nn.Module):
         if spec.quantized:
             if in_features % spec.group_size:
                 raise ValueError(f"in_features {in_features} is not a multiple of group {spec.group_size}")
-            self.q_weight = nn.Parameter((out_features, in_features // Q4_PER_WORD), "uint32")
-            self.q_scale = nn.Parameter((out_features, in_features // spec.group_size), spec.model_dtype)
-            self.q_min = nn.Parameter((out_features, in_features // spec.group_size), spec.model_dtype)
+            per = spec.interleave
+            if per and out_features % per:
+                raise ValueError(f"{spec.name} interleaves output rows by {per}; out_features {out_features} is not a multiple")
+            if spec.weight_bits == 8 and not per:
+                raise ValueError("int8 linear layers are only built row-interleaved (q4f32's LM head)")
+            lead, tail = ((out_features // per,), (per,)) if per else ((out_features,), ())
+            if spec.weight_bits == 8:
+                self.q_weight = nn.Parameter((*lead, in_features, *tail), "int8")
+            else:
+                self.q_weight = nn.Parameter((*lead, in_features // Q4_PER_WORD, *tail), "uint32")
+            self.q_scale = nn.Parameter((*lead, in_features // spec.group_size, *tail), spec.model_dtype)
+            if spec.weight_bits == 4:
+                self.q_min = nn.Parameter((*lead, in_features // spec.group_size, *tail), spec.model_dtype)
         else:
             self.weight = nn.Parameter((out_features, in_features), spec.model_dtype)
         self.bias = nn.Parameter((out_features,), spec.model_dtype) if bias else None
 
     def weights(self) -> list[Tensor]:
-        return [self.q_weight, self.q_scale, self.q_min] if self.spec.quantized else [self.weight]
+        if not self.spec.quantized:
+            return [self.weight]
+        return [self.q_weight, self.q_scale] + ([self.q_min] if self.spec.weight_bits == 4 else [])
 
     def forward(self, x: Tensor) -> Tensor:
         y = linear(x, self.weights(), self.spec, self.spec.model_dtype)

@@ -114,8 +114,10 @@ class LlamaForCausalLM(nn.Module):
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, q.model_dtype)
         self.layers = nn.ModuleList([LlamaDecoderLayer(cfg, q, kernels) for _ in range(cfg.num_hidden_layers)])
         self.norm = nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False, dtype=q.model_dtype)
-        if not cfg.tie_word_embeddings:
-            self.lm_head = QLinear(cfg.hidden_size, cfg.vocab_size, q.unquantized())  # see Embedding
+        # Unquantized unless the scheme says (see Embedding); a quantized head is its own parameter even when tied.
+        self.separate_head = not cfg.tie_word_embeddings or q.head().quantized
+        if self.separate_head:
+            self.lm_head = QLinear(cfg.hidden_size, cfg.vocab_size, q.head())
 
     def _logits(self, hidden: Tensor) -> Tensor:
         """Float32 logits from the last layer's output (the final norm is applied here)."""
@@ -123,7 +125,7 @@ class LlamaForCausalLM(nn.Module):
             head = self.embed_tokens.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
             return self.kernels.norm_logits(hidden, self.norm.weight, self.norm.epsilon, head)
         hidden = self.norm(hidden)
-        if self.cfg.tie_word_embeddings:
+        if not self.separate_head:
             return self.embed_tokens.lm_head(hidden, self.quant.unquantized())
         logits = self.lm_head(hidden)
         return logits if logits.dtype == "float32" else logits.astype("float32")

@@ -22,10 +22,14 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from compile.model.layers import LINEAR_BLOCK
+from compile.model.layers import LINEAR_BLOCK, LINEAR_INTERLEAVED_BLOCK, Q4_PER_WORD
 
 LANES = 16
 ROWS = 8
+# Interleaved int4 (q4f32): output rows per vector (the weights' interleave) and vectors per tile;
+# several independent accumulators hide the FMA latency of the k loop.
+ROW_LANES = 16
+ROW_VECTORS = 4
 
 
 class CPULinear(ScheduleRule):
@@ -75,3 +79,62 @@ class CPULinear(ScheduleRule):
         sch.unroll(j_inner)
         init = sch.decompose_reduction(partial, k_outer)
         sch.vectorize(sch.get_loops(init)[-1])
+
+
+class CPULinearInterleaved(ScheduleRule):
+    """Schedule row-interleaved int4 linear layers (``LINEAR_INTERLEAVED_BLOCK``, q4f32) for LLVM.
+
+    The weights are (out/16, in/8, 16) words, so for one input k the 16 lanes of a vector are 16
+    output rows: the hot loop loads 16 contiguous words, shifts every lane by the same amount,
+    masks, converts, applies the group's scale and minimum (16 contiguous values) and does one FMA
+    with the broadcast x[k]: no horizontal reduction. The eight inputs of one word are unrolled, so
+    the shifts are constants (int8 weights, q4f32's LM head, take the same loops). Tiles of ``ROW_VECTORS`` x 16 output rows run
+    in parallel, the rows of x (tokens) inside a tile, the accumulators in registers.
+    """
+
+    def is_target_available(self, target: Target) -> bool:
+        return target.kind.name == "llvm"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        try:
+            block = sch.get_sblock(LINEAR_INTERLEAVED_BLOCK)
+        except (ValueError, s_tir.ScheduleError):
+            return None
+        try:
+            self._schedule(sch, block)
+        except s_tir.ScheduleError:
+            return None
+        return sch
+
+    @staticmethod
+    def _schedule(sch: s_tir.Schedule, block) -> None:
+        for producer in sch.get_producers(block):
+            if sch.get(producer).name_hint == "dequantize":
+                sch.compute_inline(producer)
+        epilogue = []
+        frontier = sch.get_consumers(block)
+        while frontier:
+            epilogue += frontier
+            frontier = [c for b in frontier for c in sch.get_consumers(b)]
+
+        n_out = int(sch.get(sch.get_loops(block)[-2]).extent)
+        vectors = next(v for v in (ROW_VECTORS, 2, 1) if n_out % (v * ROW_LANES) == 0)
+        local = sch.cache_write(block, 0, "local")
+        *lead, j, k = sch.get_loops(block)
+        rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+        tile, vec, lanes = sch.split(j, [None, vectors, ROW_LANES])
+        k_word, k_nibble = sch.split(k, [None, Q4_PER_WORD])
+        sch.reorder(tile, rows, k_word, k_nibble, vec, lanes)
+        sch.parallel(tile)
+        sch.reverse_compute_at(local, rows)
+        for consumer in epilogue:
+            sch.reverse_compute_at(consumer, rows)
+        sch.vectorize(lanes)
+        sch.unroll(vec)
+        sch.unroll(k_nibble)
+        init = sch.decompose_reduction(block, k_word)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.vectorize(sch.get_loops(local)[-1])
