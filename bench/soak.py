@@ -36,7 +36,7 @@ def main() -> int:
     p.add_argument("--streams", type=int, default=256)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--hangup-share", type=float, default=0.25)
-    p.add_argument("--kv-cache-tokens", type=int, default=4096)
+    p.add_argument("--kv-cache-tokens", type=int, default=2048, help="small enough that 256 streams preempt")
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--out", type=Path)
     args = p.parse_args()
