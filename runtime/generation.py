@@ -30,6 +30,7 @@ def prepare_prompt(request: InferenceRequest, tokenizer: ChatTokenizer, max_mode
     request.sampling_params.validate()
     if request.prompt_token_ids is not None:
         ids = list(request.prompt_token_ids)
+        _check_context(len(ids), request.sampling_params.max_tokens, max_model_len)  # before scanning every id
         vocab = tokenizer.vocab_size
         if any(not isinstance(t, int) or not 0 <= t < vocab for t in ids):
             raise InvalidRequestError(f"prompt token ids must be integers in [0, {vocab})", param="prompt")
@@ -37,15 +38,19 @@ def prepare_prompt(request: InferenceRequest, tokenizer: ChatTokenizer, max_mode
         ids = tokenizer.encode(request.prompt, add_bos=request.metadata.get("add_bos"))
     if not ids:
         raise InvalidRequestError("the prompt is empty", param="prompt")
-    wanted = len(ids) + request.sampling_params.max_tokens
+    _check_context(len(ids), request.sampling_params.max_tokens, max_model_len)
+    return ids
+
+
+def _check_context(prompt_len: int, max_tokens: int, max_model_len: int) -> None:
+    wanted = prompt_len + max_tokens
     if wanted > max_model_len:
         raise ContextLengthExceededError(
             f"This model's maximum context length is {max_model_len} tokens. However, you requested "
-            f"{wanted} tokens ({len(ids)} in the prompt, {request.sampling_params.max_tokens} for the "
-            "completion). Please reduce the prompt or max_tokens.",
+            f"{wanted} tokens ({prompt_len} in the prompt, {max_tokens} for the completion). Please reduce "
+            "the prompt or max_tokens.",
             param="max_tokens",
         )
-    return ids
 
 
 class SequenceOutput:

@@ -103,3 +103,23 @@ def test_stop_strings_hold_back_prefixes(deltas, stops, emitted, stopped):
     if not hit:
         out.append(matcher.flush())
     assert "".join(out) == emitted and hit == stopped
+
+
+def test_a_token_id_prompt_beyond_the_context_is_refused_before_its_ids_are_scanned():
+    """A body of a million out-of-vocabulary ids is refused by its length (context_length_exceeded),
+    without the per-id vocabulary scan that would hold the event loop."""
+    from ferrum.errors import ContextLengthExceededError, InvalidRequestError
+    from ferrum.types import InferenceRequest, SamplingParams
+    from runtime.generation import prepare_prompt
+
+    class Vocabulary:
+        vocab_size = 100
+
+    huge = InferenceRequest(prompt_token_ids=[-1] * 1_000_000, sampling_params=SamplingParams(max_tokens=4))
+    with pytest.raises(ContextLengthExceededError):
+        prepare_prompt(huge, Vocabulary(), max_model_len=2048)
+    short = InferenceRequest(prompt_token_ids=[5, 100], sampling_params=SamplingParams(max_tokens=4))
+    with pytest.raises(InvalidRequestError, match=r"\[0, 100\)"):
+        prepare_prompt(short, Vocabulary(), max_model_len=2048)
+    assert prepare_prompt(InferenceRequest(prompt_token_ids=[5, 99], sampling_params=SamplingParams(max_tokens=4)),
+                          Vocabulary(), max_model_len=2048) == [5, 99]
