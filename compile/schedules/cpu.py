@@ -32,8 +32,10 @@ ROW_LANES = 16
 ROW_VECTORS = 4
 
 
-class CPULinear(ScheduleRule):
-    """Schedule PrimFuncs holding a ``LINEAR_BLOCK`` for LLVM targets."""
+class _LinearRule(ScheduleRule):
+    """A rule that schedules the PrimFuncs holding the block named ``block_name`` on LLVM targets."""
+
+    block_name: str
 
     def is_target_available(self, target: Target) -> bool:
         return target.kind.name == "llvm"
@@ -43,7 +45,7 @@ class CPULinear(ScheduleRule):
             return None
         sch = s_tir.Schedule(func)
         try:
-            block = sch.get_sblock(LINEAR_BLOCK)
+            block = sch.get_sblock(self.block_name)
         except (ValueError, s_tir.ScheduleError):
             return None
         try:
@@ -54,14 +56,31 @@ class CPULinear(ScheduleRule):
 
     @staticmethod
     def _schedule(sch: s_tir.Schedule, block) -> None:
-        for producer in sch.get_producers(block):
-            if sch.get(producer).name_hint == "dequantize":
-                sch.compute_inline(producer)
-        epilogue = []
-        frontier = sch.get_consumers(block)
-        while frontier:
-            epilogue += frontier
-            frontier = [c for b in frontier for c in sch.get_consumers(b)]
+        raise NotImplementedError
+
+
+def _inline_dequantize_and_collect_epilogue(sch: s_tir.Schedule, block) -> list:
+    """Fold the weight dequantization into the product's loads; return every block downstream of it
+    (bias, activation, residual), in order, for the caller to compute at the product's rows."""
+    for producer in sch.get_producers(block):
+        if sch.get(producer).name_hint == "dequantize":
+            sch.compute_inline(producer)
+    epilogue = []
+    frontier = sch.get_consumers(block)
+    while frontier:
+        epilogue += frontier
+        frontier = [c for b in frontier for c in sch.get_consumers(b)]
+    return epilogue
+
+
+class CPULinear(_LinearRule):
+    """Schedule PrimFuncs holding a ``LINEAR_BLOCK`` for LLVM targets."""
+
+    block_name = LINEAR_BLOCK
+
+    @staticmethod
+    def _schedule(sch: s_tir.Schedule, block) -> None:
+        epilogue = _inline_dequantize_and_collect_epilogue(sch, block)
 
         *lead, j, k = sch.get_loops(block)
         k_outer, lanes = sch.split(k, [None, LANES])
@@ -81,7 +100,7 @@ class CPULinear(ScheduleRule):
         sch.vectorize(sch.get_loops(init)[-1])
 
 
-class CPULinearInterleaved(ScheduleRule):
+class CPULinearInterleaved(_LinearRule):
     """Schedule row-interleaved int4 linear layers (``LINEAR_INTERLEAVED_BLOCK``, q4f32) for LLVM.
 
     The weights are (out/16, in/8, 16) words, so for one input k the 16 lanes of a vector are 16
@@ -92,33 +111,11 @@ class CPULinearInterleaved(ScheduleRule):
     in parallel, the rows of x (tokens) inside a tile, the accumulators in registers.
     """
 
-    def is_target_available(self, target: Target) -> bool:
-        return target.kind.name == "llvm"
-
-    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        sch = s_tir.Schedule(func)
-        try:
-            block = sch.get_sblock(LINEAR_INTERLEAVED_BLOCK)
-        except (ValueError, s_tir.ScheduleError):
-            return None
-        try:
-            self._schedule(sch, block)
-        except s_tir.ScheduleError:
-            return None
-        return sch
+    block_name = LINEAR_INTERLEAVED_BLOCK
 
     @staticmethod
     def _schedule(sch: s_tir.Schedule, block) -> None:
-        for producer in sch.get_producers(block):
-            if sch.get(producer).name_hint == "dequantize":
-                sch.compute_inline(producer)
-        epilogue = []
-        frontier = sch.get_consumers(block)
-        while frontier:
-            epilogue += frontier
-            frontier = [c for b in frontier for c in sch.get_consumers(b)]
+        epilogue = _inline_dequantize_and_collect_epilogue(sch, block)
 
         n_out = int(sch.get(sch.get_loops(block)[-2]).extent)
         vectors = next(v for v in (ROW_VECTORS, 2, 1) if n_out % (v * ROW_LANES) == 0)
