@@ -19,6 +19,7 @@ import tvm
 import ferrum
 from compile.build import LIBRARY_NAME
 from compile.builders import check_quantization, get_builder
+from compile.compile_index import record_compiled, request_key
 from compile.sources import open_source
 from compile.targets import resolve_target
 from ferrum.errors import ArtifactError
@@ -46,8 +47,11 @@ def compile_model(
     skip_existing: bool = False,
 ) -> Path:
     """Build an artifact and return its folder (or, with ``skip_existing``, return an intact
-    artifact of the same name without rebuilding it)."""
+    artifact of the same name without rebuilding it). Every finished request is recorded in the
+    output folder's compile index (``compile/compile_index.py``), which the CLI's
+    ``--skip-existing`` reads before importing this module."""
     progress = Progress()
+    key = request_key(model, target, quantization, arch, name)
     build_target = resolve_target(target, arch)
     if quantization:
         get_quantization(quantization)  # an unknown name fails before the model is read
@@ -60,6 +64,7 @@ def compile_model(
     final = Path(output_root) / name
     if skip_existing and _intact(final):
         progress(f"already compiled: {final}")
+        record_compiled(final.parent, key, final)
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = final.parent / f".{name}.partial-{os.getpid()}"
@@ -89,6 +94,7 @@ def compile_model(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    record_compiled(final.parent, key, final)
     progress(f"artifact ready: {final}")
     return final
 

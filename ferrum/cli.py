@@ -48,6 +48,17 @@ def _engine(artifact: str, device: str):
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
+    if args.skip_existing:  # answered from the compile index, without TVM, when this request was compiled
+        try:
+            from compile.compile_index import quick_skip
+        except ModuleNotFoundError as exc:
+            if exc.name != "compile":
+                raise
+        else:
+            found = quick_skip(args.model, args.target, args.quant, args.arch, Path(args.output), args.name)
+            if found is not None:
+                print(found)
+                return
     try:
         from compile.compile_model import compile_model
     except ModuleNotFoundError as exc:
@@ -194,8 +205,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _runtime_process() -> None:
+    """Start the serving commands as a serving box runs: TVM's runtime library only, and no torch.
+
+    The runtime never calls TVM's compiler, and loading ``libtvm_compiler.so`` costs ~0.5 s of each
+    start; ``tvm_ffi`` imports torch whenever it is installed (it is, in a development venv: the
+    tests compare against transformers), another ~1.3 s. Both are skipped, for a process started for
+    one of these commands only (``main()`` without ``argv``), unless TVM is already imported;
+    ``TVM_USE_RUNTIME_LIB`` set by the caller is kept."""
+    if "tvm" in sys.modules or "tvm_ffi" in sys.modules:
+        return
+    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    os.environ.setdefault("TVM_FFI_DISABLE_TORCH_C_DLPACK", "1")
+    sys.modules.setdefault("torch", None)  # makes `import torch` raise ImportError, which tvm_ffi tolerates
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None and args.func is not cmd_compile:  # a process of its own (console script, python -m)
+        _runtime_process()
     try:
         args.func(args)
     except FerrumError as exc:

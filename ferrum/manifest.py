@@ -16,13 +16,13 @@ Layout of an LLM artifact::
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ferrum.errors import ArtifactError
+from ferrum.hash_cache import file_sha256
 from ferrum.manifest_extra import EXTRA_TYPES, ModalityExtra
 
 SCHEMA_VERSION = 1
@@ -175,14 +175,6 @@ def host_cpu_flags() -> set[str]:
     return set()
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def describe_files(folder: Path) -> dict[str, dict[str, Any]]:
     """Hash and size of every file under ``folder`` except the manifest, by relative path."""
     files = {}
@@ -190,7 +182,7 @@ def describe_files(folder: Path) -> dict[str, dict[str, Any]]:
         rel = path.relative_to(folder).as_posix()
         if rel == MANIFEST_NAME:
             continue
-        files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        files[rel] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
     return files
 
 
@@ -203,5 +195,5 @@ def verify_files(folder: Path, manifest: Manifest) -> None:
         size = path.stat().st_size
         if size != info["bytes"]:
             raise ArtifactError(f"artifact file {rel} has {size} bytes, manifest says {info['bytes']}")
-        if sha256_file(path) != info["sha256"]:
+        if file_sha256(path) != info["sha256"]:
             raise ArtifactError(f"artifact file {rel} does not match its sha256 in the manifest")

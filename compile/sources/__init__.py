@@ -64,10 +64,8 @@ def _hf_source(folder: Path) -> ModelSource:
     return getattr(importlib.import_module(module), cls)(folder)
 
 
-def open_source(model: str | Path | None) -> ModelSource:
-    """Open ``model``: a .gguf file, a Hugging Face folder, or a known name (default SmolLM2)."""
-    from compile.sources.gguf_source import GGUFSource
-
+def resolve_model_path(model: str | Path | None) -> Path:
+    """The file or folder ``model`` names: a path, or a known name (default SmolLM2), which must exist."""
     spec = str(model) if model else DEFAULT_MODEL
     if spec.lower() in KNOWN_MODELS and not Path(spec).exists():
         path = packaged_model_path(spec.lower())
@@ -78,6 +76,14 @@ def open_source(model: str | Path | None) -> ModelSource:
             f"model {spec!r} not found: give a .gguf file, a Hugging Face folder, or one of "
             f"{', '.join(sorted(KNOWN_MODELS))}"
         )
+    return path
+
+
+def open_source(model: str | Path | None) -> ModelSource:
+    """Open ``model``: a .gguf file, a Hugging Face folder, or a known name (default SmolLM2)."""
+    from compile.sources.gguf_source import GGUFSource
+
+    path = resolve_model_path(model)
     if path.is_file():
         if path.suffix.lower() == ".onnx":  # a Piper text-to-speech voice
             from compile.sources.tts_source import PiperVoiceSource
