@@ -4,7 +4,8 @@ TVM's per-target default pipelines apply dlight's default schedules (for CUDA it
 ``RewriteCUDAGraph``). For CPUs dlight has no matmul schedule, so we add our linear-layer
 schedule and dlight's CPU reduction rule: the kernels that take the time are vectorized and
 parallel, not naive loops. For CUDA our row-bucket dispatch runs before dlight's default
-schedules (which skip what is already scheduled). ``compile/targets.py`` names which list a
+schedules (which skip what is already scheduled). WebGPU (the vulkan target) takes TVM's generic
+GPU pipeline: dlight's matmul, GEMV and reduction rules. ``compile/targets.py`` names which list a
 target uses.
 """
 
@@ -43,3 +44,9 @@ def cuda_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     passes = stages.library_dispatch_passes(target) + stages.legalize_passes(target)
     passes.insert(len(passes) - 1, RowDispatch())  # the last legalize pass applies dlight's defaults
     return passes + stages.dataflow_lower_passes(target) + stages.finalize_passes(target)
+
+
+def webgpu_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    stages = _stages("gpu_generic")
+    return (stages.library_dispatch_passes(target) + stages.legalize_passes(target)
+            + stages.dataflow_lower_passes(target) + stages.finalize_passes(target))

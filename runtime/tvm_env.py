@@ -14,7 +14,10 @@ architecture the device code was built for).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import importlib.util
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,11 +28,13 @@ import tvm_ffi
 from tvm.runtime import Device
 
 from ferrum.errors import ArtifactError
-from ferrum.manifest import TargetInfo
+from ferrum.manifest import WEBGPU_PLUGIN, TargetInfo
 
 _cuda_lock = threading.Lock()
 _cuda_loaded = False
 _prebuilt_kernels: dict[str, Path] = {}
+_webgpu_lock = threading.Lock()
+_webgpu_libs: list[ctypes.CDLL] = []  # wgpu-native and Ferrum's plugin, loaded once per process
 
 
 def runtime_only() -> bool:
@@ -90,6 +95,59 @@ def _open_cuda(index: int) -> Device:
     return dev
 
 
+def _wgpu_native() -> Path:
+    spec = importlib.util.find_spec("wgpu")
+    if spec is None or not spec.submodule_search_locations:
+        raise ArtifactError("a vulkan artifact needs the `wgpu` package (wgpu-native): pip install wgpu==0.32.0")
+    return Path(next(iter(spec.submodule_search_locations))) / "resources" / "libwgpu_native-release.so"
+
+
+def _load_webgpu_runtime() -> None:
+    """Load wgpu-native (global symbols, which the plugin links against) and the artifact's WebGPU
+    plugin, which registers ``device_api.webgpu`` and the device-module loader with TVM."""
+    with _webgpu_lock:
+        if _webgpu_libs:
+            return
+        plugin = next((p for p in _prebuilt_kernels.values() if p.name == WEBGPU_PLUGIN), None)
+        if plugin is None:
+            raise ArtifactError(f"the artifact has no WebGPU runtime plugin (kernels/{WEBGPU_PLUGIN}); "
+                                "recompile it with `ferrum compile --target vulkan`")
+        try:
+            _webgpu_libs.append(ctypes.CDLL(str(_wgpu_native()), mode=ctypes.RTLD_GLOBAL))
+            _webgpu_libs.append(ctypes.CDLL(str(plugin), mode=ctypes.RTLD_LOCAL))
+        except OSError as exc:
+            raise ArtifactError(f"cannot load the WebGPU runtime: {exc}") from None
+
+
+def webgpu_adapter() -> dict:
+    """The WebGPU adapter: name, vendor, driver, backend, adapter type, features and limits
+    (``{"error": ...}`` without one)."""
+    _load_webgpu_runtime()
+    return json.loads(tvm.get_global_func("ferrum.webgpu.adapter_info")())
+
+
+def _open_webgpu(index: int) -> Device:
+    adapter = webgpu_adapter()
+    if "error" in adapter:
+        raise ArtifactError(f"no Vulkan device is available on this machine ({adapter['error']})")
+    if index != 0:
+        raise ArtifactError(f"WebGPU device {index} does not exist: this runtime drives one adapter (0)")
+    return tvm.device("webgpu", 0)
+
+
+def _webgpu_mismatch(_dev: Device, target: TargetInfo) -> str | None:
+    """The features and limits the kernels need (``target.requirements``) against the adapter's."""
+    needs = target.requirements
+    adapter = webgpu_adapter()
+    missing = [f for f in needs.get("features", []) if f not in adapter["features"]]
+    short = [f"{name} {adapter['limits'].get(name, 0)} < {value}" for name, value in needs.get("limits", {}).items()
+             if adapter["limits"].get(name, 0) < value]
+    if not missing and not short:
+        return None
+    return (f"needs a WebGPU adapter with {', '.join(missing + short)}; this one ({adapter['name']}, "
+            f"{adapter['backend']}) lacks it")
+
+
 def cuda_arch(dev: Device) -> str:
     """``sm_XY`` of a CUDA device."""
     return "sm_" + dev.compute_version.replace(".", "")
@@ -115,7 +173,12 @@ class RuntimeDevice:
 DEVICES: dict[str, RuntimeDevice] = {
     "cpu": RuntimeDevice(open=_open_cpu),
     "cuda": RuntimeDevice(open=_open_cuda, mismatch=_cuda_arch_mismatch),
+    "webgpu": RuntimeDevice(open=_open_webgpu, mismatch=_webgpu_mismatch),
 }
+
+
+# what users call a device type: the vulkan target's libraries run on TVM's webgpu device
+DEVICE_ALIASES = {"vulkan": "webgpu"}
 
 
 def open_device(artifact: str, target: TargetInfo, index: int = 0) -> Device:
