@@ -18,6 +18,7 @@ import ctypes
 import hashlib
 import importlib.util
 import json
+import platform
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,6 +127,13 @@ def webgpu_adapter() -> dict:
     return json.loads(tvm.get_global_func("ferrum.webgpu.adapter_info")())
 
 
+def _describe_webgpu(_dev: Device) -> dict:
+    adapter = webgpu_adapter()
+    return {"type": "webgpu", **{k: adapter[k] for k in ("name", "vendor", "backend", "adapter_type", "driver")},
+            "memory_allocated_bytes": adapter["allocated_bytes"],
+            "max_storage_buffer_binding_size": adapter["limits"]["max_storage_buffer_binding_size"]}
+
+
 def _open_webgpu(index: int) -> Device:
     adapter = webgpu_adapter()
     if "error" in adapter:
@@ -161,6 +169,12 @@ def _cuda_arch_mismatch(dev: Device, target: TargetInfo) -> str | None:
     return f"holds device code for {target.arch}, but this GPU ({dev.device_name}) is {arch}; recompile with ARCH={arch}"
 
 
+def _describe_cuda(dev: Device) -> dict:
+    return {"type": "cuda", "name": dev.device_name, "arch": cuda_arch(dev),
+            "memory_total_bytes": dev.total_global_memory,
+            "memory_used_bytes": dev.total_global_memory - dev.available_global_memory}
+
+
 @dataclass(frozen=True)
 class RuntimeDevice:
     """What running a library on one device type needs."""
@@ -168,12 +182,14 @@ class RuntimeDevice:
     open: Callable[[int], Device]  # loads the device's runtime libraries and hooks, returns device ``index``
     # why the device cannot run a library built for the target (a predicate phrase), None if it can
     mismatch: Callable[[Device, TargetInfo], str | None] = lambda _dev, _target: None
+    # what ``/v1/status`` reports of the device: its name and driver, the memory in use
+    describe: Callable[[Device], dict] = lambda _dev: {}
 
 
 DEVICES: dict[str, RuntimeDevice] = {
-    "cpu": RuntimeDevice(open=_open_cpu),
-    "cuda": RuntimeDevice(open=_open_cuda, mismatch=_cuda_arch_mismatch),
-    "webgpu": RuntimeDevice(open=_open_webgpu, mismatch=_webgpu_mismatch),
+    "cpu": RuntimeDevice(open=_open_cpu, describe=lambda _dev: {"type": "cpu", "name": platform.machine()}),
+    "cuda": RuntimeDevice(open=_open_cuda, mismatch=_cuda_arch_mismatch, describe=_describe_cuda),
+    "webgpu": RuntimeDevice(open=_open_webgpu, mismatch=_webgpu_mismatch, describe=_describe_webgpu),
 }
 
 
@@ -195,3 +211,16 @@ def open_device(artifact: str, target: TargetInfo, index: int = 0) -> Device:
     if problem:
         raise ArtifactError(f"artifact {artifact} {problem}")
     return dev
+
+
+def describe_device(device_type: str, dev: Device) -> dict:
+    """The device as ``/v1/status`` reports it (``RuntimeDevice.describe``)."""
+    return DEVICES[device_type].describe(dev)
+
+
+def max_binding_bytes(device_type: str) -> int | None:
+    """Largest buffer one kernel argument may be on this device type (WebGPU's storage-binding
+    limit; the KV cache's per-layer pages must fit it), None where there is no such limit."""
+    if device_type != "webgpu":
+        return None
+    return int(webgpu_adapter()["limits"]["max_storage_buffer_binding_size"])

@@ -120,6 +120,10 @@ def test_batch_engine_on_vulkan_batches_preempts_and_cancels(tiny_vulkan):
         while engine.scheduler.pages.free_pages != pages.total_pages and time.monotonic() < deadline:
             time.sleep(0.01)
         assert engine.runner.available_pages() == engine.scheduler.pages.free_pages == pages.total_pages
+        device = engine.device_info()  # what /v1/status reports
+        assert device["type"] == "webgpu" and device["backend"] == "vulkan" and device["name"]
+        assert device["memory_allocated_bytes"] >= engine.runner.kv_bytes_per_token() * 128
+        assert run(engine.status()).memory_usage.gpu_memory_bytes == device["memory_allocated_bytes"]
     finally:
         run(engine.shutdown())
 

@@ -210,6 +210,9 @@ class Context {
     CheckErrors("a sync");
   }
 
+  // Bytes held by the buffers TVM allocated (wgpu reports no device memory figures).
+  uint64_t allocated_bytes = 0;
+
   WGPUBuffer CreateBuffer(uint64_t nbytes, WGPUBufferUsage usage) {
     WGPUBufferDescriptor desc = WGPU_BUFFER_DESCRIPTOR_INIT;
     desc.usage = usage;
@@ -307,7 +310,8 @@ class Context {
        << ", \"max_compute_workgroup_storage_size\": " << l.maxComputeWorkgroupStorageSize
        << ", \"max_compute_invocations_per_workgroup\": " << l.maxComputeInvocationsPerWorkgroup
        << ", \"max_compute_workgroup_size_x\": " << l.maxComputeWorkgroupSizeX
-       << ", \"max_compute_workgroups_per_dimension\": " << l.maxComputeWorkgroupsPerDimension << "}}";
+       << ", \"max_compute_workgroups_per_dimension\": " << l.maxComputeWorkgroupsPerDimension
+       << "}, \"allocated_bytes\": " << allocated_bytes << "}";
     return os.str();
   }
 
@@ -435,12 +439,15 @@ class WebGPUDeviceAPI final : public tvm::runtime::DeviceAPI {
       TVM_FFI_THROW(RuntimeError) << "WebGPU buffer of " << nbytes << " bytes exceeds the adapter's maxBufferSize "
                                   << l.maxBufferSize;
     }
-    return ctx->CreateBuffer(nbytes, WGPUBufferUsage_Storage | WGPUBufferUsage_CopySrc | WGPUBufferUsage_CopyDst);
+    WGPUBuffer buf = ctx->CreateBuffer(nbytes, WGPUBufferUsage_Storage | WGPUBufferUsage_CopySrc | WGPUBufferUsage_CopyDst);
+    ctx->allocated_bytes += wgpuBufferGetSize(buf);
+    return buf;
   }
 
   void FreeDataSpace(tvm::Device, void* ptr) final {
     Context* ctx = Context::Global();
     std::lock_guard<std::mutex> lock(ctx->mutex());
+    ctx->allocated_bytes -= wgpuBufferGetSize(AsBuffer(ptr));
     wgpuBufferRelease(AsBuffer(ptr));  // wgpu keeps it alive for work already encoded
   }
 
