@@ -175,13 +175,13 @@ def test_runtime_only_tvm_runs_the_vulkan_artifact(tiny_vulkan, tiny_artifact):
 
 
 def test_smollm2_on_vulkan_answers_like_the_cpu_artifact(smollm2_vulkan, smollm2_artifact):
-    """A short prompt and 8 tokens: lavapipe takes seconds per SmolLM2 token."""
+    """Greedy tokens of the raw question (7 tokens, so the prompt too runs the GEMV kernels):
+    lavapipe takes seconds per SmolLM2 step."""
     cpu, vk = open_engine(smollm2_artifact), open_engine(smollm2_vulkan, device="vulkan")
     try:
-        prompt = cpu.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
-        want = greedy(cpu, [prompt], 8)
-        assert greedy(vk, [prompt], 8) == want
-        assert "Paris" in cpu.tokenizer.decode(want[0])
+        prompt = ["What is the capital of France?"]
+        want = greedy(cpu, prompt, 12)
+        assert greedy(vk, prompt, 12) == want
     finally:
         run(cpu.shutdown())
         run(vk.shutdown())
