@@ -67,6 +67,7 @@ class TargetKind:
     make: Callable[[str | None], TargetOutput]  # ARCH (None: the default) -> the TVM target
     passes: Callable[[tvm.target.Target], list[tvm.transform.Pass]]  # the Relax pipeline's passes
     package: Packager | None = None  # builds the device code ahead of time; None: it is in the library
+    not_yet: tuple[str, ...] = ()  # source architectures this target does not build yet
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,8 @@ TARGETS: dict[str, TargetKind] = {
     "cuda": TargetKind("cuda", device_type="cuda", default_quantization="q0f16", gpu=True,
                        make=_make_cuda, passes=cuda_passes, package=cuda_fatbins),
     "vulkan": TargetKind("vulkan", device_type="webgpu", default_quantization="q0f32", gpu=True,
-                         make=_make_webgpu, passes=webgpu_passes, package=webgpu_runtime),
+                         make=_make_webgpu, passes=webgpu_passes, package=webgpu_runtime,
+                         not_yet=("whisper", "piper-vits")),
 }
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from compile.device_code import webgpu_requirements
 from compile.targets import TARGETS, get_target_kind, resolve_target
-from ferrum.errors import InvalidRequestError
+from ferrum.errors import InvalidRequestError, ModelSourceError
 from runtime.tvm_env import DEVICE_ALIASES, DEVICES
 
 WGSL = """// Function: add_kernel
@@ -44,3 +44,11 @@ def test_requirements_are_the_largest_any_kernel_needs():
                                "max_compute_invocations_per_workgroup": 1024,
                                "max_compute_workgroup_storage_size": 256 * 4 + 64 * 2}
     assert webgpu_requirements([WGSL.split("// Function: copy_kernel")[0].replace("enable f16;", "")])["features"] == []
+
+
+@pytest.mark.parametrize("model", ["whisper-base", "piper-joe"])
+def test_speech_models_are_refused_on_vulkan_by_name(model):
+    from compile.compile_model import compile_model
+
+    with pytest.raises(ModelSourceError, match=r"(whisper|piper-vits) models are not supported on vulkan yet"):
+        compile_model(model, "vulkan")
