@@ -207,3 +207,19 @@ def test_minilm_vectors_on_vulkan_are_the_cpu_ones(minilm_vulkan, minilm_artifac
     cpu, vk = vectors
     cosines = (cpu * vk).sum(1) / np.linalg.norm(cpu, axis=1) / np.linalg.norm(vk, axis=1)
     assert cosines.min() >= 0.9999, cosines
+
+
+def test_serve_device_vulkan_answers_and_reports_the_adapter(tiny_vulkan):
+    from server_harness import ServeProcess, request
+
+    server = ServeProcess([str(tiny_vulkan)], "--device", "vulkan", "--max-model-len", "256", "--kv-cache-tokens", "512")
+    try:
+        body = {"model": tiny_vulkan.name, "prompt": "hello world", "max_tokens": 4, "temperature": 0}
+        status, _, reply = run(request("POST", server.url + "/v1/completions", json_body=body))
+        assert status == 200 and json.loads(reply)["usage"]["completion_tokens"] == 4
+        status, _, reply = run(request("GET", server.url + "/v1/status"))
+        assert status == 200
+        device = json.loads(reply)["models"][tiny_vulkan.name]["device"]
+        assert device["type"] == "webgpu" and device["backend"] == "vulkan" and device["memory_allocated_bytes"] > 0
+    finally:
+        assert server.terminate() == 0
