@@ -120,6 +120,18 @@ def detect_cuda_arch() -> str | None:
     return "sm_90a" if arch == "sm_90" else arch
 
 
+def detect_vulkan_gpu() -> bool:
+    """True when wgpu-native finds a Vulkan GPU; a CPU driver such as lavapipe does not count."""
+    try:
+        import wgpu
+
+        adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+    except Exception:  # no wgpu, no loader, no driver: wgpu raises several error types
+        return False
+    return (adapter is not None and adapter.info["backend_type"] == "Vulkan"
+            and adapter.info["adapter_type"] in ("DiscreteGPU", "IntegratedGPU"))
+
+
 def _make_llvm(arch: str | None) -> TargetOutput:
     if arch:
         raise InvalidRequestError("ARCH applies to GPU targets only", param="arch")
@@ -174,9 +186,9 @@ def get_target_kind(name: str) -> TargetKind:
 
 
 def resolve_target(kind: str | None, arch: str | None = None) -> BuildTarget:
-    """``kind``: a name in ``TARGETS``, or None/"auto" (the detected GPU if any, else this CPU)."""
+    """``kind``: a name in ``TARGETS``, or None/"auto" (a CUDA GPU, else a Vulkan GPU, else this CPU)."""
     if kind in AUTO:
-        kind = "cuda" if detect_cuda_arch() else "llvm"
+        kind = "cuda" if detect_cuda_arch() else "vulkan" if detect_vulkan_gpu() else "llvm"
     row = get_target_kind(kind)
     made = row.make(arch)
     info = TargetInfo(kind=row.name, triple=made.triple, arch=",".join(made.archs) or None,
