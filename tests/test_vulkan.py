@@ -40,10 +40,10 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def compile_for(model: str, target: str, root: Path) -> Path:
+def compile_for(model: str, target: str, root: Path, quant: str = "q0f32") -> Path:
     from compile.compile_model import compile_model
 
-    return compile_model(model, target, "q0f32", output_root=root, skip_existing=True)
+    return compile_model(model, target, quant, output_root=root, skip_existing=True)
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +99,18 @@ def test_tiny_llama_tokens_and_logits_equal_the_cpu_artifact(tiny_vulkan, tiny_a
         run(vk.shutdown())
     a, b = prefill_logits(tiny_artifact, tokens), prefill_logits(tiny_vulkan, tokens)
     assert np.abs(a - b).max() <= 1e-4 * max(1.0, np.abs(a).max())
+
+
+def test_tiny_llama_q0f16_on_vulkan_gives_the_cpu_float32_tokens(tiny_llama, tiny_artifact, tmp_path):
+    """float16 weights and activations (WGSL ``enable f16``, lavapipe has ``shader-f16``)."""
+    f16 = compile_for(str(tiny_llama), "vulkan", tmp_path, "q0f16")
+    assert json.loads((f16 / "manifest.json").read_text())["target"]["requirements"]["features"] == ["shader-f16"]
+    cpu, vk = open_engine(tiny_artifact), open_engine(f16)
+    try:
+        assert greedy(vk, PROMPTS, 32) == greedy(cpu, PROMPTS, 32)
+    finally:
+        run(cpu.shutdown())
+        run(vk.shutdown())
 
 
 def test_batch_engine_on_vulkan_batches_preempts_and_cancels(tiny_vulkan):
