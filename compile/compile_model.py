@@ -22,7 +22,7 @@ from compile.builders import check_quantization, get_builder
 from compile.compile_index import record_compiled, request_key
 from compile.sources import open_source
 from compile.targets import resolve_target
-from ferrum.errors import ArtifactError
+from ferrum.errors import ArtifactError, ModelSourceError
 from ferrum.manifest import Manifest, describe_files, verify_files
 from ferrum.quantization import get_quantization
 
@@ -57,6 +57,8 @@ def compile_model(
         get_quantization(quantization)  # an unknown name fails before the model is read
     progress(f"reading model {model or '(default)'}")
     source = open_source(model)
+    if source.architecture in build_target.kind.not_yet:
+        raise ModelSourceError(f"{source.architecture} models are not supported on {build_target.kind.name} yet")
     builder = get_builder(source.architecture)
     quant = get_quantization(quantization or builder.default_quantization(build_target.kind))
     check_quantization(builder, quant, source.architecture)

@@ -11,6 +11,9 @@ the machine has; the manifest lists the CPU flags that level needs and the runti
 load the library on a CPU without them. CUDA builds name the architectures whose machine code
 goes into the fatbin: the one given (``ARCH=``), the detected GPU's, or sm_80 + sm_89 + sm_90a
 when there is no GPU to ask. CUDA host code targets x86-64-v2 so it runs on any serving host.
+The vulkan target (also called ``webgpu``) is TVM's WebGPU codegen: WGSL kernels that Ferrum's
+runtime plugin runs over wgpu-native on Vulkan (``runtime/webgpu/``); its host code targets
+x86-64-v2 too.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
-from compile.device_code import cuda_fatbins
-from compile.pipelines import cpu_passes, cuda_passes
+from compile.device_code import cuda_fatbins, webgpu_runtime
+from compile.pipelines import cpu_passes, cuda_passes, webgpu_passes
 from ferrum.errors import InvalidRequestError
 from ferrum.manifest import TargetInfo, host_cpu_flags
 
@@ -37,6 +40,7 @@ X86_LEVELS = {
 CUDA_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90", "sm_90a")
 DEFAULT_CUDA_ARCHS = ("sm_80", "sm_89", "sm_90a")
 AUTO = (None, "", "auto")
+ALIASES = {"webgpu": "vulkan"}  # TVM's name for the codegen the vulkan target uses
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class TargetKind:
     make: Callable[[str | None], TargetOutput]  # ARCH (None: the default) -> the TVM target
     passes: Callable[[tvm.target.Target], list[tvm.transform.Pass]]  # the Relax pipeline's passes
     package: Packager | None = None  # builds the device code ahead of time; None: it is in the library
+    not_yet: tuple[str, ...] = ()  # source architectures this target does not build yet
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,18 @@ def detect_cuda_arch() -> str | None:
     return "sm_90a" if arch == "sm_90" else arch
 
 
+def detect_vulkan_gpu() -> bool:
+    """True when wgpu-native finds a Vulkan GPU; a CPU driver such as lavapipe does not count."""
+    try:
+        import wgpu
+
+        adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+    except Exception:  # no wgpu, no loader, no driver: wgpu raises several error types
+        return False
+    return (adapter is not None and adapter.info["backend_type"] == "Vulkan"
+            and adapter.info["adapter_type"] in ("DiscreteGPU", "IntegratedGPU"))
+
+
 def _make_llvm(arch: str | None) -> TargetOutput:
     if arch:
         raise InvalidRequestError("ARCH applies to GPU targets only", param="arch")
@@ -141,27 +158,37 @@ def _make_cuda(arch: str | None) -> TargetOutput:
     return TargetOutput(target, triple, features, archs)
 
 
+def _make_webgpu(arch: str | None) -> TargetOutput:
+    if arch:
+        raise InvalidRequestError("ARCH does not apply to the vulkan target (kernels are WGSL)", param="arch")
+    host, triple, features = _host_llvm("x86-64-v2") if platform.machine() == "x86_64" else _host_llvm()
+    return TargetOutput(tvm.target.Target("webgpu", host=host), triple, features)
+
+
 TARGETS: dict[str, TargetKind] = {
     "llvm": TargetKind("llvm", device_type="cpu", default_quantization="q0f32", gpu=False,
                        make=_make_llvm, passes=cpu_passes),
     "cuda": TargetKind("cuda", device_type="cuda", default_quantization="q0f16", gpu=True,
                        make=_make_cuda, passes=cuda_passes, package=cuda_fatbins),
+    "vulkan": TargetKind("vulkan", device_type="webgpu", default_quantization="q0f32", gpu=True,
+                         make=_make_webgpu, passes=webgpu_passes, package=webgpu_runtime,
+                         not_yet=("whisper", "piper-vits")),
 }
 
 
 def get_target_kind(name: str) -> TargetKind:
     try:
-        return TARGETS[name]
+        return TARGETS[ALIASES.get(name, name)]
     except KeyError:
         raise InvalidRequestError(
-            f"unknown target {name!r}; choose one of {', '.join(TARGETS)}", param="target"
+            f"unknown target {name!r}; choose one of {', '.join([*TARGETS, *ALIASES])}", param="target"
         ) from None
 
 
 def resolve_target(kind: str | None, arch: str | None = None) -> BuildTarget:
-    """``kind``: a name in ``TARGETS``, or None/"auto" (the detected GPU if any, else this CPU)."""
+    """``kind``: a name in ``TARGETS``, or None/"auto" (a CUDA GPU, else a Vulkan GPU, else this CPU)."""
     if kind in AUTO:
-        kind = "cuda" if detect_cuda_arch() else "llvm"
+        kind = "cuda" if detect_cuda_arch() else "vulkan" if detect_vulkan_gpu() else "llvm"
     row = get_target_kind(kind)
     made = row.make(arch)
     info = TargetInfo(kind=row.name, triple=made.triple, arch=",".join(made.archs) or None,

@@ -24,7 +24,7 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help="auto (the artifact's device), cpu, cuda, cuda:N or vulkan")
 
 
 def _sampling(args: argparse.Namespace) -> SamplingParams:
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="compile a model into an artifact folder")
     p.add_argument("model", nargs="?", default=None, help="GGUF file, Hugging Face folder or known name")
-    p.add_argument("--target", default=None, help="llvm or cuda (default: the GPU if any, else this CPU)")
+    p.add_argument("--target", default=None, help="llvm, cuda or vulkan (webgpu) (default: a CUDA GPU, else a Vulkan GPU, else this CPU)")
     p.add_argument("--quant", default=None, help="q0f32 (CPU default), q0f16 (GPU default), q4f16 or q4f32 (CPU int4)")
     p.add_argument("--arch", default=None, help="CUDA architecture, e.g. sm_90a")
     p.add_argument("--output", default="artifacts", help="folder that receives the artifact")
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest accepted request body, JSON or audio upload (default 32 MiB; over it: 413)")
     p.add_argument("--max-audio-seconds", type=float, default=RequestLimits.max_audio_seconds,
                    help=f"longest audio /v1/audio/transcriptions takes (default {RequestLimits.max_audio_seconds:g})")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help="auto (the artifact's device), cpu, cuda, cuda:N or vulkan")
     p.add_argument("--max-num-seqs", type=int, default=32, help="requests generated together")
     p.add_argument("--max-model-len", type=int, default=None, help="context limit (default: the model's)")
     p.add_argument("--kv-cache-tokens", type=int, default=None, help="KV cache size in tokens (default: sized "

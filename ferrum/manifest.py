@@ -27,6 +27,8 @@ from ferrum.manifest_extra import EXTRA_TYPES, ModalityExtra
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# Ferrum's WebGPU runtime plugin in a vulkan artifact's kernels/ (built by compile/webgpu_plugin.py)
+WEBGPU_PLUGIN = "ferrum_webgpu.so"
 MODALITIES = tuple(EXTRA_TYPES)  # each modality's ``extra`` has its own type (ferrum/manifest_extra.py)
 # Functions every LLM artifact's library exports: the runtime's whole interface to the network, whatever
 # its architecture (see compile/model/llama.py for their signatures).
@@ -58,7 +60,8 @@ class TargetInfo:
     ``kind`` is the compile target (``llvm``, ``cuda``: ``compile/targets.py``); ``device_type`` the
     runtime device its code runs on (``cpu``, ``cuda``), which picks the runtime's device entry
     (``runtime/tvm_env.py``); ``arch`` the device architectures (``sm_80,sm_90a``); ``triple`` the
-    host triple; ``cpu_features`` CPU flags the host code needs (as in /proc/cpuinfo).
+    host triple; ``cpu_features`` CPU flags the host code needs (as in /proc/cpuinfo);
+    ``requirements`` what the device must offer beyond its type (WebGPU: ``features``, ``limits``).
     """
 
     kind: str
@@ -66,6 +69,7 @@ class TargetInfo:
     arch: str | None = None
     cpu_features: list[str] = field(default_factory=list)
     device_type: str = ""
+    requirements: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TargetInfo:

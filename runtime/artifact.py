@@ -20,7 +20,7 @@ from ferrum.errors import ArtifactError
 from ferrum.manifest import LLM_FUNCTIONS, GenerationConfig, Manifest, host_cpu_flags, verify_files
 from ferrum.model_config import DecoderConfig
 from ferrum.quantization import get_quantization
-from runtime.tvm_env import open_device, register_kernels
+from runtime.tvm_env import DEVICE_ALIASES, open_device, register_kernels
 from runtime.vm_loader import load_params, load_vm
 
 
@@ -56,6 +56,7 @@ def resolve_device(manifest: Manifest, requested: str = "auto") -> tvm.runtime.D
     """The device to run on: the artifact's target, checked against ``requested`` and the device
     (``runtime/tvm_env.py``'s entry for the target's device type)."""
     kind, _, index = requested.partition(":")
+    kind = DEVICE_ALIASES.get(kind, kind)
     if kind not in ("auto", manifest.target.device_type):
         raise ArtifactError(
             f"artifact {manifest.name} is compiled for {manifest.target.kind} and cannot run on {requested!r}"

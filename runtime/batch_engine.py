@@ -82,6 +82,7 @@ from runtime.scheduler import KVOp, Scheduler, SchedulerConfig, SchedulerOutput
 from runtime.stats import mean, utilization
 from runtime.telemetry import EngineTelemetry, process_memory
 from runtime.tokenizer import ChatTokenizer
+from runtime.tvm_env import describe_device, max_binding_bytes
 
 log = logging.getLogger("ferrum.engine")
 T = TypeVar("T")
@@ -119,14 +120,22 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
     # -- KV cache sizing ------------------------------------------------------------------------
     def _kv_tokens(self) -> int:
         cfg, page = self._config, self._config.kv_page_size
-        if cfg.kv_cache_tokens:
-            return max(cfg.kv_cache_tokens, page)
         per_token = self.runner.kv_bytes_per_token()
+        binding = max_binding_bytes(self.runner.device_kind)
+        # each layer's pages are one buffer, which must fit one kernel binding (WebGPU)
+        most = None if binding is None else binding // (per_token // self.artifact.config.num_hidden_layers) - 4 * page
+        if cfg.kv_cache_tokens:
+            if most is not None and cfg.kv_cache_tokens > most:
+                raise InvalidRequestError(f"kv_cache_tokens {cfg.kv_cache_tokens} exceeds the {most} tokens one "
+                                          f"layer's KV pages may hold on this device", param="kv_cache_tokens")
+            return max(cfg.kv_cache_tokens, page)
         if self.runner.device_kind == "cuda":
             budget = self.runner.device.available_global_memory * cfg.gpu_memory_utilization - self._workspace_bytes()
         else:
             budget = process_memory()[1] * CPU_KV_RAM_SHARE
         wanted = cfg.max_num_seqs * self.max_model_len
+        if most is not None:
+            wanted = min(wanted, most)
         return int(max(min(budget // per_token, wanted), self.max_model_len))
 
     def _workspace_bytes(self) -> int:
@@ -442,12 +451,14 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
     def metrics(self) -> EngineMetrics:
         return self.telemetry.engine_metrics(self._snapshot.waiting)
 
+    def device_info(self) -> dict:
+        """The device the model runs on as ``/v1/status`` reports it (name, driver, memory)."""
+        return describe_device(self.runner.device_kind, self.runner.device)
+
     async def status(self) -> EngineStatus:
         snap = self._snapshot
-        gpu = None
-        if self.runner.device_kind == "cuda":
-            dev = self.runner.device
-            gpu = dev.total_global_memory - dev.available_global_memory
+        device = self.device_info()
+        gpu = device.get("memory_used_bytes", device.get("memory_allocated_bytes"))
         return EngineStatus(
             is_ready=not self._closing and self._thread.is_alive(),
             loaded_models=[self.model_id],

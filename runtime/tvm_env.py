@@ -14,7 +14,11 @@ architecture the device code was built for).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import importlib.util
+import json
+import platform
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,11 +29,13 @@ import tvm_ffi
 from tvm.runtime import Device
 
 from ferrum.errors import ArtifactError
-from ferrum.manifest import TargetInfo
+from ferrum.manifest import WEBGPU_PLUGIN, TargetInfo
 
 _cuda_lock = threading.Lock()
 _cuda_loaded = False
 _prebuilt_kernels: dict[str, Path] = {}
+_webgpu_lock = threading.Lock()
+_webgpu_libs: list[ctypes.CDLL] = []  # wgpu-native and Ferrum's plugin, loaded once per process
 
 
 def runtime_only() -> bool:
@@ -90,6 +96,66 @@ def _open_cuda(index: int) -> Device:
     return dev
 
 
+def _wgpu_native() -> Path:
+    spec = importlib.util.find_spec("wgpu")
+    if spec is None or not spec.submodule_search_locations:
+        raise ArtifactError("a vulkan artifact needs the `wgpu` package (wgpu-native): pip install wgpu==0.32.0")
+    return Path(next(iter(spec.submodule_search_locations))) / "resources" / "libwgpu_native-release.so"
+
+
+def _load_webgpu_runtime() -> None:
+    """Load wgpu-native (global symbols, which the plugin links against) and the artifact's WebGPU
+    plugin, which registers ``device_api.webgpu`` and the device-module loader with TVM."""
+    with _webgpu_lock:
+        if _webgpu_libs:
+            return
+        plugin = next((p for p in _prebuilt_kernels.values() if p.name == WEBGPU_PLUGIN), None)
+        if plugin is None:
+            raise ArtifactError(f"the artifact has no WebGPU runtime plugin (kernels/{WEBGPU_PLUGIN}); "
+                                "recompile it with `ferrum compile --target vulkan`")
+        try:
+            _webgpu_libs.append(ctypes.CDLL(str(_wgpu_native()), mode=ctypes.RTLD_GLOBAL))
+            _webgpu_libs.append(ctypes.CDLL(str(plugin), mode=ctypes.RTLD_LOCAL))
+        except OSError as exc:
+            raise ArtifactError(f"cannot load the WebGPU runtime: {exc}") from None
+
+
+def webgpu_adapter() -> dict:
+    """The WebGPU adapter: name, vendor, driver, backend, adapter type, features and limits
+    (``{"error": ...}`` without one)."""
+    _load_webgpu_runtime()
+    return json.loads(tvm.get_global_func("ferrum.webgpu.adapter_info")())
+
+
+def _describe_webgpu(_dev: Device) -> dict:
+    adapter = webgpu_adapter()
+    return {"type": "webgpu", **{k: adapter[k] for k in ("name", "vendor", "backend", "adapter_type", "driver")},
+            "memory_allocated_bytes": adapter["allocated_bytes"],
+            "max_storage_buffer_binding_size": adapter["limits"]["max_storage_buffer_binding_size"]}
+
+
+def _open_webgpu(index: int) -> Device:
+    adapter = webgpu_adapter()
+    if "error" in adapter:
+        raise ArtifactError(f"no Vulkan device is available on this machine ({adapter['error']})")
+    if index != 0:
+        raise ArtifactError(f"WebGPU device {index} does not exist: this runtime drives one adapter (0)")
+    return tvm.device("webgpu", 0)
+
+
+def _webgpu_mismatch(_dev: Device, target: TargetInfo) -> str | None:
+    """The features and limits the kernels need (``target.requirements``) against the adapter's."""
+    needs = target.requirements
+    adapter = webgpu_adapter()
+    missing = [f for f in needs.get("features", []) if f not in adapter["features"]]
+    short = [f"{name} {adapter['limits'].get(name, 0)} < {value}" for name, value in needs.get("limits", {}).items()
+             if adapter["limits"].get(name, 0) < value]
+    if not missing and not short:
+        return None
+    return (f"needs a WebGPU adapter with {', '.join(missing + short)}; this one ({adapter['name']}, "
+            f"{adapter['backend']}) lacks it")
+
+
 def cuda_arch(dev: Device) -> str:
     """``sm_XY`` of a CUDA device."""
     return "sm_" + dev.compute_version.replace(".", "")
@@ -103,6 +169,12 @@ def _cuda_arch_mismatch(dev: Device, target: TargetInfo) -> str | None:
     return f"holds device code for {target.arch}, but this GPU ({dev.device_name}) is {arch}; recompile with ARCH={arch}"
 
 
+def _describe_cuda(dev: Device) -> dict:
+    return {"type": "cuda", "name": dev.device_name, "arch": cuda_arch(dev),
+            "memory_total_bytes": dev.total_global_memory,
+            "memory_used_bytes": dev.total_global_memory - dev.available_global_memory}
+
+
 @dataclass(frozen=True)
 class RuntimeDevice:
     """What running a library on one device type needs."""
@@ -110,12 +182,19 @@ class RuntimeDevice:
     open: Callable[[int], Device]  # loads the device's runtime libraries and hooks, returns device ``index``
     # why the device cannot run a library built for the target (a predicate phrase), None if it can
     mismatch: Callable[[Device, TargetInfo], str | None] = lambda _dev, _target: None
+    # what ``/v1/status`` reports of the device: its name and driver, the memory in use
+    describe: Callable[[Device], dict] = lambda _dev: {}
 
 
 DEVICES: dict[str, RuntimeDevice] = {
-    "cpu": RuntimeDevice(open=_open_cpu),
-    "cuda": RuntimeDevice(open=_open_cuda, mismatch=_cuda_arch_mismatch),
+    "cpu": RuntimeDevice(open=_open_cpu, describe=lambda _dev: {"type": "cpu", "name": platform.machine()}),
+    "cuda": RuntimeDevice(open=_open_cuda, mismatch=_cuda_arch_mismatch, describe=_describe_cuda),
+    "webgpu": RuntimeDevice(open=_open_webgpu, mismatch=_webgpu_mismatch, describe=_describe_webgpu),
 }
+
+
+# what users call a device type: the vulkan target's libraries run on TVM's webgpu device
+DEVICE_ALIASES = {"vulkan": "webgpu"}
 
 
 def open_device(artifact: str, target: TargetInfo, index: int = 0) -> Device:
@@ -132,3 +211,16 @@ def open_device(artifact: str, target: TargetInfo, index: int = 0) -> Device:
     if problem:
         raise ArtifactError(f"artifact {artifact} {problem}")
     return dev
+
+
+def describe_device(device_type: str, dev: Device) -> dict:
+    """The device as ``/v1/status`` reports it (``RuntimeDevice.describe``)."""
+    return DEVICES[device_type].describe(dev)
+
+
+def max_binding_bytes(device_type: str) -> int | None:
+    """Largest buffer one kernel argument may be on this device type (WebGPU's storage-binding
+    limit; the KV cache's per-layer pages must fit it), None where there is no such limit."""
+    if device_type != "webgpu":
+        return None
+    return int(webgpu_adapter()["limits"]["max_storage_buffer_binding_size"])

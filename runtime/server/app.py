@@ -121,17 +121,20 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """EngineStatus, EngineMetrics and (LLM engines) CacheStats / SchedulerStats of every model."""
+    """EngineStatus, EngineMetrics and (LLM engines) CacheStats / SchedulerStats and the device
+    (name, driver, memory: ``runtime.tvm_env.describe_device``) of every model."""
     out = {}
     for name, engine in request.app[MODELS].engines.items():
         cache = getattr(engine, "cache_stats", None)
         scheduler = getattr(engine, "scheduler_stats", None)
+        device = getattr(engine, "device_info", None)
         out[name] = {
             "modality": modality_of(engine),
             "status": to_json(await engine.status()),
             "metrics": to_json(engine.metrics()),
             "cache": to_json(cache()) if callable(cache) else None,
             "scheduler": to_json(scheduler()) if callable(scheduler) else None,
+            "device": device() if callable(device) else None,
         }
     return web.json_response({"models": out})
 

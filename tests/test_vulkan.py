@@ -1,0 +1,237 @@
+"""The vulkan target on Mesa's lavapipe (a CPU Vulkan driver): artifacts compiled with TVM's WebGPU
+codegen, run by Ferrum's WebGPU plugin over wgpu-native, give the CPU artifact's tokens.
+
+lavapipe is slow (SmolLM2 decodes at seconds per token on two cores), so the engine tests use a
+tiny random Llama and SmolLM2 generates a few tokens of a short prompt. CI installs Debian's
+``mesa-vulkan-drivers``; without a Vulkan loader on the machine these tests are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ferrum.errors import ArtifactError
+from ferrum.types import EngineConfig, InferenceRequest, SamplingParams
+from runtime.artifact import LlmArtifact
+from runtime.batch_engine import ContinuousBatchEngine
+from runtime.model_runner import KVCacheConfig, ModelRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(ctypes.util.find_library("vulkan") is None,
+                       reason="no Vulkan loader (apt-get install mesa-vulkan-drivers)"),
+]
+PROMPTS = ["the quick brown fox", "hello world, this is", "numbers 0123 and café"]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def compile_for(model: str, target: str, root: Path, quant: str = "q0f32") -> Path:
+    from compile.compile_model import compile_model
+
+    return compile_model(model, target, quant, output_root=root, skip_existing=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_vulkan(tiny_llama, tmp_path_factory) -> Path:
+    return compile_for(str(tiny_llama), "vulkan", tmp_path_factory.mktemp("tiny-vk"))
+
+
+@pytest.fixture(scope="module")
+def smollm2_vulkan() -> Path:
+    return compile_for(None, "vulkan", ROOT / "artifacts")
+
+
+@pytest.fixture(scope="module")
+def minilm_vulkan() -> Path:
+    return compile_for("all-minilm-l6-v2", "vulkan", ROOT / "artifacts")
+
+
+def open_engine(artifact: Path, **kwargs) -> ContinuousBatchEngine:
+    return ContinuousBatchEngine(EngineConfig(artifact_path=str(artifact), max_model_len=256, **kwargs))
+
+
+def greedy(engine: ContinuousBatchEngine, prompts: list[str], max_tokens: int) -> list[list[int]]:
+    async def go():
+        return await asyncio.gather(*(engine.infer(InferenceRequest(
+            prompt=p, sampling_params=SamplingParams.greedy(max_tokens=max_tokens, ignore_eos=True))) for p in prompts))
+
+    return [r.tokens for r in run(go())]
+
+
+def prefill_logits(artifact: Path, tokens: list[int]) -> np.ndarray:
+    runner = ModelRunner(LlmArtifact.open(artifact))
+    runner.create_kv_cache(KVCacheConfig(max_batch_size=1, max_total_tokens=128, prefill_chunk_size=64, page_size=16))
+    runner.add_sequence(0)
+    return runner.prefill([0], [tokens])[0]
+
+
+def test_manifest_records_the_plugin_and_what_the_adapter_needs(tiny_vulkan):
+    manifest = json.loads((tiny_vulkan / "manifest.json").read_text())
+    assert manifest["target"]["kind"] == "vulkan" and manifest["target"]["device_type"] == "webgpu"
+    assert list(manifest["kernels"].values()) == ["kernels/ferrum_webgpu.so"]
+    limits = manifest["target"]["requirements"]["limits"]
+    assert 4 <= limits["max_storage_buffers_per_shader_stage"] <= 32
+    assert limits["max_compute_invocations_per_workgroup"] >= 64
+
+
+def test_tiny_llama_tokens_and_logits_equal_the_cpu_artifact(tiny_vulkan, tiny_artifact):
+    cpu, vk = open_engine(tiny_artifact), open_engine(tiny_vulkan)
+    try:
+        assert greedy(vk, PROMPTS, 48) == greedy(cpu, PROMPTS, 48)
+        tokens = cpu.tokenizer.encode(PROMPTS[0])
+    finally:
+        run(cpu.shutdown())
+        run(vk.shutdown())
+    a, b = prefill_logits(tiny_artifact, tokens), prefill_logits(tiny_vulkan, tokens)
+    assert np.abs(a - b).max() <= 1e-4 * max(1.0, np.abs(a).max())
+
+
+def test_tiny_llama_q0f16_on_vulkan_gives_the_cpu_float32_tokens(tiny_llama, tiny_artifact, tmp_path):
+    """float16 weights and activations (WGSL ``enable f16``, lavapipe has ``shader-f16``)."""
+    f16 = compile_for(str(tiny_llama), "vulkan", tmp_path, "q0f16")
+    assert json.loads((f16 / "manifest.json").read_text())["target"]["requirements"]["features"] == ["shader-f16"]
+    cpu, vk = open_engine(tiny_artifact), open_engine(f16)
+    try:
+        assert greedy(vk, PROMPTS, 32) == greedy(cpu, PROMPTS, 32)
+    finally:
+        run(cpu.shutdown())
+        run(vk.shutdown())
+
+
+def test_batch_engine_on_vulkan_batches_preempts_and_cancels(tiny_vulkan):
+    engine = open_engine(tiny_vulkan, kv_cache_tokens=128, max_num_seqs=6, max_num_batched_tokens=64,
+                         enable_prefix_caching=False)
+    try:
+        prompts = [f"{p} {i}" * (1 + i % 3) for i, p in enumerate(PROMPTS * 2)]
+        alone = [greedy(engine, [p], 24)[0] for p in prompts]
+        assert greedy(engine, prompts, 24) == alone  # six sequences of up to 44 tokens in 128: preempted
+        assert engine.scheduler.preemptions > 0
+        pages = engine.scheduler.pages
+        assert pages.free_pages == pages.total_pages == engine.runner.available_pages()
+
+        async def read_two_then_close() -> None:
+            stream = await engine.infer_stream(InferenceRequest(
+                prompt=prompts[0], sampling_params=SamplingParams.greedy(max_tokens=100, ignore_eos=True)))
+            await stream.__anext__()
+            await stream.__anext__()
+            assert engine.scheduler.pages.free_pages < pages.total_pages
+            await stream.aclose()
+
+        run(read_two_then_close())
+        deadline = time.monotonic() + 5
+        while engine.scheduler.pages.free_pages != pages.total_pages and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.runner.available_pages() == engine.scheduler.pages.free_pages == pages.total_pages
+        device = engine.device_info()  # what /v1/status reports
+        assert device["type"] == "webgpu" and device["backend"] == "vulkan" and device["name"]
+        assert device["memory_allocated_bytes"] >= engine.runner.kv_bytes_per_token() * 128
+        assert run(engine.status()).memory_usage.gpu_memory_bytes == device["memory_allocated_bytes"]
+    finally:
+        run(engine.shutdown())
+
+
+def test_an_adapter_lacking_a_required_limit_is_refused_by_name(tiny_vulkan, tmp_path):
+    folder = tmp_path / "needs-more"
+    shutil.copytree(tiny_vulkan, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["target"]["requirements"]["limits"]["max_storage_buffers_per_shader_stage"] = 1000
+    manifest["target"]["requirements"]["features"] = ["shader-f64"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"shader-f64, max_storage_buffers_per_shader_stage \d+ < 1000"):
+        ModelRunner(LlmArtifact.open(folder), "vulkan")
+
+
+def test_a_cuda_device_is_refused_for_a_vulkan_artifact(tiny_vulkan):
+    with pytest.raises(ArtifactError, match="compiled for vulkan and cannot run on 'cuda'"):
+        ModelRunner(LlmArtifact.open(tiny_vulkan), "cuda")
+
+
+SCRIPT = r"""
+import asyncio, json, sys
+import tvm
+from tvm.base import _LOADED_LIBS
+from ferrum.types import EngineConfig, InferenceRequest, SamplingParams
+from runtime.batch_engine import ContinuousBatchEngine
+
+engine = ContinuousBatchEngine(EngineConfig(artifact_path=sys.argv[1], device="vulkan", max_model_len=256))
+request = InferenceRequest(prompt="hello world",
+                           sampling_params=SamplingParams.greedy(max_tokens=8, ignore_eos=True))
+tokens = asyncio.run(engine.infer(request)).tokens
+print(json.dumps({"runtime_only": tvm.base._RUNTIME_ONLY, "libs": sorted(_LOADED_LIBS), "tokens": tokens,
+                  "compiler": sorted(m for m in sys.modules if m.startswith(("tvm.relax", "tvm.s_tir", "compile")))}))
+"""
+
+
+def test_runtime_only_tvm_runs_the_vulkan_artifact(tiny_vulkan, tiny_artifact):
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_vulkan)], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["runtime_only"] is True and "tvm_compiler" not in report["libs"] and report["compiler"] == []
+    cpu = open_engine(tiny_artifact)
+    try:
+        assert report["tokens"] == greedy(cpu, ["hello world"], 8)[0]
+    finally:
+        run(cpu.shutdown())
+
+
+def test_smollm2_on_vulkan_answers_like_the_cpu_artifact(smollm2_vulkan, smollm2_artifact):
+    """Greedy tokens of the raw question (7 tokens, so the prompt too runs the GEMV kernels):
+    lavapipe takes seconds per SmolLM2 step."""
+    cpu, vk = open_engine(smollm2_artifact), open_engine(smollm2_vulkan, device="vulkan")
+    try:
+        prompt = ["What is the capital of France?"]
+        want = greedy(cpu, prompt, 8)
+        assert greedy(vk, prompt, 8) == want
+    finally:
+        run(cpu.shutdown())
+        run(vk.shutdown())
+
+
+def test_minilm_vectors_on_vulkan_are_the_cpu_ones(minilm_vulkan, minilm_artifact):
+    from runtime.embedding_engine import EmbeddingEngine
+
+    texts = ["A man is eating food.", "The new movie is so great!", "a",
+             "Quantum entanglement links the states of two particles."]
+    vectors = []
+    for artifact in (minilm_artifact, minilm_vulkan):
+        engine = EmbeddingEngine(EngineConfig(artifact_path=str(artifact), max_num_seqs=8))
+        try:
+            vectors.append(np.array([run(engine.embed_text(t)) for t in texts]))
+        finally:
+            run(engine.shutdown())
+    cpu, vk = vectors
+    cosines = (cpu * vk).sum(1) / np.linalg.norm(cpu, axis=1) / np.linalg.norm(vk, axis=1)
+    assert cosines.min() >= 0.9999, cosines
+
+
+def test_serve_device_vulkan_answers_and_reports_the_adapter(tiny_vulkan):
+    from server_harness import ServeProcess, request
+
+    server = ServeProcess([str(tiny_vulkan)], "--device", "vulkan", "--max-model-len", "256", "--kv-cache-tokens", "512")
+    try:
+        body = {"model": tiny_vulkan.name, "prompt": "hello world", "max_tokens": 4, "temperature": 0}
+        status, _, reply = run(request("POST", server.url + "/v1/completions", json_body=body))
+        assert status == 200 and json.loads(reply)["usage"]["completion_tokens"] == 4
+        status, _, reply = run(request("GET", server.url + "/v1/status"))
+        assert status == 200
+        device = json.loads(reply)["models"][tiny_vulkan.name]["device"]
+        assert device["type"] == "webgpu" and device["backend"] == "vulkan" and device["memory_allocated_bytes"] > 0
+    finally:
+        assert server.terminate() == 0
