@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from llguidance import LLExecutor, LLMatcher, LLTokenizer
+from llguidance.gbnf_to_lark import GbnfToLarkError, any_to_lark
 from tokenizers import Tokenizer
 
 from ferrum.errors import InvalidRequestError
@@ -47,7 +48,12 @@ def choice_grammar(choices: list[str]) -> str:
 
 
 def lark_grammar(text: str) -> str:
-    return LLMatcher.grammar_from_lark(text)
+    """A Lark grammar (llguidance's dialect, ``%json {...}`` included) or a GBNF one (llama.cpp's,
+    converted); a GBNF text that does not parse raises ``ValueError``."""
+    try:
+        return LLMatcher.grammar_from_lark(any_to_lark(text))
+    except GbnfToLarkError as exc:
+        raise ValueError(f"GBNF grammar: {exc}") from None
 
 
 def grammar_error(grammar: str) -> str | None:
