@@ -79,6 +79,13 @@ def _structured_outputs(spec: Any, limits: RequestLimits) -> list[tuple[str, str
 
 def _build(key: str, value: Any, param: str, limits: RequestLimits) -> str:
     """The grammar for one constraint of kind ``key`` (structured_outputs' names)."""
+    try:
+        return _grammar(key, value, param, limits)
+    except ValueError as exc:  # llguidance refused it while building (a false schema, bad GBNF)
+        raise InvalidRequestError(f"'{param}' cannot be enforced: {str(exc)[:500]}", param=param) from None
+
+
+def _grammar(key: str, value: Any, param: str, limits: RequestLimits) -> str:
     if key == "json_object":
         return json_schema_grammar(True)
     if key == "json":
@@ -102,12 +109,7 @@ def _build(key: str, value: Any, param: str, limits: RequestLimits) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidRequestError(f"'{param}' {key} must be a non-empty string", param=param)
     _check_size(param, len(value), limits)
-    if key == "regex":
-        return regex_grammar(value)
-    try:
-        return lark_grammar(value)
-    except ValueError as exc:
-        raise InvalidRequestError(f"'{param}' cannot be enforced: {exc}", param=param) from None
+    return regex_grammar(value) if key == "regex" else lark_grammar(value)
 
 
 def _check_size(param: str, chars: int, limits: RequestLimits) -> None:
