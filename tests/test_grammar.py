@@ -251,3 +251,28 @@ def test_text_answers_stream_as_text():
         content, deltas = split.feed(text)
         assert deltas == [] and content + split.finish() == text
         assert extract_calls(text, NAMES) is None
+
+
+def test_a_template_that_reads_tools_renders_them_itself(tmp_path):
+    from ferrum.manifest import GenerationConfig
+    from runtime.server.completions import _render_chat
+    from runtime.tokenizer import ChatTokenizer
+
+    path = tmp_path / "tokenizer.json"
+    path.write_text(train_tokenizer())
+    template = ("{% if tools %}TOOLS {{ tools | map(attribute='function.name') | join(',') }}\n{% endif %}"
+                "{% for m in messages %}{{ m.role }}: {{ m.content }}"
+                "{% for c in m.tool_calls or [] %}CALL {{ c.function.name }} {{ c.function.arguments.a }}{% endfor %}"
+                "{% if m.tool_call_id %} FOR {{ m.tool_call_id }}{% endif %}|{% endfor %}")
+    native = ChatTokenizer(path, GenerationConfig(0, [EOS], 64, chat_template=template))
+    plain = ChatTokenizer(path, GenerationConfig(0, [EOS], 64, chat_template="{% for m in messages %}"
+                                                 "{{ m.role }}: {{ m.content }}\n{% endfor %}"))
+    assert native.renders_tools and not plain.renders_tools
+    parsed = parse_chat(chat_body(tools=TOOLS, messages=[
+        {"role": "user", "content": "add"},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                                              "function": {"name": "add", "arguments": '{"a": 4, "b": 1}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "5"}]))
+    assert _render_chat(native, parsed) == "TOOLS add,echo\nuser: add|assistant: CALL add 4|tool: 5 FOR c1|"
+    rendered = _render_chat(plain, parsed)
+    assert rendered.startswith("system: You can call functions.") and "user: <tool_response>\n5\n" in rendered

@@ -5,6 +5,7 @@ and plain requests sharing the batch with constrained ones against the same requ
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from checks.serve_process import ServeProcess
+from ferrum.types import EngineConfig, FinishReason, InferenceRequest, SamplingParams
+from runtime.batch_engine import ContinuousBatchEngine
+from runtime.grammar import json_schema_grammar
 
 jsonschema = pytest.importorskip("jsonschema")
 openai = pytest.importorskip("openai")
@@ -205,3 +209,36 @@ def test_plain_requests_beside_constrained_ones_get_the_same_tokens(client, serv
         for future in constrained:
             jsonschema.validate(json.loads(future.result().choices[0].message.content), PERSON)
     assert together == alone
+
+
+def test_preempted_and_forked_constrained_sequences_match_their_runs_alone(smollm2_artifact):
+    """A KV cache too small for the batch preempts constrained sequences (recomputed, matcher kept);
+    ``n`` = 2 siblings each follow the grammar; every output equals the request's output alone."""
+    engine = ContinuousBatchEngine(EngineConfig(artifact_path=str(smollm2_artifact), max_model_len=512,
+                                                kv_cache_tokens=512, max_num_seqs=8, max_num_batched_tokens=128,
+                                                enable_prefix_caching=False))
+    grammar = json_schema_grammar(PERSON)
+
+    def request(i: int, prompt: str) -> InferenceRequest:
+        sampling = dict(temperature=0.0) if i % 2 == 0 else dict(temperature=0.9, seed=i, n=2)
+        text = engine.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+        return InferenceRequest(prompt=text, sampling_params=SamplingParams(max_tokens=40, grammar=grammar,
+                                                                            **sampling))
+
+    async def together() -> list:
+        return await asyncio.gather(*(engine.infer(request(i, p)) for i, p in enumerate(PROMPTS[:6])))
+
+    try:
+        batched = asyncio.run(together())
+        assert engine.scheduler.preemptions > 0
+        alone = [asyncio.run(engine.infer(request(i, p))) for i, p in enumerate(PROMPTS[:6])]
+    finally:
+        asyncio.run(engine.shutdown())
+    completions = [c for r in batched for c in [r, *(r.choices or [])]]
+    assert len(completions) == 9
+    assert [c.tokens for r in batched for c in [r, *(r.choices or [])]] == \
+        [c.tokens for r in alone for c in [r, *(r.choices or [])]]
+    stopped = [c for c in completions if c.finish_reason is FinishReason.Stop]
+    assert len(stopped) >= 6
+    for c in stopped:
+        jsonschema.validate(json.loads(c.text), PERSON)
