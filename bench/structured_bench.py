@@ -6,7 +6,9 @@ requests ignore EOS, and the schema (an object holding an array of at least 64 s
 cannot close before that many tokens, so both batches keep the same shape to the end. The runs
 alternate (plain, constrained, plain, constrained, ...) so drift on a shared machine hits both.
 Mask time is what llguidance's executor spent filling the masks (on its own threads, while the
-forward runs), per step that had constrained rows; the slowdown ratio is the figure to watch.
+forward runs), per step that had constrained rows; the slowdown ratio is the figure to watch,
+over all rounds together (total tokens / total wall time per side) and as the median of the
+rounds', since other work on the machine moves single rounds by tens of percent.
 
     python bench/structured_bench.py ARTIFACT --concurrency 16 --out bench/results/cpu_smollm2_structured.json
 """
@@ -21,6 +23,8 @@ import platform
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -83,13 +87,21 @@ def main() -> int:
                   f"mask {constrained['mask_ms_per_step']:.3f} ms/step", flush=True)
     finally:
         asyncio.run(engine.shutdown())
+    rate = lambda side: sum(r[side]["tokens"] for r in rounds) / sum(r[side]["wall_s"] for r in rounds)  # noqa: E731
+    summary = {"plain_tokens_per_s": round(rate("plain"), 2), "json_schema_tokens_per_s": round(rate("json_schema"), 2),
+               "slowdown": round(1 - rate("json_schema") / rate("plain"), 4),
+               "median_round_slowdown": float(np.median([r["slowdown"] for r in rounds])),
+               "mask_ms_per_step": round(float(np.mean([r["json_schema"]["mask_ms_per_step"] for r in rounds])), 3)}
+    print(f"all rounds: plain {summary['plain_tokens_per_s']} tok/s, json_schema {summary['json_schema_tokens_per_s']} "
+          f"tok/s, slowdown {summary['slowdown']:+.1%} (median round {summary['median_round_slowdown']:+.1%}), "
+          f"mask {summary['mask_ms_per_step']} ms/step")
     report = {
         "command": " ".join(sys.argv),
         "artifact": Path(args.artifact).name,
         "device": {"kind": engine.runner.device_kind, "host": platform.node(), "cpu": platform.processor(),
                    "cores": os.cpu_count()},
         "concurrency": args.concurrency, "output_len": args.output_len, "schema": SCHEMA,
-        "rounds": rounds,
+        "summary": summary, "rounds": rounds,
     }
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))

@@ -215,7 +215,7 @@ def test_preempted_and_forked_constrained_sequences_match_their_runs_alone(smoll
     """A KV cache too small for the batch preempts constrained sequences (recomputed, matcher kept);
     ``n`` = 2 siblings each follow the grammar; every output equals the request's output alone."""
     engine = ContinuousBatchEngine(EngineConfig(artifact_path=str(smollm2_artifact), max_model_len=512,
-                                                kv_cache_tokens=512, max_num_seqs=8, max_num_batched_tokens=128,
+                                                kv_cache_tokens=256, max_num_seqs=8, max_num_batched_tokens=128,
                                                 enable_prefix_caching=False))
     grammar = json_schema_grammar(PERSON)
 
