@@ -36,7 +36,8 @@ RUNTIME_PACKAGES = ("ferrum", "runtime")
 PACKAGE_DATA = {"runtime/server": ("*.html",)}
 # distributions (as pyproject.toml names them) that ferrum/ and runtime/ import; TVM comes separately
 # (ml_dtypes is TVM's, listed for pyproject.toml's pin on it)
-RUNTIME_DEPENDENCIES = ("numpy", "ml_dtypes", "tokenizers", "aiohttp", "jinja2", "soundfile", "prometheus_client")
+RUNTIME_DEPENDENCIES = ("numpy", "ml_dtypes", "tokenizers", "aiohttp", "jinja2", "soundfile", "prometheus_client",
+                        "llguidance")
 TVM_DIST, TVM_FFI_DIST, TVM_RUNTIME_DIST = "apache-tvm", "apache-tvm-ffi", "ferrum-tvm-runtime"
 # dist-info files that describe one installation, not the package
 _INSTALL_RECORDS = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}

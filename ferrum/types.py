@@ -64,7 +64,9 @@ class SamplingParams:
     """Per-request sampling parameters (Rust ``SamplingParams``).
 
     Extensions over the Rust struct: ``stop_token_ids``, ``logit_bias``, ``n``, ``logprobs``,
-    ``top_logprobs``, ``ignore_eos``.
+    ``top_logprobs``, ``ignore_eos``, ``grammar`` (an llguidance grammar, the serialized form
+    ``runtime.grammar`` builds from a JSON schema, regex, choice or Lark text: every sampled token
+    must keep the output inside it, and its end state ends the completion).
     """
 
     max_tokens: int = 512
@@ -83,6 +85,7 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0
     ignore_eos: bool = False
+    grammar: str | None = None
 
     @classmethod
     def greedy(cls, **overrides: Any) -> SamplingParams:

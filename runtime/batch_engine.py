@@ -75,6 +75,7 @@ from runtime.engine_requests import (
 )
 from runtime.engine_status import EngineSnapshot
 from runtime.generation import collect, prepare_prompt
+from runtime.grammar import GrammarCompiler
 from runtime.kv_pages import PagedKVModel
 from runtime.model_runner import KVCacheConfig, ModelRunner
 from runtime.output_processor import OutputProcessor
@@ -105,6 +106,8 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
         self.artifact = LlmArtifact.open(config.artifact_path)
         self.model_id = config.model_id or self.artifact.manifest.name
         self.tokenizer = ChatTokenizer(self.artifact.tokenizer_path, self.artifact.generation)
+        self.grammars = GrammarCompiler(self.tokenizer.tokenizer, self.artifact.config.vocab_size,
+                                        self.artifact.generation.eos_token_ids)
         self.runner = ModelRunner(self.artifact, config.device)
         self.telemetry = EngineTelemetry()
         self._intake: queue.SimpleQueue[EngineCommand] = queue.SimpleQueue()
@@ -182,6 +185,9 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
         t0 = time.perf_counter()
         prompt_ids = prepare_prompt(request, self.tokenizer, self.max_model_len)
         self._check_fits(len(prompt_ids), request.sampling_params)
+        params = request.sampling_params
+        matchers = (await asyncio.to_thread(self.grammars.matchers, params.grammar, params.n) if params.grammar
+                    else None)  # built off the event loop: a large grammar takes a while
         self.telemetry.add_phase_time("tokenization", time.perf_counter() - t0)
         with self._lock:
             queued = self._in_flight - self._snapshot.running
@@ -191,6 +197,8 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
             self._in_flight += 1
         state = EngineRequest(request, prompt_ids, self.tokenizer, asyncio.get_running_loop(), speculation)
         self.telemetry.on_arrival(state.rid)
+        if matchers:
+            state.matchers = matchers
         self._intake.put(Submit(state))
         return self._stream(state)
 
@@ -382,11 +390,12 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
         for seq, _ in out.batch:
             self.telemetry.on_admitted(seq.request_id)
         t1 = time.perf_counter()
+        masks = self.outputs.grammar_masks(out.batch, self.grammars)  # computed while the forward runs
         segments, tokens = self._forward(out)
         forward = time.perf_counter() - t1
         self.telemetry.add_phase_time("model_execution", forward)
         t2 = time.perf_counter()
-        self.outputs.process(out.batch, segments, tokens)
+        self.outputs.process(out.batch, segments, tokens, masks)
         t3 = time.perf_counter()
         self.telemetry.add_phase_time("sampling", t3 - t2)
         self.telemetry.add_phase_time("other_overhead", max(t3 - t0 - scheduling - kv_ops - forward - (t3 - t2), 0.0))

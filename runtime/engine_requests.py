@@ -44,10 +44,13 @@ class EngineRequest:
         base = SequenceSampler(params, prompt_ids)
         self.samplers = [base] + [base.fork(i) for i in range(1, params.n)]
         self.outputs = [SequenceOutput(request, prompt_ids, tokenizer, index=i) for i in range(params.n)]
+        self.matchers: list[Any] = [None] * params.n  # llguidance matchers of a constrained request
         self.seqs: list[Sequence] = []
         self.loop = loop
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.speculation = speculation if params.is_greedy and not penalized(params) else None
+        # drafts are not checked against a grammar: constrained requests decode without them
+        self.speculation = (speculation if params.is_greedy and not penalized(params) and params.grammar is None
+                            else None)
         self.spawned = params.n == 1  # siblings of an n > 1 request start after the first token
         self.done = False
         self.drafted = 0

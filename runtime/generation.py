@@ -79,9 +79,10 @@ class SequenceOutput:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
-    def append(self, token: int, logprob: TokenLogprob | None = None) -> StreamChunk:
+    def append(self, token: int, logprob: TokenLogprob | None = None, grammar_done: bool = False) -> StreamChunk:
         """Record one sampled token; the returned chunk carries its text (maybe empty) and, if
-        generation just ended, the finish reason."""
+        generation just ended, the finish reason (``grammar_done``: the output grammar allows
+        nothing after this token, a stop)."""
         self.tokens.append(token)
         if logprob is not None:
             self.logprobs.append(logprob)
@@ -95,9 +96,12 @@ class SequenceOutput:
             text = emitted
             if hit:
                 self.finish_reason = FinishReason.Stop
-        if self.finish_reason is None and len(self.tokens) >= self.params.max_tokens:
+        grammar_end = grammar_done and self.finish_reason is None
+        if grammar_end:
+            self.finish_reason = FinishReason.Stop
+        elif self.finish_reason is None and len(self.tokens) >= self.params.max_tokens:
             self.finish_reason = FinishReason.Length
-        if self.finish_reason in (FinishReason.EOS, FinishReason.Length) or (
+        if self.finish_reason in (FinishReason.EOS, FinishReason.Length) or grammar_end or (
             self.finish_reason is FinishReason.Stop and token in self._stop_ids
         ):
             tail, hit = self._stops.feed(self._detok.flush())

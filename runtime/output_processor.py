@@ -10,7 +10,9 @@ that a sequence finished, was aborted or spawned siblings.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable
+from concurrent.futures import Future
 
 import numpy as np
 
@@ -18,11 +20,13 @@ from ferrum.errors import FerrumError, InvalidRequestError
 from ferrum.manifest import IGNORED_SAMPLE_ROW
 from ferrum.types import FinishReason, StreamChunk
 from runtime.engine_requests import END_OF_STREAM, EngineRequest
+from runtime.grammar import GrammarCompiler
 from runtime.scheduler import Scheduler, SeqStatus, Sequence
 from runtime.speculative import accept_greedy, propose_ngram
 from runtime.telemetry import EngineTelemetry
 
 DEFAULT_NGRAM = 3  # prompt-lookup n-gram length when the speculation config names none
+log = logging.getLogger("ferrum.engine")
 
 
 class OutputProcessor:
@@ -109,14 +113,39 @@ class OutputProcessor:
     def samples_on_device(self, batch: list[tuple[Sequence, int]]) -> bool:
         """Whether every row that samples this step can be sampled on the device: not when one
         needs logit bias, penalties or logprobs, or is the first token of an ``n`` > 1 request
-        (its siblings start from the same logits row)."""
+        (its siblings start from the same logits row), or is constrained by a grammar (the mask is
+        applied on the host: such steps bring the logits back)."""
         for seq, n in batch:
             if seq.pending != n:
                 continue  # a prompt chunk that does not finish the prompt: nothing is sampled
             state, index = self._owner[seq.seq_id]
-            if not state.samplers[index].device_capable or (not state.spawned and index == 0):
+            if (not state.samplers[index].device_capable or (not state.spawned and index == 0)
+                    or state.matchers[index] is not None):
                 return False
         return True
+
+    # -- grammars ---------------------------------------------------------------------------------
+    def grammar_masks(self, batch: list[tuple[Sequence, int]], grammars: GrammarCompiler) -> Future | None:
+        """Start computing the bitmasks of this step's constrained rows (they depend only on the
+        tokens already accepted, so the forward can run meanwhile); None when no row has a grammar."""
+        matchers = []
+        for i, (seq, n) in enumerate(batch):
+            if seq.pending == n and seq.seq_id not in self._drafts:
+                state, index = self._owner[seq.seq_id]
+                if state.matchers[index] is not None:
+                    matchers.append((state.matchers[index], i))
+        return grammars.masks.start(matchers, len(batch)) if matchers else None
+
+    @staticmethod
+    def _advance_grammar(state: EngineRequest, index: int, token: int) -> bool:
+        """Feed ``token`` to the completion's matcher; whether the grammar now ends the output."""
+        matcher = state.matchers[index]
+        if matcher is None:
+            return False
+        if not matcher.consume_token(token):  # cannot happen for a token sampled under its mask
+            log.warning("request %s: the grammar refused token %d: %s", state.rid, token, matcher.get_error()[:200])
+            return True
+        return matcher.is_stopped()
 
     def device_rows(self, batch: list[tuple[Sequence, int]]) -> np.ndarray:
         """The sampler's parameter row per batch entry (rows that sample nothing are ignored)."""
@@ -131,10 +160,11 @@ class OutputProcessor:
 
     # -- results of a step ------------------------------------------------------------------------
     def process(self, batch: list[tuple[Sequence, int]], segments: list[np.ndarray | None],
-                tokens: np.ndarray | None) -> None:
+                tokens: np.ndarray | None, masks: Future | None = None) -> None:
         """Commit what the forward computed and act on each sequence that finished its tokens:
         ``segments`` are logits rows per batch entry (host sampling, drafts), ``tokens`` the
-        device-sampled ids."""
+        device-sampled ids, ``masks`` the grammar bitmasks ``grammar_masks`` started."""
+        grid = masks.result() if masks is not None else None
         for i, ((seq, n), rows) in enumerate(zip(batch, segments)):
             self.scheduler.commit(seq, n)
             if seq.status is SeqStatus.FINISHED:  # its request ended earlier in this step
@@ -147,31 +177,36 @@ class OutputProcessor:
                 self._append(seq, int(tokens[i]), None)
             elif seq.pending == 0:
                 state, index = self._owner[seq.seq_id]
-                token, logprob = state.samplers[index].sample(rows[-1])
-                self._append(seq, token, logprob, rows[-1])
+                mask = grid[i] if grid is not None and state.matchers[index] is not None else None
+                token, logprob = state.samplers[index].sample(rows[-1], mask)
+                self._append(seq, token, logprob, rows[-1], mask)
 
-    def _append(self, seq: Sequence, token: int, logprob, row: np.ndarray | None = None) -> None:
+    def _append(self, seq: Sequence, token: int, logprob, row: np.ndarray | None = None,
+                mask: np.ndarray | None = None) -> None:
         """Append a sampled token to ``seq`` and stream it; the first token of an ``n`` > 1 request
-        also starts its siblings from the same ``row`` of logits."""
+        also starts its siblings from the same ``row`` of logits (and the same grammar ``mask``)."""
         state, index = self._owner[seq.seq_id]
         seq.tokens.append(token)
         first = not state.spawned and index == 0
-        self._deliver(state, seq, state.outputs[index].append(token, logprob))
+        done = self._advance_grammar(state, index, token)
+        self._deliver(state, seq, state.outputs[index].append(token, logprob, done))
         if first and not state.done:
             state.spawned = True
-            self._spawn_siblings(state, seq, row)
+            self._spawn_siblings(state, seq, row, mask)
 
-    def _spawn_siblings(self, state: EngineRequest, parent: Sequence, row: np.ndarray) -> None:
+    def _spawn_siblings(self, state: EngineRequest, parent: Sequence, row: np.ndarray,
+                        mask: np.ndarray | None) -> None:
         """``n`` > 1: the other completions start from the same prompt logits, each with its own
-        sampler, and share the prompt's pages through forks."""
+        sampler (and matcher, in the same start state as the parent's), and share the prompt's
+        pages through forks."""
         children = []
         for index in range(1, len(state.outputs)):
-            token, logprob = state.samplers[index].sample(row)
+            token, logprob = state.samplers[index].sample(row, mask)
             child = Sequence(next(self._seq_ids), state.rid, parent.tokens[: parent.prompt_len] + [token],
                              parent.prompt_len, computed=parent.prompt_len)
             state.seqs.append(child)
             self._owner[child.seq_id] = (state, index)
-            chunk = state.outputs[index].append(token, logprob)
+            chunk = state.outputs[index].append(token, logprob, self._advance_grammar(state, index, token))
             if state.outputs[index].finished:
                 child.status = SeqStatus.FINISHED
             else:

@@ -3,8 +3,8 @@
 Each sequence owns a ``SequenceSampler``: its own RNG (seeded from the request's ``seed`` when
 given, so the same seed and prompt give the same tokens whatever else shares the batch) and its
 own token counts for the penalties. Order of operations, as in vLLM: logit bias → repetition /
-presence / frequency penalties → (greedy argmax) or temperature → top-k → min-p → top-p → draw.
-Log-probabilities, when asked for, are those of the model's raw distribution.
+presence / frequency penalties → grammar mask → (greedy argmax) or temperature → top-k → min-p →
+top-p → draw. Log-probabilities, when asked for, are those of the model's raw distribution.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 
 from ferrum.manifest import sample_row
 from ferrum.types import SamplingParams, TokenLogprob
+from runtime.grammar import apply_mask
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -114,9 +115,12 @@ class SequenceSampler:
         """Count a token chosen elsewhere (the GPU sampler) for the penalties."""
         self.output_counts[token] += 1
 
-    def sample(self, logits: np.ndarray) -> tuple[int, TokenLogprob | None]:
-        """Choose the next token from one row of logits and record it for the penalties."""
+    def sample(self, logits: np.ndarray, mask: np.ndarray | None = None) -> tuple[int, TokenLogprob | None]:
+        """Choose the next token from one row of logits and record it for the penalties; with a
+        grammar's bitmask ``mask``, only among the tokens it allows (after bias and penalties)."""
         x = self._processed(logits)
+        if mask is not None:
+            x = apply_mask(x, mask)
         token = int(np.argmax(x)) if self.params.is_greedy else self._draw(x)
         self.record(token)
         logprob = None

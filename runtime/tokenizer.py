@@ -9,6 +9,7 @@ only when the model asks for it.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from jinja2 import TemplateError
@@ -59,8 +60,17 @@ class ChatTokenizer:
     def has_chat_template(self) -> bool:
         return self._template is not None
 
-    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        """Render a conversation into the model's prompt text."""
+    @property
+    def renders_tools(self) -> bool:
+        """Whether the chat template renders tool definitions itself (Hugging Face templates that
+        do read a ``tools`` variable); others get the server's default tool prompt."""
+        source = self.generation.chat_template or ""
+        return re.search(r"\btools\b", source) is not None
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                            tools: list[dict[str, Any]] | None = None) -> str:
+        """Render a conversation into the model's prompt text (``tools``: OpenAI tool definitions,
+        for templates that render them)."""
         if self._template is None:
             raise UnsupportedFeatureError("this model has no chat template; use the completions API", status=400)
         for i, message in enumerate(messages):
@@ -72,6 +82,7 @@ class ChatTokenizer:
             return self._template.render(
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,
+                tools=tools,
                 bos_token=self.token_text(self.generation.bos_token_id),
                 eos_token=self.token_text(self.generation.eos_token_ids[0]),
             )

@@ -19,6 +19,7 @@ class CodePointTokenizer:
     """What the fake engines' tokenizer does: one token per character, its code point."""
 
     vocab_size = 0x110000
+    renders_tools = False
 
     def encode(self, text: str, add_bos=None) -> list[int]:
         return [ord(c) for c in text]

@@ -175,14 +175,6 @@ def test_body_over_limit(server):
     assert error_of(status, raw, 413)["type"] == "invalid_request_error"
 
 
-def test_constrained_decoding_refused(server):
-    for fmt in ({"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}):
-        body = {"model": server.model, "messages": FRANCE, "response_format": fmt}
-        error = error_of(*post(server, "/v1/chat/completions", body)[::2], 400)
-        assert error["message"] == "constrained decoding not supported by this engine"
-        assert error["param"] == "response_format"
-
-
 def test_unknown_route_and_method(server):
     status, _, body = run(request("GET", server.url + "/v1/nothing", headers=AUTH))
     error_of(status, body, 404)

@@ -1,9 +1,11 @@
 """``/v1/chat/completions`` and ``/v1/completions`` on an ``LlmInferenceEngine``.
 
 ``build_request`` checks what needs the served model (token ids of ``logit_bias`` and
-``stop_token_ids`` within its vocabulary); the engine validates and admits the request before
-anything is sent (so bad requests get a plain 4xx), then the chunk stream is either collected
-into one response or forwarded as SSE.
+``stop_token_ids`` within its vocabulary, an engine that can follow an output grammar) and renders
+the chat (with its tools); the engine validates and admits the request before anything is sent
+(so bad requests get a plain 4xx), then the chunk stream is either collected into one response or
+forwarded as SSE. With tools, text that is tool calls becomes ``message.tool_calls`` (streamed as
+tool-call deltas, one per call as it completes) and the finish reason ``tool_calls``.
 The engine's stream is always closed when the handler ends: a client that disconnects (the
 handler is cancelled, or a write fails) cancels its request and frees its KV pages.
 """
@@ -22,6 +24,11 @@ from runtime.server import sse
 from runtime.server.errors import REQUEST_ID, error_body, ferrum_error_body
 from runtime.server.openai_responses import Shaper
 from runtime.server.openai_schema import GenerationRequest
+from runtime.server.tools import (
+    CallStream,
+    default_prompt_messages,
+    template_messages,
+)
 
 log = logging.getLogger("ferrum.server")
 
@@ -34,15 +41,44 @@ def build_request(engine: LlmInferenceEngine, parsed: GenerationRequest, request
         raise UnsupportedFeatureError(f"model {parsed.model} exposes no tokenizer to the server", status=400)
     prompt = parsed.prompt or ""
     if parsed.kind == "chat":
-        prompt = tokenizer.apply_chat_template(parsed.messages, add_generation_prompt=parsed.add_generation_prompt)
+        prompt = _render_chat(tokenizer, parsed)
     sampling = parsed.sampling
     _check_vocabulary(sampling, tokenizer.vocab_size)
+    if sampling.grammar is not None and getattr(engine, "grammars", None) is None:
+        raise UnsupportedFeatureError(f"model {parsed.model}'s engine has no constrained decoding",
+                                      param="tools" if parsed.tools else "response_format", status=400)
     ids = parsed.prompt_token_ids if parsed.prompt_token_ids is not None else tokenizer.encode(prompt)
     if not parsed.max_tokens_given:
         limit = getattr(engine, "max_model_len", None)
         sampling.max_tokens = max(limit - len(ids), 1) if limit else sampling.max_tokens
     return InferenceRequest(prompt=prompt, model_id=parsed.model, sampling_params=sampling, stream=parsed.stream,
                             id=request_id, prompt_token_ids=ids)
+
+
+def _render_chat(tokenizer, parsed: GenerationRequest) -> str:
+    """The prompt: a template that renders tools gets them and the calls in Hugging Face's shape;
+    any other gets the default tool prompt (``runtime.server.tools``)."""
+    spec = parsed.tools
+    if tokenizer.renders_tools:
+        tools = [{"type": "function", "function": t} for t in spec.tools] if spec and spec.active else None
+        return tokenizer.apply_chat_template(template_messages(parsed.messages),
+                                             add_generation_prompt=parsed.add_generation_prompt, tools=tools)
+    return tokenizer.apply_chat_template(default_prompt_messages(parsed.messages, spec),
+                                         add_generation_prompt=parsed.add_generation_prompt)
+
+
+def _split_calls(parsed: GenerationRequest, texts: list[str]) -> tuple[list[str], list[list[dict]] | None]:
+    """Per choice, the text left and the tool calls it made, split as a stream splits them, when
+    the request has tools."""
+    if parsed.tools is None or not parsed.tools.active:
+        return texts, None
+    left, calls = [], []
+    for text in texts:
+        split = CallStream(parsed.tools.names)
+        content, deltas = split.feed(text)
+        left.append(content + split.finish())
+        calls.append([{k: v for k, v in d.items() if k != "index"} for d in deltas])
+    return left, calls
 
 
 def _check_vocabulary(sampling: SamplingParams, vocab_size: int) -> None:
@@ -98,9 +134,10 @@ async def generate(request: web.Request, engine: LlmInferenceEngine, parsed: Gen
             async for chunk in stream:
                 choices.add(chunk)
             usage = choices.total_usage()
+            texts, calls = _split_calls(parsed, ["".join(t) for t in choices.text])
             body = shaper.response(
-                [("".join(t), r, lp if want_logprobs else None)
-                 for t, r, lp in zip(choices.text, choices.reason, choices.logprobs)], usage)
+                [(text, r, lp if want_logprobs else None)
+                 for text, r, lp in zip(texts, choices.reason, choices.logprobs)], usage, calls)
             return web.json_response(body)
         return await _stream(request, stream, shaper, parsed, n, choices)
     finally:
@@ -115,13 +152,23 @@ async def _stream(request: web.Request, stream, shaper: Shaper, parsed: Generati
         if parsed.kind == "chat":
             for index in range(n):
                 await response.write(sse.event(shaper.chunk(index, "", None, role=True, include_usage=usage_flag)))
+        calls = ([CallStream(parsed.tools.names) for _ in range(n)] if parsed.tools and parsed.tools.active
+                 else None)
         async for chunk in stream:
             offset = choices.offsets[chunk.index]
             choices.add(chunk)
-            if chunk.text or chunk.finish_reason is not None or chunk.logprobs:
-                await response.write(sse.event(shaper.chunk(chunk.index, chunk.text, chunk.finish_reason,
+            text, deltas, called = chunk.text, None, False
+            if calls is not None:
+                split = calls[chunk.index]
+                text, deltas = split.feed(chunk.text)
+                if chunk.finish_reason is not None:
+                    text += split.finish()
+                called = split.count > 0
+            if text or deltas or chunk.finish_reason is not None or chunk.logprobs:
+                await response.write(sse.event(shaper.chunk(chunk.index, text, chunk.finish_reason,
                                                              chunk.logprobs, offset=offset,
-                                                             include_usage=usage_flag)))
+                                                             include_usage=usage_flag, tool_calls=deltas,
+                                                             called=called)))
         usage = choices.total_usage()
         if usage_flag:
             await response.write(sse.event(shaper.usage_chunk(usage)))

@@ -69,6 +69,17 @@ class RequestLimits:
     """``top_k`` up to int32's maximum (values at or above the vocabulary size mean no top-k); the
     sampling row carries it as a 32-bit number."""
 
+    max_grammar_chars: int = 65536
+    """Characters of an output constraint: a JSON schema (as JSON), a regular expression, a Lark
+    grammar, all ``choice`` strings together, or all ``tools`` definitions together. llguidance
+    compiles it when the request arrives, and its work grows with the size."""
+
+    max_choices: int = 256
+    """Strings of a ``choice`` constraint (vLLM's extension)."""
+
+    max_tools: int = 128
+    """Entries of ``tools``: OpenAI's limit."""
+
     max_embedding_inputs: int = 2048
     """Strings in one embeddings ``input`` array: OpenAI's limit."""
 

@@ -19,6 +19,14 @@ def finish_json(reason: FinishReason | None) -> str | None:
     return None if reason is None else reason.openai
 
 
+def call_finish(reason: FinishReason | None, called: object) -> str | None:
+    """The finish reason of a choice that made tool calls (``called`` truthy): ``tool_calls``,
+    unless max_tokens cut it."""
+    if called and reason is not None and reason is not FinishReason.Length:
+        return "tool_calls"
+    return finish_json(reason)
+
+
 def chat_logprobs(entries: list[TokenLogprob], text_of: TokenText) -> dict:
     def one(token: int, logprob: float) -> dict:
         text = text_of(token)
@@ -64,11 +72,16 @@ class Shaper:
 
     # -- whole responses ----------------------------------------------------------------------
     def response(self, choices: list[tuple[str, FinishReason | None, list[TokenLogprob] | None]],
-                 usage: TokenUsage) -> dict:
+                 usage: TokenUsage, tool_calls: list[list[dict]] | None = None) -> dict:
+        """``tool_calls[i]``: the calls choice ``i`` made (its text is then what the calls left, null
+        when nothing, and its finish reason ``tool_calls`` unless it was cut at max_tokens)."""
         out = []
         for index, (text, reason, logprobs) in enumerate(choices):
-            choice = {"index": index, "logprobs": self.logprobs(logprobs), "finish_reason": finish_json(reason)}
-            if self.kind == "chat":
+            calls = tool_calls[index] if tool_calls else None
+            choice = {"index": index, "logprobs": self.logprobs(logprobs), "finish_reason": call_finish(reason, calls)}
+            if calls:
+                choice["message"] = {"role": "assistant", "content": text or None, "tool_calls": calls}
+            elif self.kind == "chat":
                 choice["message"] = {"role": "assistant", "content": text}
             else:
                 choice["text"] = text
@@ -79,12 +92,17 @@ class Shaper:
     # -- stream chunks ------------------------------------------------------------------------
     def chunk(self, index: int, text: str | None, reason: FinishReason | None,
               logprobs: list[TokenLogprob] | None = None, *, role: bool = False, offset: int = 0,
-              include_usage: bool = False) -> dict:
-        choice: dict = {"index": index, "logprobs": self.logprobs(logprobs, offset), "finish_reason": finish_json(reason)}
+              include_usage: bool = False, tool_calls: list[dict] | None = None, called: bool = False) -> dict:
+        """``tool_calls``: call deltas of this chunk; ``called``: the choice made calls (its finish
+        reason is then ``tool_calls``)."""
+        finish = call_finish(reason, called)
+        choice: dict = {"index": index, "logprobs": self.logprobs(logprobs, offset), "finish_reason": finish}
         if self.kind == "chat":
             delta: dict = {"role": "assistant"} if role else {}
             if text is not None:
                 delta["content"] = text
+            if tool_calls:
+                delta["tool_calls"] = tool_calls
             choice["delta"] = delta
             obj = "chat.completion.chunk"
         else:

@@ -4,8 +4,9 @@ Every field is type-checked here, so a wrong type answers 400 naming the paramet
 failing deep in the engine. Sizes a client chooses (``n``, stop lists, ``logit_bias``, logprobs,
 messages, prompt length, seed) are bounded by ``RequestLimits`` here, before any engine sees the
 request; other value ranges are checked by ``SamplingParams.validate`` (the same rules the CLI and
-engines apply). Features the engines do not have (constrained decoding, tools, images, several
-prompts per request) are refused with a 400 that says so.
+engines apply). Output constraints become an llguidance grammar (``structured``), tools a
+``ToolSpec`` (``tools``). Features the engines do not have (images, several prompts per request)
+are refused with a 400 that says so.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 from ferrum.errors import InvalidRequestError, UnsupportedFeatureError
 from ferrum.types import SamplingParams
 from runtime.server.limits import DEFAULT_LIMITS, RequestLimits
+from runtime.server.structured import output_grammar
+from runtime.server.tools import ToolSpec, call_grammar, parse_message_calls, parse_tools
 
 _KINDS: dict[str, tuple[str, Any]] = {
     "number": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
@@ -107,6 +110,7 @@ class GenerationRequest:
     prompt: str | None = None
     prompt_token_ids: list[int] | None = None
     add_generation_prompt: bool = True
+    tools: ToolSpec | None = None
 
 
 def _stop(body: Body, limits: RequestLimits) -> list[str]:
@@ -138,21 +142,6 @@ def _logit_bias(body: Body, limits: RequestLimits) -> dict[int, float]:
     return bias
 
 
-def _refuse_constrained(body: Body) -> None:
-    fmt = body.get("response_format", "dict")
-    if fmt is not None:
-        kind = fmt.get("type")
-        if kind in ("json_object", "json_schema"):
-            raise UnsupportedFeatureError("constrained decoding not supported by this engine",
-                                          param="response_format", status=400)
-        if kind != "text":
-            raise InvalidRequestError("response_format.type must be 'text', 'json_object' or 'json_schema'",
-                                      param="response_format")
-    for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar"):
-        if body.data.get(name) is not None:
-            raise UnsupportedFeatureError("constrained decoding not supported by this engine", param=name, status=400)
-
-
 def _max_tokens(body: Body, chat: bool) -> int | None:
     """``max_completion_tokens`` (chat) or ``max_tokens``: a positive integer when given; the engine
     refuses what does not fit the context."""
@@ -165,7 +154,7 @@ def _max_tokens(body: Body, chat: bool) -> int | None:
     return None
 
 
-def _sampling(body: Body, *, chat: bool, limits: RequestLimits) -> tuple[SamplingParams, bool]:
+def _sampling(body: Body, *, chat: bool, limits: RequestLimits, grammar: str | None) -> tuple[SamplingParams, bool]:
     max_tokens = _max_tokens(body, chat)
     top_k = body.get("top_k", "int")
     if top_k is not None and top_k in (-1, 0):  # vLLM's spelling of "no top-k"
@@ -197,6 +186,7 @@ def _sampling(body: Body, *, chat: bool, limits: RequestLimits) -> tuple[Samplin
         logprobs=logprobs,
         top_logprobs=top_logprobs,
         ignore_eos=body.get("ignore_eos", "bool", False),
+        grammar=grammar,
     )
     params.validate()
     return params, max_tokens is not None
@@ -220,11 +210,6 @@ def _stream_options(body: Body, stream: bool) -> bool:
     if not isinstance(include, bool):
         raise InvalidRequestError("stream_options.include_usage must be a boolean", param="stream_options")
     return include
-
-
-def _refuse_tools(body: Body) -> None:
-    if body.data.get("tools") or body.data.get("functions"):
-        raise UnsupportedFeatureError("tool calling not supported by this engine", param="tools", status=400)
 
 
 def _message_text(index: int, content: Any) -> str:
@@ -262,16 +247,29 @@ def parse_chat(data: dict[str, Any], limits: RequestLimits = DEFAULT_LIMITS) -> 
         role = message.get("role")
         if role not in _ROLES:
             raise InvalidRequestError(f"messages[{i}].role must be one of {', '.join(_ROLES)}", param="messages")
-        messages.append({"role": "system" if role == "developer" else role,
-                         "content": _message_text(i, message.get("content"))})
+        entry = {"role": "system" if role == "developer" else role, "content": _message_text(i, message.get("content"))}
+        if role == "assistant" and message.get("tool_calls") is not None:
+            entry["tool_calls"] = parse_message_calls(i, message["tool_calls"])
+        if role == "tool":
+            if not isinstance(message.get("tool_call_id"), str):
+                raise InvalidRequestError(f"messages[{i}]: a tool message needs its 'tool_call_id'", param="messages")
+            entry["tool_call_id"] = message["tool_call_id"]
+        messages.append(entry)
     check_chars("messages", sum(len(m["content"]) for m in messages), limits.max_prompt_chars,
                 "the messages' text")
-    _refuse_constrained(body)
-    _refuse_tools(body)
-    sampling, given = _sampling(body, chat=True, limits=limits)
+    tools = parse_tools(data, limits)
+    constraint = output_grammar(data, limits)
+    grammar = constraint[0] if constraint else None
+    if tools is not None and tools.active:
+        if constraint:
+            raise InvalidRequestError(f"'{constraint[1]}' cannot be combined with tools (tool_choice "
+                                      f"{tools.choice!r}); send tool_choice 'none' or no constraint",
+                                      param=constraint[1])
+        grammar = call_grammar(tools)
+    sampling, given = _sampling(body, chat=True, limits=limits, grammar=grammar)
     stream = body.get("stream", "bool", False)
     return GenerationRequest("chat", model, sampling, given, stream, _stream_options(body, stream), messages=messages,
-                             add_generation_prompt=body.get("add_generation_prompt", "bool", True))
+                             add_generation_prompt=body.get("add_generation_prompt", "bool", True), tools=tools)
 
 
 def parse_completion(data: dict[str, Any], limits: RequestLimits = DEFAULT_LIMITS) -> GenerationRequest:
@@ -286,8 +284,10 @@ def parse_completion(data: dict[str, Any], limits: RequestLimits = DEFAULT_LIMIT
         raise UnsupportedFeatureError("echo is not supported by this engine", param="echo", status=400)
     if body.get("suffix", "str"):
         raise UnsupportedFeatureError("suffix (insertion) is not supported by this engine", param="suffix", status=400)
-    _refuse_constrained(body)
-    sampling, given = _sampling(body, chat=False, limits=limits)
+    if data.get("tools") is not None:
+        raise InvalidRequestError("'tools' is a chat completions parameter", param="tools")
+    constraint = output_grammar(data, limits)
+    sampling, given = _sampling(body, chat=False, limits=limits, grammar=constraint[0] if constraint else None)
     best_of = body.bounded("best_of", "int", 1, limits.max_n)
     if best_of is not None and best_of < sampling.n:
         raise InvalidRequestError(f"'best_of' must be at least n ({sampling.n}), got {best_of}", param="best_of")

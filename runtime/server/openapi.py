@@ -36,6 +36,8 @@ _ERRORS = {code: {"description": text, **_json(_ref("Error"))} for code, text in
 
 def _sampling(limits: RequestLimits) -> dict[str, Any]:
     stop = {"type": "string", "maxLength": limits.max_stop_chars}
+    grammar = {"type": "string", "minLength": 1, "maxLength": limits.max_grammar_chars}
+    choices = {"type": "array", "minItems": 1, "maxItems": limits.max_choices, "items": {"type": "string", "minLength": 1}}
     return {
         "temperature": {"type": "number", "minimum": 0},
         "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
@@ -56,9 +58,18 @@ def _sampling(limits: RequestLimits) -> dict[str, Any]:
         "stream": _BOOL,
         "stream_options": {"type": "object", "properties": {"include_usage": _BOOL}},
         "ignore_eos": _BOOL,
-        "response_format": {"type": "object",
-                            "properties": {"type": {"enum": ["text", "json_object", "json_schema"]}},
-                            "description": "json_object and json_schema are refused (400): no constrained decoding"},
+        "response_format": {"type": "object", "required": ["type"], "properties": {
+            "type": {"enum": ["text", "json_object", "json_schema"]},
+            "json_schema": {"type": "object", "required": ["name"], "properties": {
+                "name": _STR, "description": _STR, "schema": {"type": "object"}, "strict": _BOOL}}},
+            "description": "every token is sampled under the schema's grammar (llguidance); a schema "
+                           "feature it does not implement is a 400 naming it"},
+        "structured_outputs": {"type": "object", "properties": {
+            "json": {"type": ["object", "string"]}, "regex": grammar, "choice": choices, "grammar": grammar,
+            "json_object": _BOOL}, "description": "vLLM's extension: at most one constraint per request"},
+        "guided_json": {"type": ["object", "string"], "description": "vLLM < 0.12; as structured_outputs.json"},
+        "guided_regex": grammar, "guided_choice": choices,
+        "guided_grammar": {**grammar, "description": "Lark (llguidance's dialect) or GBNF"},
     }
 
 
@@ -73,7 +84,9 @@ _SCHEMAS: dict[str, Any] = {
         "id": _STR, "object": {"const": "chat.completion"}, "created": _INT, "model": _STR,
         "choices": {"type": "array", "items": {"type": "object", "properties": {
             "index": _INT, "finish_reason": _STR, "logprobs": _NULLABLE_OBJ,
-            "message": {"type": "object", "properties": {"role": _STR, "content": _STR}}}}},
+            "message": {"type": "object", "properties": {
+                "role": _STR, "content": {"type": ["string", "null"]},
+                "tool_calls": {"type": "array", "items": _ref("ToolCall")}}}}}},
         "usage": _ref("Usage")}},
     "Completion": {"type": "object", "properties": {
         "id": _STR, "object": {"const": "text_completion"}, "created": _INT, "model": _STR,
@@ -102,7 +115,17 @@ def _request_schemas(limits: RequestLimits) -> dict[str, Any]:
             "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
             "content": {"oneOf": [text, {"type": "array", "items": {
                 "type": "object", "required": ["type", "text"],
-                "properties": {"type": {"const": "text"}, "text": text}}}, {"type": "null"}]}}},
+                "properties": {"type": {"const": "text"}, "text": text}}}, {"type": "null"}]},
+            "tool_calls": {"type": "array", "items": _ref("ToolCall"), "description": "assistant messages"},
+            "tool_call_id": {**_STR, "description": "tool messages: the call answered"}}},
+        "ToolCall": {"type": "object", "required": ["id", "type", "function"], "properties": {
+            "id": _STR, "type": {"const": "function"}, "function": {
+                "type": "object", "required": ["name", "arguments"],
+                "properties": {"name": _STR, "arguments": {**_STR, "description": "JSON text"}}}}},
+        "Tool": {"type": "object", "required": ["type", "function"], "properties": {
+            "type": {"const": "function"}, "function": {"type": "object", "required": ["name"], "properties": {
+                "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, "description": _STR,
+                "parameters": {"type": "object"}}}}},
         "ChatCompletionRequest": {"type": "object", "required": ["model", "messages"], "properties": {
             "model": _STR,
             "messages": {"type": "array", "minItems": 1, "maxItems": limits.max_messages,
@@ -110,7 +133,14 @@ def _request_schemas(limits: RequestLimits) -> dict[str, Any]:
                          "description": f"at most {limits.max_prompt_chars} characters of text in all"},
             "max_completion_tokens": {"type": "integer", "minimum": 1},
             "logprobs": _BOOL, "top_logprobs": {"type": "integer", "minimum": 0, "maximum": limits.max_top_logprobs},
-            "add_generation_prompt": _BOOL, **sampling}},
+            "add_generation_prompt": _BOOL,
+            "tools": {"type": "array", "minItems": 1, "maxItems": limits.max_tools, "items": _ref("Tool"),
+                      "description": f"at most {limits.max_grammar_chars} characters of JSON in all"},
+            "tool_choice": {"oneOf": [{"enum": ["none", "auto", "required"]}, {
+                "type": "object", "required": ["type", "function"],
+                "properties": {"type": {"const": "function"}, "function": {
+                    "type": "object", "required": ["name"], "properties": {"name": _STR}}}}]},
+            "parallel_tool_calls": _BOOL, **sampling}},
         "CompletionRequest": {"type": "object", "required": ["model", "prompt"], "properties": {
             "model": _STR,
             "prompt": {"oneOf": [text, {"type": "array", "items": _INT, "minItems": 1}]},

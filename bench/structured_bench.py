@@ -1,0 +1,112 @@
+"""Cost of constrained decoding: output tok/s of C concurrent json_schema requests against C
+unconstrained ones, in the same engine and run, and the grammar mask time per step.
+
+Both sides decode the same chat prompts greedily for exactly ``--output-len`` tokens: the plain
+requests ignore EOS, and the schema (an object holding an array of at least 64 short strings)
+cannot close before that many tokens, so both batches keep the same shape to the end. The runs
+alternate (plain, constrained, plain, constrained, ...) so drift on a shared machine hits both.
+Mask time is what llguidance's executor spent filling the masks (on its own threads, while the
+forward runs), per step that had constrained rows; the slowdown ratio is the figure to watch,
+over all rounds together (total tokens / total wall time per side) and as the median of the
+rounds', since other work on the machine moves single rounds by tens of percent.
+
+    python bench/structured_bench.py ARTIFACT --concurrency 16 --out bench/results/cpu_smollm2_structured.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ferrum.types import EngineConfig, InferenceRequest, SamplingParams  # noqa: E402
+from runtime.batch_engine import ContinuousBatchEngine  # noqa: E402
+from runtime.grammar import json_schema_grammar  # noqa: E402
+
+SCHEMA = {"type": "object", "properties": {"items": {"type": "array", "minItems": 64,
+                                                     "items": {"type": "string", "maxLength": 12}}},
+          "required": ["items"], "additionalProperties": False}
+TOPICS = ["fruits", "animals", "cities", "colors", "tools", "planets", "rivers", "songs", "trees", "games",
+          "cars", "flowers", "metals", "sports", "dances", "birds"]
+
+
+async def run(engine: ContinuousBatchEngine, prompts: list[str], output_len: int, grammar: str | None) -> dict:
+    async def one(prompt: str) -> int:
+        params = SamplingParams.greedy(max_tokens=output_len, ignore_eos=grammar is None, grammar=grammar)
+        response = await engine.infer(InferenceRequest(prompt=prompt, sampling_params=params))
+        return len(response.tokens)
+
+    masks = engine.grammars.masks
+    seconds, steps = masks.seconds, masks.steps
+    start = time.perf_counter()
+    tokens = sum(await asyncio.gather(*(one(p) for p in prompts)))
+    wall = time.perf_counter() - start
+    out = {"tokens": tokens, "wall_s": round(wall, 3), "output_tokens_per_s": round(tokens / wall, 2)}
+    if grammar is not None:
+        out["mask_steps"] = masks.steps - steps
+        out["mask_ms_per_step"] = round((masks.seconds - seconds) / max(masks.steps - steps, 1) * 1000, 3)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("artifact")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    engine = ContinuousBatchEngine(EngineConfig(artifact_path=args.artifact, max_model_len=512,
+                                                max_num_seqs=max(args.concurrency, 16), kv_cache_tokens=16384))
+    topics = (TOPICS * (args.concurrency // len(TOPICS) + 1))[: args.concurrency]
+    prompts = [engine.tokenizer.apply_chat_template([{"role": "user", "content": f"List as many {t} as you can, "
+                                                      "as JSON."}]) for t in topics]
+    grammar = json_schema_grammar(SCHEMA)
+    rounds = []
+    try:
+        asyncio.run(run(engine, prompts[:4], 8, grammar))  # warm-up: the token trie, the executor, the kernels
+        asyncio.run(run(engine, prompts[:4], 8, None))
+        for _ in range(args.rounds):
+            plain = asyncio.run(run(engine, prompts, args.output_len, None))
+            constrained = asyncio.run(run(engine, prompts, args.output_len, grammar))
+            rounds.append({"plain": plain, "json_schema": constrained,
+                           "slowdown": round(1 - constrained["output_tokens_per_s"] / plain["output_tokens_per_s"], 4)})
+            print(f"plain {plain['output_tokens_per_s']:8.1f} tok/s  json_schema "
+                  f"{constrained['output_tokens_per_s']:8.1f} tok/s  slowdown {rounds[-1]['slowdown']:+.1%}  "
+                  f"mask {constrained['mask_ms_per_step']:.3f} ms/step", flush=True)
+    finally:
+        asyncio.run(engine.shutdown())
+    rate = lambda side: sum(r[side]["tokens"] for r in rounds) / sum(r[side]["wall_s"] for r in rounds)  # noqa: E731
+    summary = {"plain_tokens_per_s": round(rate("plain"), 2), "json_schema_tokens_per_s": round(rate("json_schema"), 2),
+               "slowdown": round(1 - rate("json_schema") / rate("plain"), 4),
+               "median_round_slowdown": float(np.median([r["slowdown"] for r in rounds])),
+               "mask_ms_per_step": round(float(np.mean([r["json_schema"]["mask_ms_per_step"] for r in rounds])), 3)}
+    print(f"all rounds: plain {summary['plain_tokens_per_s']} tok/s, json_schema {summary['json_schema_tokens_per_s']} "
+          f"tok/s, slowdown {summary['slowdown']:+.1%} (median round {summary['median_round_slowdown']:+.1%}), "
+          f"mask {summary['mask_ms_per_step']} ms/step")
+    report = {
+        "command": " ".join(sys.argv),
+        "artifact": Path(args.artifact).name,
+        "device": {"kind": engine.runner.device_kind, "host": platform.node(), "cpu": platform.processor(),
+                   "cores": os.cpu_count()},
+        "concurrency": args.concurrency, "output_len": args.output_len, "schema": SCHEMA,
+        "summary": summary, "rounds": rounds,
+    }
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
