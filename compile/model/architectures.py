@@ -44,8 +44,15 @@ def _load(spec: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+# Qwen2/3, Mistral and Phi-3 are the Llama network with feature flags on (see DecoderConfig).
+_LLAMA = "compile.model.llama:LlamaForCausalLM"
+
 ARCHITECTURES: dict[str, Architecture] = {
-    "llama": Architecture("llama", ("llama",), "compile.model.llama:LlamaForCausalLM", "compile.model.llama_hf:MAPPING"),
+    "llama": Architecture("llama", ("llama",), _LLAMA, "compile.model.llama_hf:MAPPING"),
+    "qwen2": Architecture("qwen2", ("qwen2",), _LLAMA, "compile.model.qwen_hf:QWEN2"),
+    "qwen3": Architecture("qwen3", ("qwen3",), _LLAMA, "compile.model.qwen_hf:QWEN3"),
+    "mistral": Architecture("mistral", ("mistral",), _LLAMA, "compile.model.mistral_hf:MAPPING"),
+    "phi3": Architecture("phi3", ("phi3",), _LLAMA, "compile.model.phi3_hf:MAPPING"),
 }
 
 

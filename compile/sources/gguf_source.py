@@ -1,21 +1,26 @@
-"""GGUF files of the llama architecture (llama.cpp's format), read with the ``gguf`` package.
+"""GGUF files (llama.cpp's format) of the architectures below, read with the ``gguf`` package.
 
 Quantized tensors (Q4_0, Q4_1, Q8_0, F16, F32...) are dequantized to float32 with
 ``gguf.quants.dequantize``; the compile stage re-quantizes to the artifact's own scheme.
 
-llama.cpp's converter permutes the rows of Q and K so RoPE can rotate adjacent pairs (GPT-J
-style). TVM's paged-KV kernels rotate the two halves of each head (Hugging Face style), so those
-rows are permuted back here.
+Tensors are served under the Hugging Face names of the architecture's mapping
+(``compile/model/llama_hf.py``), so one weight plan covers both containers; the feature flags
+that a Llama-style GGUF does not spell out in its metadata (Q/K/V and output biases, q/k norm)
+are read from which tensors it holds. llama.cpp's converter permutes the rows of Q and K of
+``llama`` files so RoPE can rotate adjacent pairs (GPT-J style). TVM's paged-KV kernels rotate
+the two halves of each head (Hugging Face style), so those rows are permuted back here; the
+other architectures are stored unpermuted (llama.cpp's NEOX rope).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from compile.model.llama_hf import HF_EMBED, HF_FINAL_NORM, HF_LM_HEAD, hf_layer_names
+from compile.model.llama_hf import HF_EMBED, HF_FINAL_NORM, HF_LM_HEAD, hf_layer_names, window_and_context
 from compile.sources.base import DecoderSource
 from compile.sources.gguf_tokenizer import build_tokenizer_json
 from ferrum.errors import ModelSourceError
@@ -26,7 +31,10 @@ _LAYER_PARTS = {
     "attn_q": "q",
     "attn_k": "k",
     "attn_v": "v",
+    "attn_qkv": "qkv",
     "attn_output": "o",
+    "attn_q_norm": "q_norm",
+    "attn_k_norm": "k_norm",
     "ffn_gate": "gate",
     "ffn_up": "up",
     "ffn_down": "down",
@@ -34,6 +42,23 @@ _LAYER_PARTS = {
     "ffn_norm": "post_norm",
 }
 _GLOBAL = {"token_embd.weight": HF_EMBED, "output_norm.weight": HF_FINAL_NORM, "output.weight": HF_LM_HEAD}
+
+
+@dataclass(frozen=True)
+class GGUFArchitecture:
+    """How one llama.cpp architecture maps onto ours."""
+
+    architecture: str  # DecoderConfig.architecture
+    permuted_qk: bool  # llama.cpp permuted the Q/K rows for GPT-J-style RoPE
+    fused_gate_up: bool = False  # ``ffn_up`` holds gate and up rows (Phi-3)
+
+
+GGUF_ARCHITECTURES = {
+    "llama": GGUFArchitecture("llama", permuted_qk=True),  # Llama, SmolLM, Mistral (llama.cpp writes them as llama)
+    "qwen2": GGUFArchitecture("qwen2", permuted_qk=False),
+    "qwen3": GGUFArchitecture("qwen3", permuted_qk=False),
+    "phi3": GGUFArchitecture("phi3", permuted_qk=False, fused_gate_up=True),
+}
 
 
 def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -58,10 +83,12 @@ class GGUFSource(DecoderSource):
         self._gguf = gguf
         self._check_tensor_extents()
         arch = self._field("general.architecture")
-        if arch != "llama":
+        if arch not in GGUF_ARCHITECTURES:
             raise ModelSourceError(
-                f"{self.path}: unsupported GGUF architecture {arch!r}; Ferrum compiles 'llama' GGUFs"
+                f"{self.path}: unsupported GGUF architecture {arch!r}; Ferrum compiles "
+                f"{', '.join(repr(a) for a in GGUF_ARCHITECTURES)} GGUFs"
             )
+        self._arch_key, self._arch = arch, GGUF_ARCHITECTURES[arch]
         self.config = self._read_config()
         self._by_hf_name = self._index_tensors()
         self.name = re.sub(r"[._-](q\d+_\w+|f16|f32|bf16)$", "", self.path.stem, flags=re.IGNORECASE).lower()
@@ -92,27 +119,40 @@ class GGUFSource(DecoderSource):
                 )
 
     def _read_config(self) -> DecoderConfig:
-        hidden = int(self._require("llama.embedding_length"))
-        heads = int(self._require("llama.attention.head_count"))
-        scaling = self._field("llama.rope.scaling.type")
+        a = self._arch_key
+        hidden = int(self._require(f"{a}.embedding_length"))
+        heads = int(self._require(f"{a}.attention.head_count"))
+        scaling = self._field(f"{a}.rope.scaling.type")
         if scaling not in (None, "none"):
             raise ModelSourceError(f"{self.path}: RoPE scaling {scaling!r} is not supported for GGUF sources")
-        if "rope_freqs.weight" in {t.name for t in self._reader.tensors}:
-            raise ModelSourceError(f"{self.path}: per-frequency RoPE factors (rope_freqs) are not supported")
-        vocab = self._field("llama.vocab_size") or len(self._require("tokenizer.ggml.tokens"))
+        names = {t.name for t in self._reader.tensors}
+        if {"rope_freqs.weight", "rope_factors_long.weight"} & names:
+            raise ModelSourceError(f"{self.path}: per-frequency RoPE factors (rope_freqs, LongRoPE) are not supported")
+        head_dim = int(self._field(f"{a}.attention.key_length", hidden // heads))
+        if int(self._field(f"{a}.rope.dimension_count", head_dim)) != head_dim:
+            raise ModelSourceError(f"{self.path}: partial rotary embeddings ({a}.rope.dimension_count) are not supported")
+        vocab = self._field(f"{a}.vocab_size") or len(self._require("tokenizer.ggml.tokens"))
+        window, context = window_and_context(self._field(f"{a}.attention.sliding_window"),
+                                             int(self._field(f"{a}.context_length", 2048)))
         try:
             return DecoderConfig(
                 vocab_size=int(vocab),
                 hidden_size=hidden,
-                intermediate_size=int(self._require("llama.feed_forward_length")),
-                num_hidden_layers=int(self._require("llama.block_count")),
+                intermediate_size=int(self._require(f"{a}.feed_forward_length")),
+                num_hidden_layers=int(self._require(f"{a}.block_count")),
                 num_attention_heads=heads,
-                num_key_value_heads=int(self._field("llama.attention.head_count_kv", heads)),
-                head_dim=int(self._field("llama.attention.key_length", hidden // heads)),
-                rms_norm_eps=float(self._field("llama.attention.layer_norm_rms_epsilon", 1e-5)),
-                rope_theta=float(self._field("llama.rope.freq_base", 10000.0)),
-                context_length=int(self._field("llama.context_length", 2048)),
-                tie_word_embeddings="output.weight" not in {t.name for t in self._reader.tensors},
+                num_key_value_heads=int(self._field(f"{a}.attention.head_count_kv", heads)),
+                head_dim=head_dim,
+                rms_norm_eps=float(self._field(f"{a}.attention.layer_norm_rms_epsilon", 1e-5)),
+                rope_theta=float(self._field(f"{a}.rope.freq_base", 10000.0)),
+                context_length=context,
+                sliding_window=window,
+                tie_word_embeddings="output.weight" not in names,
+                architecture=self._arch.architecture,
+                qkv_bias="blk.0.attn_q.bias" in names or "blk.0.attn_qkv.bias" in names,
+                o_bias="blk.0.attn_output.bias" in names,
+                mlp_bias="blk.0.ffn_down.bias" in names,
+                qk_norm="blk.0.attn_q_norm.weight" in names,
             )
         except ValueError as exc:
             raise ModelSourceError(f"{self.path}: inconsistent model metadata: {exc}") from None
@@ -137,11 +177,14 @@ class GGUFSource(DecoderSource):
         index = {}
         for t in self._reader.tensors:
             hf = _GLOBAL.get(t.name)
-            match = re.fullmatch(r"blk\.(\d+)\.(\w+)\.weight", t.name)
+            match = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", t.name)
             if match and match.group(2) in _LAYER_PARTS:
-                hf = hf_layer_names(int(match.group(1)))[_LAYER_PARTS[match.group(2)]]
+                part = _LAYER_PARTS[match.group(2)]
+                if part == "up" and self._arch.fused_gate_up:
+                    part = "gate_up"
+                hf = hf_layer_names(int(match.group(1))).get(part if match.group(3) == "weight" else f"{part}_bias")
             if hf is None:
-                raise ModelSourceError(f"{self.path}: unexpected tensor {t.name!r} for a llama model")
+                raise ModelSourceError(f"{self.path}: unexpected tensor {t.name!r} for a {self._arch_key} model")
             index[hf] = t
         return index
 
@@ -157,6 +200,8 @@ class GGUFSource(DecoderSource):
         shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dimensions innermost first
         w = w.reshape(shape)
         cfg = self.config
+        if not self._arch.permuted_qk:
+            return w
         if name.endswith("q_proj.weight"):
             w = unpermute_rope_rows(w, cfg.num_attention_heads)
         elif name.endswith("k_proj.weight"):
