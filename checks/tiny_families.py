@@ -31,11 +31,18 @@ CHATML = (  # Qwen's ChatML template (the shape of Qwen2.5's, without its tool b
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 MISTRAL = (  # Mistral Instruct's [INST] template (system folded into the first user turn)
-    "{{ bos_token }}{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{% set system = message['content'] %}"
-    "{% elif message['role'] == 'user' %}{{ '[INST] ' + (system + '\\n\\n' if system is defined and loop.index0 == 1 else '')"
-    " + message['content'] + ' [/INST]' }}"
+    "{{ bos_token }}{% set ns = namespace(system='') %}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.system = message['content'] + '\n\n' %}"
+    "{% elif message['role'] == 'user' %}{{ '[INST] ' + ns.system + message['content'] + ' [/INST]' }}"
+    "{% set ns.system = '' %}"
     "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+GEMMA = (  # Gemma's template (system folded into the first user turn, assistant as "model")
+    "{{ bos_token }}{% set ns = namespace(system='') %}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.system = message['content'] + '\n\n' %}"
+    "{% else %}{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n'"
+    " + ns.system + message['content'] | trim + '<end_of_turn>\n' }}{% set ns.system = '' %}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
 PHI3 = (  # Phi-3's template
     "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
@@ -55,6 +62,7 @@ class Family:
     config: dict[str, Any] = field(default_factory=dict)
     permute_qk: bool = False  # llama.cpp permutes Q/K rows of its "llama" architecture
     fused: bool = False  # Phi-3: qkv_proj and gate_up_proj are single tensors
+    norm_shift: bool = False  # Gemma: llama.cpp stores norm weights + 1
 
 
 FAMILIES = {
@@ -64,6 +72,12 @@ FAMILIES = {
                     {"head_dim": 32, "tie_word_embeddings": True, "rope_theta": 1e6}),
     "mistral": Family("mistral", "MistralConfig", "MistralForCausalLM", "llama", MISTRAL,
                       {"sliding_window": 32, "tie_word_embeddings": False}, permute_qk=True),
+    "gemma2": Family("gemma2", "Gemma2Config", "Gemma2ForCausalLM", "gemma2", GEMMA,
+                     {"head_dim": 32, "query_pre_attn_scalar": 24, "sliding_window": 32, "attn_logit_softcapping": None,
+                      "final_logit_softcapping": 30.0}, norm_shift=True),
+    "gemma3": Family("gemma3", "Gemma3TextConfig", "Gemma3ForCausalLM", "gemma3", GEMMA,
+                     {"head_dim": 32, "query_pre_attn_scalar": 24, "sliding_window": 32,
+                      "layer_types": ["sliding_attention", "full_attention"]}, norm_shift=True),
     "phi3": Family("phi3", "Phi3Config", "Phi3ForCausalLM", "phi3", PHI3,
                    {"sliding_window": 48, "tie_word_embeddings": False}, fused=True),
 }
@@ -138,6 +152,9 @@ def _gguf_names(family: Family, layer: int) -> dict[str, str]:
              "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.gate_up_proj": "ffn_up",
              "mlp.down_proj": "ffn_down"}
+    if family.norm_shift:  # Gemma: its post-attention norm is on the attention output, then two MLP norms
+        parts |= {"post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
+                  "post_feedforward_layernorm": "post_ffw_norm"}
     return {f"{hf}{a}.{kind}": f"{cpp}{b}.{kind}" for a, b in parts.items() for kind in ("weight", "bias")}
 
 
@@ -166,10 +183,17 @@ def write_gguf(family: Family, folder: Path, path: Path) -> Path:
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
     w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(float(c["rope_parameters"]["rope_theta"]))
+    rope = c["rope_parameters"]
+    w.add_rope_freq_base(float(rope.get("full_attention", rope)["rope_theta"]))
+    if "sliding_attention" in rope:
+        w.add_rope_freq_base_swa(float(rope["sliding_attention"]["rope_theta"]))
     w.add_layer_norm_rms_eps(float(c["rms_norm_eps"]))
     if c.get("sliding_window") and c.get("use_sliding_window", True) and family.gguf_arch != "llama":
         w.add_sliding_window(c["sliding_window"])
+    if "layer_types" in c and family.norm_shift:  # Gemma: which layers slide
+        w.add_sliding_window_pattern([t == "sliding_attention" for t in c["layer_types"]])
+    if c.get("final_logit_softcapping"):
+        w.add_final_logit_softcapping(float(c["final_logit_softcapping"]))
     tok = json.loads((folder / "tokenizer.json").read_text())
     vocab = [t for t, _ in sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])]
     special = {t["content"] for t in tok["added_tokens"] if t.get("special")}
@@ -191,6 +215,8 @@ def write_gguf(family: Family, folder: Path, path: Path) -> Path:
     for hf_name, array in tensors.items():
         if hf_name == "lm_head.weight" and c.get("tie_word_embeddings"):
             continue
+        if family.norm_shift and hf_name.endswith("norm.weight"):
+            array = array + np.float32(1)
         if family.permute_qk and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
             array = _permute(array, heads if "q_proj" in hf_name else kv_heads)
         w.add_tensor(names[hf_name], np.ascontiguousarray(array, dtype=np.float32))

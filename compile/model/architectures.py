@@ -46,6 +46,7 @@ def _load(spec: str) -> Any:
 
 # Qwen2/3, Mistral and Phi-3 are the Llama network with feature flags on (see DecoderConfig).
 _LLAMA = "compile.model.llama:LlamaForCausalLM"
+_GEMMA = "compile.model.gemma:GemmaForCausalLM"
 
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": Architecture("llama", ("llama",), _LLAMA, "compile.model.llama_hf:MAPPING"),
@@ -53,6 +54,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "qwen3": Architecture("qwen3", ("qwen3",), _LLAMA, "compile.model.qwen_hf:QWEN3"),
     "mistral": Architecture("mistral", ("mistral",), _LLAMA, "compile.model.mistral_hf:MAPPING"),
     "phi3": Architecture("phi3", ("phi3",), _LLAMA, "compile.model.phi3_hf:MAPPING"),
+    "gemma2": Architecture("gemma2", ("gemma2",), _GEMMA, "compile.model.gemma_hf:GEMMA2"),
+    "gemma3": Architecture("gemma3", ("gemma3_text",), _GEMMA, "compile.model.gemma_hf:GEMMA3"),
 }
 
 

@@ -47,7 +47,10 @@ def unsupported_features(cfg: DecoderConfig) -> list[str]:
         missing.append(f"activation {cfg.activation!r} (only silu)")
     if cfg.norm != "rmsnorm":
         missing.append(f"norm {cfg.norm!r} (only rmsnorm)")
-    return missing
+    gemma = [name for name, on in (("post-attention/MLP norms", cfg.post_norms), ("embedding scaling", cfg.embed_scale != 1),
+                                   ("an attention scale", cfg.attention_scale), ("soft-capping", cfg.final_logit_softcap
+                                   or cfg.attn_logit_softcap), ("local RoPE layers", cfg.local_layers)) if on]
+    return missing + gemma
 
 
 class LlamaAttention(nn.Module):

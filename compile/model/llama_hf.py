@@ -23,10 +23,13 @@ SUPPORTED_ROPE = ("default", "llama3")
 
 def hf_layer_names(layer: int) -> dict[str, str]:
     """The per-layer tensor names of Hugging Face Llama-style checkpoints: weights, the biases of
-    checkpoints with them, Qwen3's q/k norms and Phi-3's fused ``qkv``/``gate_up`` projections."""
+    checkpoints with them, Qwen3's q/k norms, Gemma's extra norms and Phi-3's fused ``qkv``/``gate_up``
+    projections."""
     p = f"model.layers.{layer}"
     names = {"input_norm": f"{p}.input_layernorm.weight", "post_norm": f"{p}.post_attention_layernorm.weight",
-             "q_norm": f"{p}.self_attn.q_norm.weight", "k_norm": f"{p}.self_attn.k_norm.weight"}
+             "q_norm": f"{p}.self_attn.q_norm.weight", "k_norm": f"{p}.self_attn.k_norm.weight",
+             "pre_ffn_norm": f"{p}.pre_feedforward_layernorm.weight",  # Gemma's extra norms
+             "post_ffn_norm": f"{p}.post_feedforward_layernorm.weight"}
     for part, module in (("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
                          ("o", "self_attn.o_proj"), ("gate", "mlp.gate_proj"), ("up", "mlp.up_proj"),
                          ("down", "mlp.down_proj"), ("qkv", "self_attn.qkv_proj"), ("gate_up", "mlp.gate_up_proj")):

@@ -51,6 +51,8 @@ class GGUFArchitecture:
     architecture: str  # DecoderConfig.architecture
     permuted_qk: bool  # llama.cpp permuted the Q/K rows for GPT-J-style RoPE
     fused_gate_up: bool = False  # ``ffn_up`` holds gate and up rows (Phi-3)
+    gemma: bool = False  # Gemma's norms (stored + 1), scaled embeddings, local layers every ``swa_period``-th
+    swa_period: int = 0  # llama.cpp's built-in pattern: every n-th layer is global (when the file names none)
 
 
 GGUF_ARCHITECTURES = {
@@ -58,7 +60,12 @@ GGUF_ARCHITECTURES = {
     "qwen2": GGUFArchitecture("qwen2", permuted_qk=False),
     "qwen3": GGUFArchitecture("qwen3", permuted_qk=False),
     "phi3": GGUFArchitecture("phi3", permuted_qk=False, fused_gate_up=True),
+    "gemma2": GGUFArchitecture("gemma2", permuted_qk=False, gemma=True, swa_period=2),
+    "gemma3": GGUFArchitecture("gemma3", permuted_qk=False, gemma=True, swa_period=6),
 }
+# Gemma's per-layer norms under llama.cpp's names (Llama's ``ffn_norm`` is Gemma's pre-MLP norm)
+_GEMMA_PARTS = {"post_attention_norm": "post_norm", "ffn_norm": "pre_ffn_norm", "post_ffw_norm": "post_ffn_norm"}
+LOCAL_ROPE_BASE = 10000.0  # llama.cpp's Gemma 3 local-layer base when the file has no rope.freq_base_swa
 
 
 def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -122,8 +129,10 @@ class GGUFSource(DecoderSource):
         a = self._arch_key
         hidden = int(self._require(f"{a}.embedding_length"))
         heads = int(self._require(f"{a}.attention.head_count"))
-        scaling = self._field(f"{a}.rope.scaling.type")
-        if scaling not in (None, "none"):
+        scaling, rope_scaling = self._field(f"{a}.rope.scaling.type"), {}
+        if scaling == "linear" and self._arch.gemma:  # Gemma 3's global layers (4B and up)
+            rope_scaling = {"rope_type": "linear", "factor": float(self._require(f"{a}.rope.scaling.factor"))}
+        elif scaling not in (None, "none"):
             raise ModelSourceError(f"{self.path}: RoPE scaling {scaling!r} is not supported for GGUF sources")
         names = {t.name for t in self._reader.tensors}
         if {"rope_freqs.weight", "rope_factors_long.weight"} & names:
@@ -134,6 +143,7 @@ class GGUFSource(DecoderSource):
         vocab = self._field(f"{a}.vocab_size") or len(self._require("tokenizer.ggml.tokens"))
         window, context = window_and_context(self._field(f"{a}.attention.sliding_window"),
                                              int(self._field(f"{a}.context_length", 2048)))
+        flags = self._gemma_flags(hidden, heads, head_dim, names) if self._arch.gemma else {}
         try:
             return DecoderConfig(
                 vocab_size=int(vocab),
@@ -148,14 +158,37 @@ class GGUFSource(DecoderSource):
                 context_length=context,
                 sliding_window=window,
                 tie_word_embeddings="output.weight" not in names,
+                rope_scaling=rope_scaling,
                 architecture=self._arch.architecture,
                 qkv_bias="blk.0.attn_q.bias" in names or "blk.0.attn_qkv.bias" in names,
                 o_bias="blk.0.attn_output.bias" in names,
                 mlp_bias="blk.0.ffn_down.bias" in names,
                 qk_norm="blk.0.attn_q_norm.weight" in names,
+                **flags,
             )
         except ValueError as exc:
             raise ModelSourceError(f"{self.path}: inconsistent model metadata: {exc}") from None
+
+    def _gemma_flags(self, hidden: int, heads: int, head_dim: int, names: set[str]) -> dict:
+        """Gemma's departures, as llama.cpp reads them: its metadata, else its built-in rules."""
+        a, layers = self._arch_key, int(self._require(f"{self._arch_key}.block_count"))
+        pattern = self._field(f"{a}.attention.sliding_window_pattern")
+        if isinstance(pattern, list):
+            local = [i for i, sliding in enumerate(pattern) if sliding]
+        else:
+            period = int(pattern or self._arch.swa_period)
+            local = [i for i in range(layers) if (i + 1) % period]
+        local_theta = float(self._field(f"{a}.rope.freq_base_swa", LOCAL_ROPE_BASE if a == "gemma3" else 0.0))
+        if not local_theta or local_theta == float(self._field(f"{a}.rope.freq_base", 10000.0)):
+            local, local_theta = [], 0.0
+        # llama.cpp scales queries by head_dim ** -0.5, except the 27B models' hidden / heads (query_pre_attn_scalar)
+        scalar = hidden / heads if layers in (46, 62) else head_dim
+        return {
+            "activation": "gelu_pytorch_tanh", "post_norms": True, "embed_scale": hidden**0.5,
+            "attention_scale": scalar**-0.5, "local_layers": local, "local_rope_theta": local_theta,
+            "final_logit_softcap": float(self._field(f"{a}.final_logit_softcapping", 0.0)),
+            "attn_logit_softcap": float(self._field(f"{a}.attn_logit_softcapping", 0.0)),
+        }
 
     def _read_generation(self, special: dict[str, int | None]) -> GenerationConfig:
         eos = [special["eos"]] if special["eos"] is not None else []
@@ -178,8 +211,8 @@ class GGUFSource(DecoderSource):
         for t in self._reader.tensors:
             hf = _GLOBAL.get(t.name)
             match = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", t.name)
-            if match and match.group(2) in _LAYER_PARTS:
-                part = _LAYER_PARTS[match.group(2)]
+            if match and (match.group(2) in _LAYER_PARTS or self._arch.gemma and match.group(2) in _GEMMA_PARTS):
+                part = (self._arch.gemma and _GEMMA_PARTS.get(match.group(2))) or _LAYER_PARTS[match.group(2)]
                 if part == "up" and self._arch.fused_gate_up:
                     part = "gate_up"
                 hf = hf_layer_names(int(match.group(1))).get(part if match.group(3) == "weight" else f"{part}_bias")
@@ -200,6 +233,8 @@ class GGUFSource(DecoderSource):
         shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dimensions innermost first
         w = w.reshape(shape)
         cfg = self.config
+        if self._arch.gemma and name.endswith("norm.weight"):
+            return w - np.float32(1)  # llama.cpp stored Gemma's 1 + weight; the weight plan adds the 1 back
         if not self._arch.permuted_qk:
             return w
         if name.endswith("q_proj.weight"):
