@@ -42,7 +42,7 @@ def test_config_refuses_malformed_flags():
 
 def test_registry_rejects_an_unknown_architecture():
     assert architecture_for_hf("llama") is ARCHITECTURES["llama"] and architecture_for_hf("gpt2") is None
-    with pytest.raises(ModelSourceError, match="unsupported decoder architecture 'gpt2'; Ferrum compiles llama, mistral"):
+    with pytest.raises(ModelSourceError, match="unsupported decoder architecture 'gpt2'; Ferrum compiles gemma2, gemma3, llama, mistral"):
         get_architecture("gpt2")
     with pytest.raises(ModelSourceError, match=r"no compile path for architecture 'gpt2'; Ferrum compiles .*llama"):
         get_builder("gpt2")
