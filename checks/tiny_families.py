@@ -70,6 +70,9 @@ FAMILIES = {
                     {"tie_word_embeddings": True, "rope_theta": 1e6}),
     "qwen3": Family("qwen3", "Qwen3Config", "Qwen3ForCausalLM", "qwen3", CHATML,
                     {"head_dim": 32, "tie_word_embeddings": True, "rope_theta": 1e6}),
+    "qwen3_moe": Family("qwen3_moe", "Qwen3MoeConfig", "Qwen3MoeForCausalLM", "qwen3moe", CHATML,
+                        {"head_dim": 16, "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                         "norm_topk_prob": True, "tie_word_embeddings": False}),
     "mistral": Family("mistral", "MistralConfig", "MistralForCausalLM", "llama", MISTRAL,
                       {"sliding_window": 32, "tie_word_embeddings": False}, permute_qk=True),
     "gemma2": Family("gemma2", "Gemma2Config", "Gemma2ForCausalLM", "gemma2", GEMMA,
@@ -96,8 +99,8 @@ def write_checkpoint(family: Family, folder: Path, tokenizer_json: str, seed: in
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.ndim == 2:
-                scale = 1.0 if "embed_tokens" in name else p.shape[1] ** -0.5
+            if p.ndim >= 2:  # (out, in), or (experts, out, in)
+                scale = 1.0 if "embed_tokens" in name else p.shape[-1] ** -0.5
                 p.copy_(torch.randn(p.shape, generator=gen) * scale)
             elif "norm" in name:
                 p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
@@ -164,6 +167,18 @@ def _permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, rows // heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
+def _stack_experts(tensors: dict[str, np.ndarray], layers: int, experts: int) -> dict[str, np.ndarray]:
+    """Per-expert Hugging Face tensors → llama.cpp's stacked ``ffn_*_exps`` and ``ffn_gate_inp`` (its names)."""
+    out = dict(tensors)
+    for i in range(layers):
+        p = f"model.layers.{i}.mlp"
+        out[f"blk.{i}.ffn_gate_inp.weight"] = out.pop(f"{p}.gate.weight")
+        for part in ("gate", "up", "down"):
+            out[f"blk.{i}.ffn_{part}_exps.weight"] = np.stack(
+                [out.pop(f"{p}.experts.{e}.{part}_proj.weight") for e in range(experts)])
+    return out
+
+
 def write_gguf(family: Family, folder: Path, path: Path) -> Path:
     """The checkpoint in ``folder`` as a float32 GGUF, laid out as llama.cpp's converter writes it."""
     import gguf
@@ -208,6 +223,13 @@ def write_gguf(family: Family, folder: Path, path: Path) -> Path:
     w.add_eos_token_id(c["eos_token_id"])
     w.add_add_bos_token(False)
     w.add_chat_template(family.chat_template)
+    experts = c.get("num_experts") or c.get("num_local_experts")
+    if experts:  # Qwen3-MoE: llama.cpp stacks each layer's experts
+        w.add_expert_count(experts)
+        w.add_expert_used_count(c["num_experts_per_tok"])
+        w.add_expert_feed_forward_length(c["moe_intermediate_size"])
+        w.add_expert_weights_norm(bool(c["norm_topk_prob"]))
+        tensors = _stack_experts(tensors, c["num_hidden_layers"], experts)
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
     for i in range(c["num_hidden_layers"]):
@@ -219,7 +241,7 @@ def write_gguf(family: Family, folder: Path, path: Path) -> Path:
             array = array + np.float32(1)
         if family.permute_qk and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
             array = _permute(array, heads if "q_proj" in hf_name else kv_heads)
-        w.add_tensor(names[hf_name], np.ascontiguousarray(array, dtype=np.float32))
+        w.add_tensor(names.get(hf_name, hf_name), np.ascontiguousarray(array, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -51,6 +51,10 @@ class DecoderConfig:
     attn_logit_softcap: float = 0.0  # the same on attention scores (Gemma 2); 0: none
     local_layers: list[int] = field(default_factory=list)  # layers whose RoPE base is local_rope_theta (Gemma 3)
     local_rope_theta: float = 0.0
+    num_experts: int = 0  # routed experts of every layer's MLP; 0: a dense MLP (Qwen3-MoE: 128)
+    num_experts_per_tok: int = 0  # experts each token is routed to (top-k of the router's softmax)
+    moe_intermediate_size: int = 0  # each expert's hidden width
+    norm_topk_prob: bool = False  # renormalize the top-k routing weights to sum to 1
 
     def __post_init__(self) -> None:
         if self.num_attention_heads % self.num_key_value_heads:

@@ -174,3 +174,13 @@ def test_gemma2_attention_soft_capping_is_refused_by_name(checkpoints, tmp_path)
     assert cfg.attn_logit_softcap == 50.0
     with pytest.raises(ModelSourceError, match=r"gemma2 models with attention logit soft-capping \(50"):
         GemmaForCausalLM(cfg, get_quantization("q0f32"), resolve_target("llvm").tvm_target)
+
+
+def test_qwen3_moe_refuses_int4_experts(checkpoints):
+    from compile.model.qwen3_moe import Qwen3MoeForCausalLM
+    from compile.targets import resolve_target
+
+    cfg = HFSource(checkpoints["qwen3_moe"]).config
+    assert (cfg.num_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size, cfg.norm_topk_prob) == (8, 2, 32, True)
+    with pytest.raises(ModelSourceError, match=r"q4f16 \(experts are built unquantized: q0f32 or q0f16\)"):
+        Qwen3MoeForCausalLM(cfg, get_quantization("q4f16"), resolve_target("llvm").tvm_target)

@@ -49,7 +49,8 @@ def unsupported_features(cfg: DecoderConfig) -> list[str]:
         missing.append(f"norm {cfg.norm!r} (only rmsnorm)")
     gemma = [name for name, on in (("post-attention/MLP norms", cfg.post_norms), ("embedding scaling", cfg.embed_scale != 1),
                                    ("an attention scale", cfg.attention_scale), ("soft-capping", cfg.final_logit_softcap
-                                   or cfg.attn_logit_softcap), ("local RoPE layers", cfg.local_layers)) if on]
+                                   or cfg.attn_logit_softcap), ("local RoPE layers", cfg.local_layers),
+                                  ("routed experts", cfg.num_experts)) if on]
     return missing + gemma
 
 

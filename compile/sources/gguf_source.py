@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from compile.model.llama_hf import HF_EMBED, HF_FINAL_NORM, HF_LM_HEAD, hf_layer_names, window_and_context
+from compile.model.qwen_hf import expert_names
 from compile.sources.base import DecoderSource
 from compile.sources.gguf_tokenizer import build_tokenizer_json
 from ferrum.errors import ModelSourceError
@@ -60,11 +61,14 @@ GGUF_ARCHITECTURES = {
     "qwen2": GGUFArchitecture("qwen2", permuted_qk=False),
     "qwen3": GGUFArchitecture("qwen3", permuted_qk=False),
     "phi3": GGUFArchitecture("phi3", permuted_qk=False, fused_gate_up=True),
+    "qwen3moe": GGUFArchitecture("qwen3_moe", permuted_qk=False),
     "gemma2": GGUFArchitecture("gemma2", permuted_qk=False, gemma=True, swa_period=2),
     "gemma3": GGUFArchitecture("gemma3", permuted_qk=False, gemma=True, swa_period=6),
 }
 # Gemma's per-layer norms under llama.cpp's names (Llama's ``ffn_norm`` is Gemma's pre-MLP norm)
 _GEMMA_PARTS = {"post_attention_norm": "post_norm", "ffn_norm": "pre_ffn_norm", "post_ffw_norm": "post_ffn_norm"}
+# Qwen3-MoE: llama.cpp stacks the experts of a layer in one 3-D tensor; served one expert at a time
+_EXPERT_PARTS = {"ffn_gate_exps": "gate", "ffn_up_exps": "up", "ffn_down_exps": "down"}
 LOCAL_ROPE_BASE = 10000.0  # llama.cpp's Gemma 3 local-layer base when the file has no rope.freq_base_swa
 
 
@@ -98,6 +102,7 @@ class GGUFSource(DecoderSource):
         self._arch_key, self._arch = arch, GGUF_ARCHITECTURES[arch]
         self.config = self._read_config()
         self._by_hf_name = self._index_tensors()
+        self._last = None
         self.name = re.sub(r"[._-](q\d+_\w+|f16|f32|bf16)$", "", self.path.stem, flags=re.IGNORECASE).lower()
         self.tokenizer_json, special = build_tokenizer_json(self._field, self.path)
         self.generation = self._read_generation(special)
@@ -144,6 +149,11 @@ class GGUFSource(DecoderSource):
         window, context = window_and_context(self._field(f"{a}.attention.sliding_window"),
                                              int(self._field(f"{a}.context_length", 2048)))
         flags = self._gemma_flags(hidden, heads, head_dim, names) if self._arch.gemma else {}
+        if self._field(f"{a}.expert_count"):
+            flags = {"num_experts": int(self._field(f"{a}.expert_count")),
+                     "num_experts_per_tok": int(self._require(f"{a}.expert_used_count")),
+                     "moe_intermediate_size": int(self._require(f"{a}.expert_feed_forward_length")),
+                     "norm_topk_prob": bool(self._field(f"{a}.expert_weights_norm", True))}  # llama.cpp's default
         try:
             return DecoderConfig(
                 vocab_size=int(vocab),
@@ -210,6 +220,15 @@ class GGUFSource(DecoderSource):
         index = {}
         for t in self._reader.tensors:
             hf = _GLOBAL.get(t.name)
+            match = re.fullmatch(r"blk\.(\d+)\.(ffn_gate_inp|ffn_gate_exps|ffn_up_exps|ffn_down_exps)\.weight", t.name)
+            if match and self.config.num_experts:
+                layer, part = int(match.group(1)), match.group(2)
+                if part == "ffn_gate_inp":
+                    index[expert_names(layer, 0)["router"]] = (t, None)
+                else:
+                    for e in range(self.config.num_experts):
+                        index[expert_names(layer, e)[_EXPERT_PARTS[part]]] = (t, e)
+                continue
             match = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", t.name)
             if match and (match.group(2) in _LAYER_PARTS or self._arch.gemma and match.group(2) in _GEMMA_PARTS):
                 part = (self._arch.gemma and _GEMMA_PARTS.get(match.group(2))) or _LAYER_PARTS[match.group(2)]
@@ -218,20 +237,17 @@ class GGUFSource(DecoderSource):
                 hf = hf_layer_names(int(match.group(1))).get(part if match.group(3) == "weight" else f"{part}_bias")
             if hf is None:
                 raise ModelSourceError(f"{self.path}: unexpected tensor {t.name!r} for a {self._arch_key} model")
-            index[hf] = t
+            index[hf] = (t, None)
         return index
 
     def tensor_names(self) -> set[str]:
         return set(self._by_hf_name)
 
     def tensor(self, name: str) -> np.ndarray:
-        t = self._by_hf_name[name]
-        try:
-            w = self._gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
-        except NotImplementedError:
-            raise ModelSourceError(f"{self.path}: tensor {t.name} has unsupported type {t.tensor_type.name}") from None
-        shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dimensions innermost first
-        w = w.reshape(shape)
+        t, expert = self._by_hf_name[name]
+        w = self._dequantized(t)
+        if expert is not None:
+            return w[expert]
         cfg = self.config
         if self._arch.gemma and name.endswith("norm.weight"):
             return w - np.float32(1)  # llama.cpp stored Gemma's 1 + weight; the weight plan adds the 1 back
@@ -241,4 +257,17 @@ class GGUFSource(DecoderSource):
             w = unpermute_rope_rows(w, cfg.num_attention_heads)
         elif name.endswith("k_proj.weight"):
             w = unpermute_rope_rows(w, cfg.num_key_value_heads)
+        return w
+
+    def _dequantized(self, t) -> np.ndarray:
+        """``t`` in float32, in numpy's dimension order; the last one is kept, since the experts of
+        a stacked tensor are read one after another."""
+        if self._last is not None and self._last[0] is t:
+            return self._last[1]
+        try:
+            w = self._gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
+        except NotImplementedError:
+            raise ModelSourceError(f"{self.path}: tensor {t.name} has unsupported type {t.tensor_type.name}") from None
+        w = w.reshape(tuple(int(d) for d in reversed(t.shape)))  # GGUF lists dimensions innermost first
+        self._last = (t, w)
         return w
