@@ -184,3 +184,28 @@ def test_qwen3_moe_refuses_int4_experts(checkpoints):
     assert (cfg.num_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size, cfg.norm_topk_prob) == (8, 2, 32, True)
     with pytest.raises(ModelSourceError, match=r"q4f16 \(experts are built unquantized: q0f32 or q0f16\)"):
         Qwen3MoeForCausalLM(cfg, get_quantization("q4f16"), resolve_target("llvm").tvm_target)
+
+
+MISTRAL_7B_V01 = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                  "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 32768,
+                  "sliding_window": 4096, "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "hidden_act": "silu"}
+
+
+@pytest.mark.parametrize("family, says", [
+    ("qwen2", "q/k/v projection biases"), ("qwen3", "q/k norm"), ("qwen3_moe", "8 routed experts"),
+    ("gemma2", "gelu_pytorch_tanh/rmsnorm"), ("gemma3", "Gemma's extra norms"),
+])
+def test_cuda_builds_say_why_ferrums_kernels_cannot_take_a_family(family, says, checkpoints):
+    from compile.kernels.ops import kernel_blockers
+
+    assert any(says in b for b in kernel_blockers(HFSource(checkpoints[family]).config, get_quantization("q0f16")))
+
+
+def test_mistral_7b_runs_on_ferrums_cuda_kernels(tmp_path):
+    """Its 4096-token window becomes the context, which leaves a plain Llama block."""
+    from compile.kernels.ops import kernel_blockers
+    from compile.model.mistral_hf import read_mistral
+
+    cfg = read_mistral(MISTRAL_7B_V01, tmp_path)
+    assert (cfg.context_length, cfg.sliding_window, cfg.head_dim) == (4096, 0, 128)
+    assert kernel_blockers(cfg, get_quantization("q4f16")) == []
