@@ -247,3 +247,12 @@ def write_gguf(family: Family, folder: Path, path: Path) -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def routed_experts(folder: Path, tokens: list[int], k: int) -> list[set[int]]:
+    """The experts transformers routes ``tokens`` to, per layer (a Qwen3-MoE checkpoint)."""
+    import torch
+
+    with torch.no_grad():
+        router_logits = _model(folder)(torch.tensor([tokens]), output_router_logits=True).router_logits
+    return [set(torch.topk(logits.float().softmax(-1), k, dim=-1).indices.flatten().tolist()) for logits in router_logits]

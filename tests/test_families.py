@@ -11,6 +11,7 @@ The families: ``checks/tiny_families.py::FAMILIES`` (Qwen2, Qwen3, Qwen3-MoE, Mi
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +41,18 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def artifacts(checkpoints, tmp_path_factory) -> dict[str, Path]:
+def artifacts(checkpoints, tmp_path_factory) -> Callable[[str], Path]:
+    """family → its checkpoint compiled (llvm, q0f32), once per module, on first use."""
     from compile.compile_model import compile_model
 
-    out = tmp_path_factory.mktemp("families-art")
-    return {name: compile_model(str(folder), "llvm", "q0f32", output_root=out / name)
-            for name, folder in checkpoints.items()}
+    out, compiled = tmp_path_factory.mktemp("families-art"), {}
+
+    def artifact(family: str) -> Path:
+        if family not in compiled:
+            compiled[family] = compile_model(str(checkpoints[family]), "llvm", "q0f32", output_root=out / family)
+        return compiled[family]
+
+    return artifact
 
 
 def _runner(artifact: Path):
@@ -61,7 +68,7 @@ def _runner(artifact: Path):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_logits_match_transformers(family, checkpoints, artifacts):
-    compiled = _runner(artifacts[family]).verify([0], [PROMPT])
+    compiled = _runner(artifacts(family)).verify([0], [PROMPT])
     expected = tiny.reference_logits(checkpoints[family], PROMPT)
     assert compiled.shape == expected.shape == (len(PROMPT), 320)
     assert np.abs(compiled - expected).max() <= F32_BOUND
@@ -71,7 +78,7 @@ def test_logits_match_transformers(family, checkpoints, artifacts):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_tokens_equal_transformers(family, checkpoints, artifacts):
-    runner = _runner(artifacts[family])
+    runner = _runner(artifacts(family))
     tokens = [int(runner.prefill([0], [PROMPT])[0].argmax())]
     while len(tokens) < GREEDY:
         tokens.append(int(runner.decode([0], [tokens[-1]])[0].argmax()))
@@ -210,3 +217,36 @@ def test_mistral_7b_runs_on_ferrums_cuda_kernels(tmp_path):
     cfg = read_mistral(MISTRAL_7B_V01, tmp_path)
     assert (cfg.context_length, cfg.sliding_window, cfg.head_dim) == (4096, 0, 128)
     assert kernel_blockers(cfg, get_quantization("q4f16")) == []
+
+
+@pytest.mark.slow
+def test_qwen3_moe_reads_only_the_routed_experts(checkpoints, artifacts):
+    """NaN weights in an expert no token is routed to leave the logits exact; NaN in a routed one
+    reaches them (a dense mix that multiplied unrouted experts by zero would give NaN in both)."""
+    import tvm
+
+    from runtime.artifact import LlmArtifact
+    from runtime.model_runner import KVCacheConfig, ModelRunner
+
+    prompt, cfg = PROMPT[:2], HFSource(checkpoints["qwen3_moe"]).config
+    used = tiny.routed_experts(checkpoints["qwen3_moe"], prompt, cfg.num_experts_per_tok)[0]
+    unused = min(set(range(cfg.num_experts)) - used)
+    artifact = LlmArtifact.open(artifacts("qwen3_moe"))
+    rows = 2 * cfg.moe_intermediate_size
+    where = artifact.manifest.extra.param_names.index("layers.0.mlp.experts_gate_up.weight")
+
+    loaded = ModelRunner(artifact)
+
+    def logits_with_nan_in(expert: int) -> np.ndarray:
+        params = list(loaded.params)
+        w = params[where].numpy()
+        w[expert * rows:(expert + 1) * rows] = np.nan
+        params[where] = tvm.runtime.tensor(w, loaded.device)
+        runner = ModelRunner(artifact, params=params)
+        runner.create_kv_cache(KVCacheConfig(1, 64, 16, 16))
+        runner.add_sequence(0)
+        return runner.verify([0], [prompt])
+
+    expected = tiny.reference_logits(checkpoints["qwen3_moe"], prompt)
+    assert np.abs(logits_with_nan_in(unused) - expected).max() <= F32_BOUND
+    assert np.isnan(logits_with_nan_in(min(used))).any()
