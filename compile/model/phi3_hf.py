@@ -2,9 +2,11 @@
 
 Phi-3 stores Q/K/V as one ``qkv_proj`` and gate/up as one ``gate_up_proj`` (gate rows first),
 which is the layout of the network's fused projections, so they load as they are. LongRoPE
-(``rope_scaling.type == "longrope"``, the 128k variants) needs per-frequency factors that this
-network does not pass to TVM's cache yet and is refused by name, as is a partial rotary
-dimension (Phi-4-mini). Numpy only.
+(``rope_scaling.type == "longrope"``, the 128k variants) is refused by name: TVM 0.27's longrope
+kernel (``position_embedding.fused_rope_longrope_scaling``) picks the long or short factors by
+the number of tokens in the forward pass, not by the sequence's length as transformers does, so a
+decode step after a long prompt would rotate with the wrong factors. A partial rotary dimension
+(Phi-4-mini) is refused too. Numpy only.
 """
 
 from __future__ import annotations
