@@ -41,6 +41,7 @@ class WeightPlan:
     sources: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     kind: str
+    offset: float = 0.0  # added to the checkpoint's values (Gemma's RMSNorm scales by 1 + weight)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS or len(self.sources) != len(self.shapes):
@@ -73,6 +74,8 @@ def convert_weights(source: DecoderSource, quant: QuantSpec) -> Iterator[tuple[s
                 raise ModelSourceError(f"{source.path}: {name} has shape {w.shape}, config implies {shape}")
             parts.append(w)
         w = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        if item.offset:
+            w = w + np.float32(item.offset)
         if item.name == LM_HEAD and quant.head_bits:
             head = quant.head()
             q, scale = quantize_q8(w, head.group_size)

@@ -44,6 +44,17 @@ class DecoderConfig:
     sliding_window: int = 0  # tokens each position attends back over; 0: the whole context (Mistral, Gemma 2)
     activation: str = "silu"  # the gated MLP's activation: silu (SwiGLU), gelu_pytorch_tanh (GeGLU), ...
     norm: str = "rmsnorm"  # one of NORMS
+    post_norms: bool = False  # a norm on the attention and on the MLP output before each residual add (Gemma 2/3)
+    embed_scale: float = 1.0  # embeddings are multiplied by it (Gemma: sqrt(hidden_size))
+    attention_scale: float = 0.0  # softmax scale of attention scores; 0: head_dim ** -0.5 (Gemma: query_pre_attn_scalar)
+    final_logit_softcap: float = 0.0  # logits = cap * tanh(logits / cap) (Gemma 2); 0: none
+    attn_logit_softcap: float = 0.0  # the same on attention scores (Gemma 2); 0: none
+    local_layers: list[int] = field(default_factory=list)  # layers whose RoPE base is local_rope_theta (Gemma 3)
+    local_rope_theta: float = 0.0
+    num_experts: int = 0  # routed experts of every layer's MLP; 0: a dense MLP (Qwen3-MoE: 128)
+    num_experts_per_tok: int = 0  # experts each token is routed to (top-k of the router's softmax)
+    moe_intermediate_size: int = 0  # each expert's hidden width
+    norm_topk_prob: bool = False  # renormalize the top-k routing weights to sum to 1
 
     def __post_init__(self) -> None:
         if self.num_attention_heads % self.num_key_value_heads:

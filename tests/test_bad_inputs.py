@@ -72,10 +72,10 @@ def test_unsupported_gguf_architecture(workdir):
 
 
 def test_unsupported_hf_architecture(workdir):
-    folder = workdir / "mistral"
+    folder = workdir / "gpt-neox"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"architectures": ["MistralForCausalLM"], "model_type": "mistral"}))
-    assert_one_line_error(ferrum("compile", str(folder), cwd=workdir), "unsupported architecture 'MistralForCausalLM'")
+    (folder / "config.json").write_text(json.dumps({"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox"}))
+    assert_one_line_error(ferrum("compile", str(folder), cwd=workdir), "unsupported architecture 'GPTNeoXForCausalLM'")
 
 
 def test_corrupt_gguf(workdir):

@@ -52,6 +52,11 @@ def kernel_blockers(cfg: DecoderConfig, quant: QuantSpec) -> list[str]:
         blockers.append("sliding-window attention (the attention kernels attend to the whole context)")
     if cfg.activation != "silu" or cfg.norm != "rmsnorm":
         blockers.append(f"{cfg.activation}/{cfg.norm} (the kernels fuse silu and rmsnorm)")
+    gemma = (cfg.post_norms, cfg.embed_scale != 1, cfg.attention_scale, cfg.final_logit_softcap, cfg.local_layers)
+    if any(gemma):
+        blockers.append("Gemma's extra norms, scales, soft-cap or local RoPE layers (not fused)")
+    if cfg.num_experts:
+        blockers.append(f"{cfg.num_experts} routed experts (no grouped expert kernel)")
     return blockers
 
 

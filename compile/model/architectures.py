@@ -44,8 +44,20 @@ def _load(spec: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+# Qwen2/3, Mistral and Phi-3 are the Llama network with feature flags on (see DecoderConfig).
+_LLAMA = "compile.model.llama:LlamaForCausalLM"
+_GEMMA = "compile.model.gemma:GemmaForCausalLM"
+
 ARCHITECTURES: dict[str, Architecture] = {
-    "llama": Architecture("llama", ("llama",), "compile.model.llama:LlamaForCausalLM", "compile.model.llama_hf:MAPPING"),
+    "llama": Architecture("llama", ("llama",), _LLAMA, "compile.model.llama_hf:MAPPING"),
+    "qwen2": Architecture("qwen2", ("qwen2",), _LLAMA, "compile.model.qwen_hf:QWEN2"),
+    "qwen3": Architecture("qwen3", ("qwen3",), _LLAMA, "compile.model.qwen_hf:QWEN3"),
+    "qwen3_moe": Architecture("qwen3_moe", ("qwen3_moe",), "compile.model.qwen3_moe:Qwen3MoeForCausalLM",
+                              "compile.model.qwen_hf:QWEN3_MOE"),
+    "mistral": Architecture("mistral", ("mistral",), _LLAMA, "compile.model.mistral_hf:MAPPING"),
+    "phi3": Architecture("phi3", ("phi3",), _LLAMA, "compile.model.phi3_hf:MAPPING"),
+    "gemma2": Architecture("gemma2", ("gemma2",), _GEMMA, "compile.model.gemma_hf:GEMMA2"),
+    "gemma3": Architecture("gemma3", ("gemma3_text",), _GEMMA, "compile.model.gemma_hf:GEMMA3"),
 }
 
 

