@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from compile.builders import check_quantization, get_builder
 from compile.sources import open_source
 from compile.targets import resolve_target
 from ferrum.errors import ArtifactError
-from ferrum.manifest import Manifest, describe_files, verify_files
+from ferrum.manifest import Manifest, TargetInfo, describe_files, verify_files
 from ferrum.quantization import get_quantization
 
 
@@ -74,7 +75,7 @@ def compile_model(
             architecture=output.architecture,
             model=output.model,
             quantization=quant.to_dict(),
-            target=build_target.info,
+            target=_with_features(build_target.info, output.cpu_features),
             tvm_version=tvm.__version__,
             ferrum_version=ferrum.__version__,
             source=source.describe(),
@@ -91,6 +92,11 @@ def compile_model(
         raise
     progress(f"artifact ready: {final}")
     return final
+
+
+def _with_features(info: TargetInfo, extra: list[str]) -> TargetInfo:
+    """The target as the manifest records it: its CPU flags plus those the library's own kernels need."""
+    return replace(info, cpu_features=[*info.cpu_features, *(f for f in extra if f not in info.cpu_features)])
 
 
 def _intact(folder: Path) -> bool:

@@ -32,6 +32,7 @@ class BuildOutput:
     functions: list[str]
     extra: ModalityExtra  # the modality's typed manifest extra (ferrum/manifest_extra.py)
     kernels: dict[str, str] = field(default_factory=dict)
+    cpu_features: list[str] = field(default_factory=list)  # CPU flags the library needs beyond the target's
 
 
 @dataclass(frozen=True)

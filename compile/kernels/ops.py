@@ -116,9 +116,15 @@ class CudaKernels:
     the whole head; its KV cache then also gets the split-rotary kernel (see
     ``install_attention_kernels``). Other RoPE variants keep TVM's."""
 
+    samples_on_device = True  # exports sample_tokens (SAMPLER_FUNCTIONS)
+
     def __init__(self, archs: tuple[str, ...], rope: tuple[float, float] | None = None):
         self.module = nn.ObjectModule(SYMBOLS, build_object(archs))
         self.rope_glue = nn.ObjectModule({"ferrum_split_rotary": None}, build_rope_glue(*rope)) if rope else None
+
+    @staticmethod
+    def blockers(cfg: DecoderConfig, quant: QuantSpec) -> list[str]:
+        return kernel_blockers(cfg, quant)
 
     def _register(self) -> None:
         exporter = Exporter.current()
@@ -151,9 +157,9 @@ class CudaKernels:
             return self._call("ferrum_norm_linear_f16", x, norm_weight, weights[0], eps)[0]
         return self._call("ferrum_norm_linear_q4", x, norm_weight, *weights, eps)[0]
 
-    def norm_logits(self, x: Tensor, norm_weight: Tensor, eps: float, weight: Tensor) -> Tensor:
-        """Float32 logits ``rmsnorm(x) @ W.T`` (the LM head is never quantized)."""
-        return self._call("ferrum_norm_logits_f16", x, norm_weight, weight, eps)[0]
+    def norm_logits(self, x: Tensor, norm_weight: Tensor, eps: float, weights: list[Tensor]) -> Tensor:
+        """Float32 logits ``rmsnorm(x) @ W.T``, ``weights`` = [W] (the LM head is never quantized)."""
+        return self._call("ferrum_norm_logits_f16", x, norm_weight, weights[0], eps)[0]
 
     def norm_gate_up(self, x: Tensor, norm_weight: Tensor, eps: float, weights: list[Tensor]) -> Tensor:
         """SwiGLU input: ``silu(h @ Wg.T) * (h @ Wu.T)`` with ``h = rmsnorm(x)``, W = [Wg; Wu]."""
