@@ -114,7 +114,7 @@ def compile_decoder(
     functions = list(LLM_FUNCTIONS) + (list(SAMPLER_FUNCTIONS) if cuda else [])
     with prefill_attention_grid() if target.kind.gpu else contextlib.nullcontext():
         mod, param_names = export_module(network(cfg, quant, target.tvm_target, kernels))
-    if cuda:
+    if kernels is not None:
         mod = install_attention_kernels(mod, kernels)
     elif not target.kind.gpu:
         mod = install_cpu_decode_attention(mod, cfg.num_key_value_heads, cfg.num_attention_heads, cfg.head_dim,

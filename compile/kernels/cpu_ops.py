@@ -2,7 +2,9 @@
 
 q4f32 Llama blocks on a CPU with AVX-512 VNNI run as four fused kernels around attention
 (RMSNorm+QKV, O-projection+residual, RMSNorm+gate/up+SwiGLU, down-projection+residual) and the
-final norm folded into the int8 LM head, each ONE parallel region of TVM's thread pool; see the
+final norm folded into the int8 LM head, each ONE parallel region of TVM's thread pool, and the
+paged KV cache's prefill (new tokens among themselves) and decode attention are Ferrum's
+(``install_attention_kernels``); see the
 C++ file for the arithmetic. The object is compiled with g++ at compile time (cached under
 ``build/kernels`` by source and flags) and linked into model.so like the CUDA kernels; the
 manifest then lists ``CPU_KERNEL_FEATURES`` so the runtime refuses a CPU without them.
@@ -99,6 +101,9 @@ SYMBOLS = {
     "ferrum_cpu_linear_res_q4": lambda x, qw, qs, qm, res: _out(x, qw.shape[0] * ROWS),
     "ferrum_cpu_norm_gate_up_q4": lambda x, g, qw, qs, qm, eps: _out(x, qw.shape[0] * ROWS // 2),
     "ferrum_cpu_norm_logits_q8": lambda x, g, qw, qs, eps: _out(x, qw.shape[0] * ROWS),
+    # handed to the paged KV cache (install_attention_kernels), not called from the graph
+    "ferrum_cpu_attention_prefill_ragged": None,
+    "ferrum_cpu_attention_decode_paged": None,
 }
 
 
@@ -113,6 +118,10 @@ class CpuKernels:
     operators, so the Llama network calls either the same way; no device sampler)."""
 
     samples_on_device = False
+    # the paged KV cache's decode attention (argument position of paged_attention_kv_cache_create)
+    attention_slots = {16: ("prefill_ragged", "ferrum_cpu_attention_prefill_ragged"),
+                       18: ("decode_paged_kv", "ferrum_cpu_attention_decode_paged")}
+    rope_glue = None
 
     def __init__(self) -> None:
         self.module = nn.ObjectModule({name: None for name in SYMBOLS}, build_cpu_object())

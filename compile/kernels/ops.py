@@ -117,6 +117,7 @@ class CudaKernels:
     ``install_attention_kernels``). Other RoPE variants keep TVM's."""
 
     samples_on_device = True  # exports sample_tokens (SAMPLER_FUNCTIONS)
+    attention_slots = KV_CACHE_SLOTS  # the paged KV cache's kernels these replace
 
     def __init__(self, archs: tuple[str, ...], rope: tuple[float, float] | None = None):
         self.module = nn.ObjectModule(SYMBOLS, build_object(archs))
@@ -174,9 +175,9 @@ class CudaKernels:
 
 @relax.expr_functor.mutator
 class _AttentionSwap(relax.PyExprMutator):
-    def __init__(self, mod: IRModule, rope: bool):
+    def __init__(self, mod: IRModule, slots: dict[int, tuple[str, str]], rope: bool):
         super().__init__(mod)
-        self.rope = rope
+        self.slots, self.rope = slots, rope
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
@@ -184,7 +185,7 @@ class _AttentionSwap(relax.PyExprMutator):
         if not (isinstance(head, relax.ExternFunc) and head.global_symbol == KV_CACHE_CREATE):
             return call
         args = list(call.args)
-        for position, (tvm_name, ours) in KV_CACHE_SLOTS.items():
+        for position, (tvm_name, ours) in self.slots.items():
             slot = args[position]
             if not (isinstance(slot, relax.Tuple) and len(slot.fields) == 2
                     and tvm_name in getattr(slot.fields[1], "name_hint", "")):
@@ -198,12 +199,12 @@ class _AttentionSwap(relax.PyExprMutator):
         return relax.Call(call.op, args, call.attrs, call.ty_args)
 
 
-def install_attention_kernels(mod: IRModule, kernels: CudaKernels) -> IRModule:
+def install_attention_kernels(mod: IRModule, kernels) -> IRModule:
     """Give every paged KV cache the module creates our ragged-prefill attention (the new tokens
     of a prefill attending to each other), paged decode attention and, where the model's RoPE
     allows, split-rotary kernel in place of TVM's TIR ones. Attention over already cached pages
     during prefill (chunked prompts, prefix hits) and tree attention stay TVM's."""
-    swap = _AttentionSwap(mod, kernels.rope_glue is not None)
+    swap = _AttentionSwap(mod, kernels.attention_slots, kernels.rope_glue is not None)
     for gvar, func in mod.functions_items():
         if isinstance(func, relax.Function):
             swap.builder_.update_func(gvar, swap.visit_expr(func))

@@ -6,7 +6,7 @@
 // (TVMBackendParallelLaunch, so it shares the threads TVM's own kernels use):
 //
 //   RMSNorm + QKV, O-projection + residual, RMSNorm + gate/up + SwiGLU, down + residual,
-//   final RMSNorm + int8 LM head.
+//   final RMSNorm + int8 LM head; and the paged KV cache's decode attention (vectorized softmax).
 //
 // The activation rows are quantized per block of 32 as TWO int8 terms, x ~ d q1 + d2 q2 with
 // d = max|x| / 127 (GGUF's Q8_1) and q2 the rounded remainder at d2 = d / 254: about 15 bits, so
@@ -28,6 +28,7 @@
 #include <dlpack/dlpack.h>
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -270,6 +271,21 @@ struct Q8Weights {
   }
 };
 
+// 2^x (softmax weights, SiLU): 2^round(x) * p(x - round(x)), p the degree-6 Taylor
+// polynomial of 2^f on [-1/2, 1/2] (relative error ~1e-7, float32's own rounding).
+inline __m512 exp2_ps(__m512 x) {
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(1.5403530393381606e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
 // Tiles per group for MB rows: enough independent accumulator chains to hide the VNNI latency
 // at one row, few enough that the 3 x MB x NT accumulators (two integer terms and the float sum)
 // stay in the 32 vector registers.
@@ -291,10 +307,8 @@ void store(const Output& o, int m0, const int* tile, const __m512* acc) {
     for (int t = 0; t < NT / 2; ++t) {
       for (int m = 0; m < MB; ++m) {
         const __m512 g = acc[t * MB + m], u = acc[(t + NT / 2) * MB + m];
-        alignas(64) float gv[16], ev[16];
-        _mm512_store_ps(gv, g);
-        for (int l = 0; l < 16; ++l) ev[l] = std::exp(-gv[l]);
-        const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.f), _mm512_load_ps(ev)));
+        const __m512 e = exp2_ps(_mm512_mul_ps(g, _mm512_set1_ps(-1.4426950408889634f)));  // exp(-g)
+        const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.f), e));
         _mm512_storeu_ps(o.out + static_cast<size_t>(m0 + m) * o.N + tile[t] * kRows, _mm512_mul_ps(silu, u));
       }
     }
@@ -425,6 +439,162 @@ void norm_logits_q8(DLTensor* x, DLTensor* g, DLTensor* qw, DLTensor* qs, double
                         s.N / kRows);
 }
 
+constexpr int kMaxHeadDim = 256;
+constexpr int kKeyChunk = 64;  // keys scored at a time; the softmax is rescaled once per chunk
+
+// One query row against keys 0..n_keys-1 (``key(p)``/``value(p)`` give their rows): scores per
+// chunk, then their exponentials (vectorized) and the weighted values; the output is rescaled once
+// per chunk. lse is base 2, as TVM's kernels write it (the cache merges attention states with it).
+template <class Key, class Value>
+void attend(const float* q, int n_keys, const Key& key, const Value& value, int D, float scale_log2, float* out,
+            float* lse) {
+  alignas(64) float acc[kMaxHeadDim] = {};
+  alignas(64) float score[kKeyChunk];
+  float run_max = -5e4f, run_sum = 0.f;
+  for (int start = 0; start < n_keys; start += kKeyChunk) {
+    const int count = std::min(kKeyChunk, n_keys - start);
+    float chunk_max = run_max;
+    for (int i = 0; i < count; ++i) {
+      const float* k = key(start + i);
+      __m512 dot = _mm512_setzero_ps();
+      for (int d = 0; d < D; d += 16) dot = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(k + d), dot);
+      score[i] = _mm512_reduce_add_ps(dot) * scale_log2;
+      chunk_max = std::max(chunk_max, score[i]);
+    }
+    for (int i = count; i < (count + 15) / 16 * 16; ++i) score[i] = -1e30f;  // padding lanes weigh 0
+    const float rescale = exp2_ps(_mm512_set1_ps(run_max - chunk_max))[0];
+    run_max = chunk_max;
+    __m512 sum = _mm512_setzero_ps();
+    for (int i = 0; i < count; i += 16) {
+      const __m512 e = exp2_ps(_mm512_sub_ps(_mm512_load_ps(score + i), _mm512_set1_ps(run_max)));
+      _mm512_store_ps(score + i, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    run_sum = run_sum * rescale + _mm512_reduce_add_ps(sum);
+    const __m512 r = _mm512_set1_ps(rescale);
+    for (int d = 0; d < D; d += 16) _mm512_store_ps(acc + d, _mm512_mul_ps(_mm512_load_ps(acc + d), r));
+    for (int i = 0; i < count; ++i) {
+      const float* v = value(start + i);
+      const __m512 w = _mm512_set1_ps(score[i]);
+      for (int d = 0; d < D; d += 16)
+        _mm512_store_ps(acc + d, _mm512_fmadd_ps(w, _mm512_loadu_ps(v + d), _mm512_load_ps(acc + d)));
+    }
+  }
+  const float denom = std::max(run_sum, 1e-30f);
+  const __m512 inv = _mm512_set1_ps(1.f / denom);
+  for (int d = 0; d < D; d += 16) _mm512_storeu_ps(out + d, _mm512_mul_ps(_mm512_load_ps(acc + d), inv));
+  *lse = run_max + std::log2(denom);
+}
+
+bool compact(const DLTensor* t) {
+  if (t->strides == nullptr) return true;
+  int64_t expected = 1;
+  for (int i = t->ndim - 1; i >= 0; --i) {
+    if (t->shape[i] != 1 && t->strides[i] != expected) return false;
+    expected *= t->shape[i];
+  }
+  return true;
+}
+
+// The paged KV cache's decode attention (TVM's batch_decode_paged_kv signature, RopeMode.NORMAL:
+// keys were rotated when appended; pages [page, k/v, kv head, slot, d]): every (sequence, query
+// head) pair in one parallel region.
+void attention_decode_paged(DLTensor* q, DLTensor* pages, DLTensor* page_indptr, DLTensor* page_values,
+                            DLTensor* length_info, DLTensor* k_rope_pos_offset, DLTensor* q_rope_position,
+                            DLTensor* output, DLTensor* lse, int64_t rotary_mode, double rope_scale, double rope_theta,
+                            double sm_scale) {
+  (void)k_rope_pos_offset;
+  (void)q_rope_position;
+  (void)rope_scale;
+  (void)rope_theta;
+  require(rotary_mode == 0, "attention with inline RoPE is not supported (the cache applies RoPE first)");
+  require(is(q, kDLFloat, 32) && is(pages, kDLFloat, 32) && q->ndim == 3 && pages->ndim == 5 && length_info->ndim == 1,
+          "decode attention: q [b, h_q, d] float32, pages [n, 2, h_kv, page_size, d], length_info [b]");
+  require(compact(q) && compact(pages) && compact(output), "decode attention takes compact tensors");
+  const int batch = static_cast<int>(q->shape[0]), h_q = static_cast<int>(q->shape[1]), D = static_cast<int>(q->shape[2]);
+  const int h_kv = static_cast<int>(pages->shape[2]), page_size = static_cast<int>(pages->shape[3]);
+  require(D % 16 == 0 && D <= kMaxHeadDim && h_q % h_kv == 0, "decode attention: head dim a multiple of 16 up to 256");
+  const float* qp = ptr<float>(q);
+  const float* pp = ptr<float>(pages);
+  const int32_t* indptr = ptr<int32_t>(page_indptr);
+  const int32_t* values = ptr<int32_t>(page_values);
+  const int32_t* last_len = ptr<int32_t>(length_info);
+  float* op = ptr<float>(output);
+  float* lp = ptr<float>(lse);
+  const float scale_log2 = static_cast<float>(sm_scale * 1.4426950408889634);
+  const int group = h_q / h_kv;
+  auto heads = [&](int b0, int e0) {
+    for (int i = b0; i < e0; ++i) {
+      const int b = i / h_q, h = i % h_q;
+      const int begin = indptr[b], end = indptr[b + 1];
+      const int n_keys = begin == end ? 0 : (end - begin - 1) * page_size + last_len[b];
+      const int32_t* ids = values + begin;
+      const size_t page_stride = 2 * static_cast<size_t>(h_kv) * page_size * D;
+      const float* base = pp + static_cast<size_t>(h / group) * page_size * D;
+      const size_t v_offset = static_cast<size_t>(h_kv) * page_size * D;
+      auto key = [&](int p) { return base + ids[p / page_size] * page_stride + static_cast<size_t>(p % page_size) * D; };
+      auto value = [&](int p) { return key(p) + v_offset; };
+      attend(qp + static_cast<size_t>(i) * D, n_keys, key, value, D, scale_log2, op + static_cast<size_t>(i) * D, lp + i);
+    }
+  };
+  parallel_for(batch * h_q, heads);
+}
+
+constexpr int kQueryBlock = 16;  // query rows per parallel work item of prefill attention
+
+// The paged KV cache's ragged prefill attention (TVM's batch_prefill_ragged_kv signature): the new
+// tokens of each sequence attending to each other, q/k/v [tokens, heads, d], causal bottom-right
+// aligned (query i of a sequence sees keys up to i + kv_len - q_len). Work items are (sequence,
+// query head, block of 16 queries), all in one parallel region.
+void attention_prefill_ragged(DLTensor* q, DLTensor* qo_indptr, DLTensor* k, DLTensor* v, DLTensor* kv_indptr,
+                              DLTensor* q_rope_position, DLTensor* k_rope_pos_offset, DLTensor* output, DLTensor* lse,
+                              int64_t causal, int64_t rotary_mode, double rope_scale, double rope_theta,
+                              double sm_scale) {
+  (void)q_rope_position;
+  (void)k_rope_pos_offset;
+  (void)rope_scale;
+  (void)rope_theta;
+  require(rotary_mode == 0, "attention with inline RoPE is not supported (the cache applies RoPE first)");
+  require(is(q, kDLFloat, 32) && is(k, kDLFloat, 32) && is(v, kDLFloat, 32) && is(output, kDLFloat, 32),
+          "prefill attention inputs must be float32");
+  require(q->ndim == 3 && k->ndim == 3 && q->shape[1] % k->shape[1] == 0, "q [n, h_q, d] and k [n, h_kv, d]");
+  require(compact(q) && compact(k) && compact(v) && compact(output), "prefill attention takes compact tensors");
+  const int batch = static_cast<int>(qo_indptr->shape[0] - 1);
+  const int h_q = static_cast<int>(q->shape[1]), h_kv = static_cast<int>(k->shape[1]), D = static_cast<int>(q->shape[2]);
+  require(D % 16 == 0 && D <= kMaxHeadDim, "prefill attention: head dim a multiple of 16 up to 256");
+  if (batch <= 0 || q->shape[0] == 0) return;
+  const int32_t* q_ptr = ptr<int32_t>(qo_indptr);
+  const int32_t* kv_ptr = ptr<int32_t>(kv_indptr);
+  std::vector<int> first_item(batch + 1, 0);  // work items of sequences before b
+  for (int b = 0; b < batch; ++b)
+    first_item[b + 1] = first_item[b] + h_q * ((q_ptr[b + 1] - q_ptr[b] + kQueryBlock - 1) / kQueryBlock);
+  const float* qp = ptr<float>(q);
+  const float* kp = ptr<float>(k);
+  const float* vp = ptr<float>(v);
+  float* op = ptr<float>(output);
+  float* lp = ptr<float>(lse);
+  const float scale_log2 = static_cast<float>(sm_scale * 1.4426950408889634);
+  const int group = h_q / h_kv;
+  auto items = [&](int b0, int e0) {
+    int b = 0;
+    for (int item = b0; item < e0; ++item) {
+      while (item >= first_item[b + 1]) ++b;
+      const int local = item - first_item[b], h = local % h_q, block = local / h_q;
+      const int q_len = q_ptr[b + 1] - q_ptr[b], kv_len = kv_ptr[b + 1] - kv_ptr[b];
+      const float* kb = kp + (static_cast<size_t>(kv_ptr[b]) * h_kv + h / group) * D;
+      const float* vb = vp + (static_cast<size_t>(kv_ptr[b]) * h_kv + h / group) * D;
+      auto key = [&](int p) { return kb + static_cast<size_t>(p) * h_kv * D; };
+      auto value = [&](int p) { return vb + static_cast<size_t>(p) * h_kv * D; };
+      for (int i = block * kQueryBlock; i < std::min(q_len, (block + 1) * kQueryBlock); ++i) {
+        const int n_keys = causal ? std::min(kv_len, i + kv_len - q_len + 1) : kv_len;
+        const size_t row = (static_cast<size_t>(q_ptr[b]) + i) * h_q + h;
+        attend(qp + row * D, n_keys, key, value, D, scale_log2, op + row * D, lp + row);
+      }
+    }
+  };
+  parallel_for(first_item[batch], items);
+}
+
 }  // namespace
 }  // namespace ferrum_cpu
 
@@ -432,3 +602,5 @@ TVM_FFI_DLL_EXPORT_TYPED_FUNC(ferrum_cpu_norm_linear_q4, ferrum_cpu::norm_linear
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(ferrum_cpu_linear_res_q4, ferrum_cpu::linear_res_q4);
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(ferrum_cpu_norm_gate_up_q4, ferrum_cpu::norm_gate_up_q4);
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(ferrum_cpu_norm_logits_q8, ferrum_cpu::norm_logits_q8);
+TVM_FFI_DLL_EXPORT_TYPED_FUNC(ferrum_cpu_attention_decode_paged, ferrum_cpu::attention_decode_paged);
+TVM_FFI_DLL_EXPORT_TYPED_FUNC(ferrum_cpu_attention_prefill_ragged, ferrum_cpu::attention_prefill_ragged);
