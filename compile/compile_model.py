@@ -55,7 +55,7 @@ def compile_model(
     progress(f"reading model {model or '(default)'}")
     source = open_source(model)
     builder = get_builder(source.architecture)
-    quant = get_quantization(quantization or builder.default_quantization(build_target.kind))
+    quant = get_quantization(quantization or builder.default_quantization(build_target.kind, source))
     check_quantization(builder, quant, source.architecture)
     name = name or f"{source.name}-{quant.name}-{build_target.tag}"
     final = Path(output_root) / name

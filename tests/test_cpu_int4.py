@@ -256,3 +256,17 @@ def test_q4f32_smollm2_greedy_equals_q0f32(smollm2_artifact):
     expected = _greedy(smollm2_artifact, PROMPTS, 48)
     assert sum(len(t) for t in expected) > 100
     assert _greedy(q4, PROMPTS, 48) == expected
+
+
+def test_cpu_default_is_q4f32_for_an_int4_gguf_where_the_kernels_run(smollm2_gguf, tiny_llama):
+    from compile.builders import get_builder
+    from compile.sources import open_source
+    from compile.targets import TARGETS
+
+    gguf, hf = open_source(str(smollm2_gguf)), open_source(str(tiny_llama))
+    builder = get_builder(gguf.architecture)
+    assert gguf.int4_weights and not hf.int4_weights
+    kernels_run = set(CPU_KERNEL_FEATURES) <= host_cpu_flags()
+    assert builder.default_quantization(TARGETS["llvm"], gguf) == ("q4f32" if kernels_run else "q0f32")
+    assert builder.default_quantization(TARGETS["llvm"], hf) == "q0f32"
+    assert builder.default_quantization(TARGETS["cuda"], gguf) == "q0f16"
