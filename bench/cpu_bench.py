@@ -3,10 +3,16 @@
 1. Machine limits: a STREAM-like copy and triad (a tiny C program, gcc -O3 -march=native -fopenmp,
    1 and 2 threads; arrays far larger than the L3) and dense float32 GEMM GFLOP/s (numpy's BLAS).
 2. Batch-1 decode: a fixed 32-token prompt, then 128 greedy tokens (EOS ignored), tokens/s
-   between the first and the last streamed token (the median of ``--repeats`` runs), for each
-   Ferrum artifact (the full engine: sampling, detokenization, streaming) and for llama.cpp on the
-   GGUF they were compiled from, same thread count. Also the weight bytes each Ferrum step reads
-   (``streamed_weight_bytes``), so tok/s x bytes can be read against the measured bandwidth.
+   between the first and the last streamed token, for each Ferrum artifact (the full engine:
+   sampling, detokenization, streaming) and for llama.cpp on the GGUF they were compiled from,
+   same thread count. Also the weight bytes each Ferrum step reads (``streamed_weight_bytes``), so
+   tok/s x bytes can be read against the measured bandwidth.
+3. Prefill: a 512-token prompt (the fixed text repeated), seconds to its first generated token
+   (Ferrum: through the engine; llama.cpp: ``eval`` of the prompt and one sample).
+
+The machine is shared and noisy, so every repeat runs each Ferrum artifact and llama.cpp back to
+back and the ratio to llama.cpp is taken per repeat (``paired_ratios``); the row's figure is the
+median of its repeats and ``ratio_to_llama_cpp`` the median of its paired ratios.
 
 llama.cpp is a bench peer only, never a runtime dependency; install it where this bench sees it:
 
@@ -106,54 +112,97 @@ def streamed_weight_bytes(artifact: Path) -> int:
     return sum(t["nbytes"] for t in records if not (own_head and t["name"].startswith("embed_tokens.")))
 
 
-def ferrum_decode(artifact: Path, prompt_ids: list[int], tokens: int, repeats: int) -> dict:
-    from ferrum.types import EngineConfig, InferenceRequest, SamplingParams
-    from runtime.batch_engine import ContinuousBatchEngine
+class FerrumPeer:
+    """One Ferrum artifact behind the full engine: ``decode`` (tok/s, ids) and ``prefill`` (seconds)."""
 
-    engine = ContinuousBatchEngine(EngineConfig(artifact_path=str(artifact), max_model_len=2048))
-    params = SamplingParams.greedy(max_tokens=tokens, ignore_eos=True)
+    def __init__(self, artifact: Path):
+        from ferrum.types import EngineConfig
+        from runtime.batch_engine import ContinuousBatchEngine
 
-    async def one() -> float:
+        self.artifact = artifact
+        self.engine = ContinuousBatchEngine(EngineConfig(artifact_path=str(artifact), max_model_len=2048))
+
+    def _stamps(self, prompt_ids: list[int], tokens: int) -> tuple[float, list[float]]:
+        """The request's start and the arrival time of each streamed chunk."""
+        from ferrum.types import InferenceRequest, SamplingParams
+
+        params = SamplingParams.greedy(max_tokens=tokens, ignore_eos=True)
         request = InferenceRequest(prompt_token_ids=prompt_ids, sampling_params=params)
-        stamps = [time.perf_counter() async for _ in await engine.infer_stream(request)]
-        return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
-    try:
-        asyncio.run(one())  # warm-up
-        rates = [asyncio.run(one()) for _ in range(repeats)]
-        greedy = asyncio.run(engine.infer(InferenceRequest(prompt_token_ids=prompt_ids, sampling_params=params))).tokens
-    finally:
-        asyncio.run(engine.shutdown())
-    size = streamed_weight_bytes(artifact)
-    rate = statistics.median(rates)
-    return {"decode_tok_s": rate, "runs_tok_s": rates, "streamed_weight_bytes_per_token": size,
-            "weight_GBps_at_that_rate": size * rate / 1e9, "tokens": greedy}
+        async def run() -> tuple[float, list[float]]:
+            start = time.perf_counter()
+            return start, [time.perf_counter() async for _ in await self.engine.infer_stream(request)]
+
+        return asyncio.run(run())
+
+    def decode(self, prompt_ids: list[int], tokens: int) -> tuple[float, list[int]]:
+        from ferrum.types import InferenceRequest, SamplingParams
+
+        _, stamps = self._stamps(prompt_ids, tokens)
+        params = SamplingParams.greedy(max_tokens=tokens, ignore_eos=True)
+        ids = asyncio.run(self.engine.infer(InferenceRequest(prompt_token_ids=prompt_ids, sampling_params=params))).tokens
+        return (len(stamps) - 1) / (stamps[-1] - stamps[0]), ids
+
+    def prefill(self, prompt_ids: list[int]) -> float:
+        """Seconds to the first token; the caller varies the prompt's first token so the engine's
+        prefix cache never holds it."""
+        start, stamps = self._stamps(prompt_ids, 1)
+        return stamps[0] - start
+
+    def close(self) -> None:
+        asyncio.run(self.engine.shutdown())
 
 
-def llama_cpp_decode(gguf: Path, prompt_ids: list[int], tokens: int, repeats: int, threads: int) -> dict:
-    from llama_cpp import Llama, __version__
+class LlamaCppPeer:
+    """llama.cpp (llama-cpp-python) on the GGUF, same interface as ``FerrumPeer``."""
 
-    llm = Llama(model_path=str(gguf), n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
+    def __init__(self, gguf: Path, threads: int):
+        from llama_cpp import Llama, __version__
 
-    def one() -> tuple[float, list[int]]:
-        llm.reset()
+        self.version, self.threads = __version__, threads
+        self.llm = Llama(model_path=str(gguf), n_ctx=1024, n_batch=512, n_threads=threads, n_threads_batch=threads,
+                         verbose=False)
+
+    def decode(self, prompt_ids: list[int], tokens: int) -> tuple[float, list[int]]:
+        self.llm.reset()
         stamps, ids = [], []
-        for token in llm.generate(prompt_ids, temp=0.0, top_k=1, reset=True):
+        for token in self.llm.generate(prompt_ids, temp=0.0, top_k=1, reset=True):
             stamps.append(time.perf_counter())
             ids.append(token)
             if len(ids) == tokens:
                 break
         return (len(stamps) - 1) / (stamps[-1] - stamps[0]), ids
 
-    one()
-    runs = [one() for _ in range(repeats)]
-    rates = [r for r, _ in runs]
-    return {"version": __version__, "threads": threads, "decode_tok_s": statistics.median(rates), "runs_tok_s": rates,
-            "tokens": runs[-1][1]}
+    def prefill(self, prompt_ids: list[int]) -> float:
+        self.llm.reset()
+        start = time.perf_counter()
+        next(iter(self.llm.generate(prompt_ids, temp=0.0, top_k=1, reset=True)))
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+def paired_runs(peers: dict, decode_ids: list[int], prefill_ids: list[int], tokens: int, repeats: int) -> dict:
+    """Every peer back to back in each repeat (after one warm-up each), so a ratio compares runs
+    that saw the same load."""
+    runs: dict[str, dict[str, list]] = {name: {"decode": [], "prefill": [], "tokens": []} for name in peers}
+    for peer in peers.values():
+        peer.decode(decode_ids, 8)
+        peer.prefill([prefill_ids[0] + 1, *prefill_ids[1:]])
+    for r in range(repeats):
+        fresh = [prefill_ids[0] + 2 + r, *prefill_ids[1:]]  # a new first token: no prefix-cache hit
+        for name, peer in peers.items():
+            rate, ids = peer.decode(decode_ids, tokens)
+            runs[name]["decode"].append(rate)
+            runs[name]["tokens"] = ids
+            runs[name]["prefill"].append(peer.prefill(fresh))
+            print(f"{name}: {rate:.1f} tok/s, prefill {runs[name]['prefill'][-1]:.2f} s", flush=True)
+    return runs
 
 
 def prompt_token_ids(gguf: Path, n: int) -> list[int]:
-    """``n`` token ids of a fixed English text, tokenized by the GGUF's own vocabulary (BOS first)."""
+    """``n`` token ids of a fixed English text (repeated as needed), tokenized by the GGUF's own vocabulary."""
     from tokenizers import Tokenizer
 
     from compile.sources import open_source
@@ -161,9 +210,7 @@ def prompt_token_ids(gguf: Path, n: int) -> list[int]:
     text = ("The history of the printing press begins in the fifteenth century, when a goldsmith in Mainz "
             "combined movable metal type, oil-based ink and a wooden screw press into one working system.")
     tok = Tokenizer.from_str(open_source(gguf).tokenizer_json)
-    ids = tok.encode(text).ids
-    if len(ids) < n:
-        raise SystemExit(f"the fixed prompt has only {len(ids)} tokens, fewer than {n}")
+    ids = tok.encode(" ".join([text] * (n // 20 + 1))).ids
     return ids[:n]
 
 
@@ -174,12 +221,16 @@ def main() -> int:
     parser.add_argument("artifacts", nargs="*", type=Path, help="Ferrum CPU artifacts compiled from --gguf")
     parser.add_argument("--gguf", type=Path, help="default: the packaged SmolLM2-135M-Instruct Q4_1 GGUF")
     parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--prefill-tokens", type=int, default=512)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="llama.cpp's threads and TVM's (TVM_NUM_THREADS)")
     parser.add_argument("--skip-machine", action="store_true", help="skip the bandwidth and GEMM measurements")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before TVM's thread pool starts
+    args.artifacts_by_key = {(a.name if [b.name for b in args.artifacts].count(a.name) == 1 else str(a)): a
+                             for a in args.artifacts}
     gguf = args.gguf or packaged_model_path("smollm2-135m-instruct")
 
     report: dict = {"command": " ".join(sys.argv), "host": platform.node(), "cpu": _cpu_name(),
@@ -189,21 +240,43 @@ def main() -> int:
         report["gemm_float32_gflops"] = gemm_gflops()
         print(f"stream {report['stream']}\ngemm {report['gemm_float32_gflops']:.1f} GFLOP/s", flush=True)
     ids = prompt_token_ids(gguf, args.prompt_tokens)
-    report["decode"] = {"gguf": gguf.name, "prompt_tokens": len(ids), "generated_tokens": args.tokens, "rows": {}}
+    long_ids = prompt_token_ids(gguf, args.prefill_tokens)
+    report["decode"] = {"gguf": gguf.name, "prompt_tokens": len(ids), "generated_tokens": args.tokens,
+                        "prefill_prompt_tokens": len(long_ids), "threads": args.threads, "rows": {}}
     rows = report["decode"]["rows"]
+    peers: dict = {}
     for artifact in args.artifacts:
         key = artifact.name if [a.name for a in args.artifacts].count(artifact.name) == 1 else str(artifact)
-        rows[key] = ferrum_decode(artifact, ids, args.tokens, args.repeats)
-        print(f"{key}: {rows[key]['decode_tok_s']:.1f} tok/s", flush=True)
+        peers[key] = FerrumPeer(artifact)
     try:
-        rows["llama.cpp"] = llama_cpp_decode(gguf, ids, args.tokens, args.repeats, args.threads)
-        print(f"llama.cpp: {rows['llama.cpp']['decode_tok_s']:.1f} tok/s", flush=True)
+        peers["llama.cpp"] = LlamaCppPeer(gguf, args.threads)
     except ImportError as exc:
         rows["llama.cpp"] = {"skipped": f"llama-cpp-python not importable ({exc})"}
-    peer = rows["llama.cpp"].get("decode_tok_s")
-    for name, row in rows.items():
-        if peer and name != "llama.cpp":
-            row["ratio_to_llama_cpp"] = row["decode_tok_s"] / peer
+    try:
+        runs = paired_runs(peers, ids, long_ids, args.tokens, args.repeats)
+    finally:
+        for peer in peers.values():
+            peer.close()
+    for name, run in runs.items():
+        rows[name] = {"decode_tok_s": statistics.median(run["decode"]), "runs_tok_s": run["decode"],
+                      "prefill_s": statistics.median(run["prefill"]), "runs_prefill_s": run["prefill"],
+                      "tokens": run["tokens"]}
+        if name in args.artifacts_by_key:
+            size = streamed_weight_bytes(args.artifacts_by_key[name])
+            rows[name]["streamed_weight_bytes_per_token"] = size
+            rows[name]["weight_GBps_at_that_rate"] = size * rows[name]["decode_tok_s"] / 1e9
+    if "llama.cpp" in runs:
+        peer = runs["llama.cpp"]
+        for name, run in runs.items():
+            if name == "llama.cpp":
+                continue
+            decode = [a / b for a, b in zip(run["decode"], peer["decode"], strict=True)]
+            prefill = [b / a for a, b in zip(run["prefill"], peer["prefill"], strict=True)]  # speed ratio
+            rows[name]["paired_ratios"] = {"decode": decode, "prefill": prefill}
+            rows[name]["ratio_to_llama_cpp"] = statistics.median(decode)
+            rows[name]["prefill_ratio_to_llama_cpp"] = statistics.median(prefill)
+            same = next((i for i, (a, b) in enumerate(zip(run["tokens"], peer["tokens"])) if a != b), len(run["tokens"]))
+            rows[name]["greedy_tokens_equal_to_llama_cpp"] = same
     report["load_average_at_end"] = os.getloadavg()
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from compile.compile_index import record_compiled, request_key
 from compile.sources import open_source
 from compile.targets import resolve_target
 from ferrum.errors import ArtifactError, ModelSourceError
-from ferrum.manifest import Manifest, describe_files, verify_files
+from ferrum.manifest import Manifest, TargetInfo, describe_files, verify_files
 from ferrum.quantization import get_quantization
 
 
@@ -60,7 +61,7 @@ def compile_model(
     if source.architecture in build_target.kind.not_yet:
         raise ModelSourceError(f"{source.architecture} models are not supported on {build_target.kind.name} yet")
     builder = get_builder(source.architecture)
-    quant = get_quantization(quantization or builder.default_quantization(build_target.kind))
+    quant = get_quantization(quantization or builder.default_quantization(build_target.kind, source))
     check_quantization(builder, quant, source.architecture)
     name = name or f"{source.name}-{quant.name}-{build_target.tag}"
     final = Path(output_root) / name
@@ -81,7 +82,7 @@ def compile_model(
             architecture=output.architecture,
             model=output.model,
             quantization=quant.to_dict(),
-            target=build_target.info,
+            target=_with_features(build_target.info, output.cpu_features),
             tvm_version=tvm.__version__,
             ferrum_version=ferrum.__version__,
             source=source.describe(),
@@ -99,6 +100,11 @@ def compile_model(
     record_compiled(final.parent, key, final)
     progress(f"artifact ready: {final}")
     return final
+
+
+def _with_features(info: TargetInfo, extra: list[str]) -> TargetInfo:
+    """The target as the manifest records it: its CPU flags plus those the library's own kernels need."""
+    return replace(info, cpu_features=[*info.cpu_features, *(f for f in extra if f not in info.cpu_features)])
 
 
 def _intact(folder: Path) -> bool:

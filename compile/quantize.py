@@ -81,3 +81,25 @@ def deinterleave_rows(a: np.ndarray) -> np.ndarray:
     """Inverse of ``interleave_rows``."""
     blocks, n, per = a.shape
     return np.ascontiguousarray(a.transpose(0, 2, 1).reshape(blocks * per, n))
+
+
+Q8_INPUT_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+
+
+def interleave_q8_rows(q: np.ndarray, rows_per_block: int) -> np.ndarray:
+    """(rows, n) int8 → (rows / L, n / 4, L * 4), see the module docstring."""
+    rows, n = q.shape
+    if rows % rows_per_block or n % Q4_PER_WORD:
+        raise ValueError(f"cannot lay out {rows} x {n} int8 rows in blocks of {rows_per_block} x 8")
+    permuted = q.reshape(rows, n // 8, 8)[:, :, Q8_INPUT_ORDER].reshape(rows // rows_per_block, rows_per_block, n // 4, 4)
+    return np.ascontiguousarray(permuted.transpose(0, 2, 1, 3).reshape(rows // rows_per_block, n // 4, rows_per_block * 4))
+
+
+def deinterleave_q8_rows(a: np.ndarray) -> np.ndarray:
+    """Inverse of ``interleave_q8_rows``."""
+    blocks, quads, lanes = a.shape
+    per = lanes // 4
+    rows = a.reshape(blocks, quads, per, 4).transpose(0, 2, 1, 3).reshape(blocks * per, quads // 2, 8)
+    out = np.empty_like(rows)
+    out[:, :, Q8_INPUT_ORDER] = rows
+    return out.reshape(blocks * per, quads * 4)

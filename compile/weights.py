@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from compile.model.architectures import get_architecture
-from compile.quantize import interleave_rows, quantize_q4, quantize_q8
+from compile.quantize import interleave_q8_rows, interleave_rows, quantize_q4, quantize_q8
 from ferrum.errors import ModelSourceError
 from ferrum.model_config import DecoderConfig
 from ferrum.quantization import QuantSpec
@@ -80,7 +80,7 @@ def convert_weights(source: DecoderSource, quant: QuantSpec) -> Iterator[tuple[s
             head = quant.head()
             q, scale = quantize_q8(w, head.group_size)
             if head.interleave:
-                q, scale = interleave_rows(q, head.interleave), interleave_rows(scale, head.interleave)
+                q, scale = interleave_q8_rows(q, head.interleave), interleave_rows(scale, head.interleave)
             yield f"{item.name}.q_weight", q
             yield f"{item.name}.q_scale", scale.astype(quant.model_dtype)
         elif item.kind == "linear" and quant.quantized:

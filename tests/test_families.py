@@ -209,6 +209,19 @@ def test_cuda_builds_say_why_ferrums_kernels_cannot_take_a_family(family, says, 
     assert any(says in b for b in kernel_blockers(HFSource(checkpoints[family]).config, get_quantization("q0f16")))
 
 
+@pytest.mark.parametrize("family, says", [
+    ("qwen2", "q/k/v projection biases"), ("qwen3", "q/k norm"), ("qwen3_moe", "8 routed experts"),
+    ("gemma2", "gelu_pytorch_tanh/rmsnorm"), ("gemma3", "Gemma's extra norms"),
+])
+def test_cpu_builds_say_why_ferrums_cpu_kernels_cannot_take_a_family(family, says, checkpoints):
+    """The CPU kernels fuse the same plain Llama block: a family departing from it takes TVM's kernels."""
+    from compile.kernels.cpu_ops import CPU_KERNEL_FEATURES, cpu_kernel_blockers
+
+    blockers = cpu_kernel_blockers(HFSource(checkpoints[family]).config, get_quantization("q4f32"),
+                                   set(CPU_KERNEL_FEATURES))
+    assert any(says in b for b in blockers)
+
+
 def test_mistral_7b_runs_on_ferrums_cuda_kernels(tmp_path):
     """Its 4096-token window becomes the context, which leaves a plain Llama block."""
     from compile.kernels.ops import kernel_blockers

@@ -32,6 +32,7 @@ class BuildOutput:
     functions: list[str]
     extra: ModalityExtra  # the modality's typed manifest extra (ferrum/manifest_extra.py)
     kernels: dict[str, str] = field(default_factory=dict)
+    cpu_features: list[str] = field(default_factory=list)  # CPU flags the library needs beyond the target's
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,15 @@ class Builder:
 
     build: Callable[..., BuildOutput]
     quantizations: tuple[str, ...]  # the first is the default where the target's default is not among them
+    # a scheme this builder prefers for a source on a target (None: no preference)
+    prefer: Callable[[Any, TargetKind], str | None] | None = None
 
-    def default_quantization(self, target: TargetKind) -> str:
-        """The target's default scheme if this builder takes it, else the builder's first."""
+    def default_quantization(self, target: TargetKind, source: Any = None) -> str:
+        """The builder's preference for this source and target, else the target's default scheme
+        if this builder takes it, else the builder's first."""
+        preferred = self.prefer(source, target) if self.prefer and source is not None else None
+        if preferred:
+            return preferred
         return target.default_quantization if target.default_quantization in self.quantizations else self.quantizations[0]
 
 

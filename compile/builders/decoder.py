@@ -7,25 +7,26 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from compile.build import Library, build_library, export_module
 from compile.builders import Builder, BuildOutput
 from compile.kernels.build import link_options
+from compile.kernels.cpu_ops import CPU_KERNEL_FEATURES, CpuKernels, cpu_kernel_blockers
 from compile.kernels.ops import SAMPLER_FUNCTIONS, CudaKernels, install_attention_kernels, kernel_blockers
 from compile.model.architectures import get_architecture
 from compile.model.attention_grid import prefill_attention_grid
 from compile.model.cpu_attention import install_cpu_decode_attention
 from compile.sources.base import DecoderSource
-from compile.targets import BuildTarget
+from compile.targets import BuildTarget, TargetKind
 from compile.tensor_cache import write_tensor_cache
 from compile.weights import convert_weights
 from ferrum.errors import FerrumError, ModelSourceError
-from ferrum.manifest import LLM_FUNCTIONS
+from ferrum.manifest import LLM_FUNCTIONS, host_cpu_flags
 from ferrum.manifest_extra import LlmExtra
 from ferrum.model_config import DecoderConfig
-from ferrum.quantization import QuantSpec
+from ferrum.quantization import QuantSpec, get_quantization
 
 # Largest batch a decode step may have: CUDA builds plan decode memory for it (CUDA graphs).
 DECODE_GRAPH_MAX_BATCH = 256
@@ -39,6 +40,7 @@ class CompiledDecoder:
     param_names: list[str]
     functions: list[str]
     extra: dict
+    cpu_features: list[str] = field(default_factory=list)  # CPU flags its kernels need beyond the target's
 
 
 def build_decoder(
@@ -70,6 +72,7 @@ def build_decoder(
         functions=compiled.functions,
         kernels=compiled.library.kernels,
         extra=LlmExtra(param_names=compiled.param_names, **compiled.extra),
+        cpu_features=compiled.cpu_features,
     )
 
 
@@ -77,6 +80,12 @@ def uses_cuda_kernels(cfg: DecoderConfig, quant: QuantSpec, target: BuildTarget)
     """Ferrum's CUDA kernels run the blocks of CUDA builds whose config they take (see
     ``kernel_blockers``); other models build with TVM's kernels alone."""
     return target.kind.name == "cuda" and not kernel_blockers(cfg, quant)
+
+
+def uses_cpu_kernels(cfg: DecoderConfig, quant: QuantSpec, target: BuildTarget) -> bool:
+    """Ferrum's CPU kernels run the blocks of q4f32 builds on CPUs that have AVX-512 VNNI (see
+    ``cpu_kernel_blockers``); other CPU builds use TVM's kernels with Ferrum's schedules."""
+    return target.kind.name == "llvm" and not cpu_kernel_blockers(cfg, quant, host_cpu_flags())
 
 
 def plain_rope(cfg: DecoderConfig) -> tuple[float, float] | None:
@@ -93,10 +102,16 @@ def compile_decoder(
     kernels = None
     if uses_cuda_kernels(cfg, quant, target):
         kernels = CudaKernels(target.archs, rope=plain_rope(cfg))
+    elif uses_cpu_kernels(cfg, quant, target):
+        kernels = CpuKernels()
     elif target.kind.name == "cuda":
         progress(f"Ferrum's CUDA kernels cannot take this model ({'; '.join(kernel_blockers(cfg, quant))}): "
                  "building with TVM's kernels")
-    functions = list(LLM_FUNCTIONS) + (list(SAMPLER_FUNCTIONS) if kernels else [])
+    elif quant.name == "q4f32":
+        progress(f"Ferrum's CPU kernels cannot take this model "
+                 f"({'; '.join(cpu_kernel_blockers(cfg, quant, host_cpu_flags()))}): building with TVM's kernels")
+    cuda = kernels is not None and target.kind.gpu
+    functions = list(LLM_FUNCTIONS) + (list(SAMPLER_FUNCTIONS) if cuda else [])
     with prefill_attention_grid() if target.kind.gpu else contextlib.nullcontext():
         mod, param_names = export_module(network(cfg, quant, target.tvm_target, kernels))
     if kernels is not None:
@@ -105,12 +120,24 @@ def compile_decoder(
         mod = install_cpu_decode_attention(mod, cfg.num_key_value_heads, cfg.num_attention_heads, cfg.head_dim,
                                            quant.model_dtype)
     progress(f"lowering and compiling {len(functions)} functions"
-             + (" with Ferrum's CUDA kernels and decode CUDA graphs" if kernels else ""))
-    if kernels is None:
-        return CompiledDecoder(build_library(mod, target, staging, progress), param_names, functions, {})
+             + (" with Ferrum's CUDA kernels and decode CUDA graphs" if cuda else
+                " with Ferrum's CPU kernels" if kernels else ""))
+    if not cuda:
+        return CompiledDecoder(build_library(mod, target, staging, progress), param_names, functions, {},
+                               list(CPU_KERNEL_FEATURES) if kernels else [])
     library = build_library(mod, target, staging, progress, graph_bounds={"batch_decode": {"b": DECODE_GRAPH_MAX_BATCH}},
                             link_extra=link_options())
     return CompiledDecoder(library, param_names, functions, {"decode_max_batch": DECODE_GRAPH_MAX_BATCH})
 
 
-BUILDER = Builder(build=build_decoder, quantizations=("q0f32", "q0f16", "q4f16", "q4f32"))
+def preferred_quantization(source: DecoderSource, target: TargetKind) -> str | None:
+    """q4f32 for CPU builds of int4 GGUFs (SmolLM2's Q4_1, ``make run``'s default) where Ferrum's
+    CPU kernels run: it keeps the file's blocks, its greedy tokens equal q0f32's and it decodes
+    several times faster (``bench/cpu_bench.py``). Elsewhere the target's default."""
+    if target.name != "llvm" or not source.int4_weights:
+        return None
+    q4 = get_quantization("q4f32")
+    return q4.name if not cpu_kernel_blockers(source.config, q4, host_cpu_flags()) else None
+
+
+BUILDER = Builder(build=build_decoder, quantizations=("q0f32", "q0f16", "q4f16", "q4f32"), prefer=preferred_quantization)

@@ -16,6 +16,7 @@ from tvm.relax.frontend.nn import Tensor
 from tvm.relax.frontend.nn.core import wrap_nested
 from tvm.relax.frontend.nn.exporter import Exporter
 
+from compile.kernels.block_gate import block_departures
 from compile.kernels.build import build_object, build_rope_glue
 from compile.model.layers import Q4_PER_WORD
 from ferrum.errors import FerrumError
@@ -43,21 +44,7 @@ def kernel_blockers(cfg: DecoderConfig, quant: QuantSpec) -> list[str]:
     qkv_rows = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim
     if any(w % 32 for w in widths) or cfg.vocab_size % 8 or qkv_rows % 8:
         blockers.append("layer widths that are not multiples of 32 (inputs) and 8 (outputs)")
-    biases = [name for name, on in (("q/k/v", cfg.qkv_bias), ("output", cfg.o_bias), ("MLP", cfg.mlp_bias)) if on]
-    if biases:
-        blockers.append(f"{', '.join(biases)} projection biases (the kernels take none)")
-    if cfg.qk_norm:
-        blockers.append("q/k norm (not fused)")
-    if cfg.sliding_window:
-        blockers.append("sliding-window attention (the attention kernels attend to the whole context)")
-    if cfg.activation != "silu" or cfg.norm != "rmsnorm":
-        blockers.append(f"{cfg.activation}/{cfg.norm} (the kernels fuse silu and rmsnorm)")
-    gemma = (cfg.post_norms, cfg.embed_scale != 1, cfg.attention_scale, cfg.final_logit_softcap, cfg.local_layers)
-    if any(gemma):
-        blockers.append("Gemma's extra norms, scales, soft-cap or local RoPE layers (not fused)")
-    if cfg.num_experts:
-        blockers.append(f"{cfg.num_experts} routed experts (no grouped expert kernel)")
-    return blockers
+    return blockers + block_departures(cfg)
 
 
 
@@ -121,9 +108,16 @@ class CudaKernels:
     the whole head; its KV cache then also gets the split-rotary kernel (see
     ``install_attention_kernels``). Other RoPE variants keep TVM's."""
 
+    samples_on_device = True  # exports sample_tokens (SAMPLER_FUNCTIONS)
+    attention_slots = KV_CACHE_SLOTS  # the paged KV cache's kernels these replace
+
     def __init__(self, archs: tuple[str, ...], rope: tuple[float, float] | None = None):
         self.module = nn.ObjectModule(SYMBOLS, build_object(archs))
         self.rope_glue = nn.ObjectModule({"ferrum_split_rotary": None}, build_rope_glue(*rope)) if rope else None
+
+    @staticmethod
+    def blockers(cfg: DecoderConfig, quant: QuantSpec) -> list[str]:
+        return kernel_blockers(cfg, quant)
 
     def _register(self) -> None:
         exporter = Exporter.current()
@@ -156,9 +150,9 @@ class CudaKernels:
             return self._call("ferrum_norm_linear_f16", x, norm_weight, weights[0], eps)[0]
         return self._call("ferrum_norm_linear_q4", x, norm_weight, *weights, eps)[0]
 
-    def norm_logits(self, x: Tensor, norm_weight: Tensor, eps: float, weight: Tensor) -> Tensor:
-        """Float32 logits ``rmsnorm(x) @ W.T`` (the LM head is never quantized)."""
-        return self._call("ferrum_norm_logits_f16", x, norm_weight, weight, eps)[0]
+    def norm_logits(self, x: Tensor, norm_weight: Tensor, eps: float, weights: list[Tensor]) -> Tensor:
+        """Float32 logits ``rmsnorm(x) @ W.T``, ``weights`` = [W] (the LM head is never quantized)."""
+        return self._call("ferrum_norm_logits_f16", x, norm_weight, weights[0], eps)[0]
 
     def norm_gate_up(self, x: Tensor, norm_weight: Tensor, eps: float, weights: list[Tensor]) -> Tensor:
         """SwiGLU input: ``silu(h @ Wg.T) * (h @ Wu.T)`` with ``h = rmsnorm(x)``, W = [Wg; Wu]."""
@@ -173,9 +167,9 @@ class CudaKernels:
 
 @relax.expr_functor.mutator
 class _AttentionSwap(relax.PyExprMutator):
-    def __init__(self, mod: IRModule, rope: bool):
+    def __init__(self, mod: IRModule, slots: dict[int, tuple[str, str]], rope: bool):
         super().__init__(mod)
-        self.rope = rope
+        self.slots, self.rope = slots, rope
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
@@ -183,7 +177,7 @@ class _AttentionSwap(relax.PyExprMutator):
         if not (isinstance(head, relax.ExternFunc) and head.global_symbol == KV_CACHE_CREATE):
             return call
         args = list(call.args)
-        for position, (tvm_name, ours) in KV_CACHE_SLOTS.items():
+        for position, (tvm_name, ours) in self.slots.items():
             slot = args[position]
             if not (isinstance(slot, relax.Tuple) and len(slot.fields) == 2
                     and tvm_name in getattr(slot.fields[1], "name_hint", "")):
@@ -197,12 +191,12 @@ class _AttentionSwap(relax.PyExprMutator):
         return relax.Call(call.op, args, call.attrs, call.ty_args)
 
 
-def install_attention_kernels(mod: IRModule, kernels: CudaKernels) -> IRModule:
+def install_attention_kernels(mod: IRModule, kernels) -> IRModule:
     """Give every paged KV cache the module creates our ragged-prefill attention (the new tokens
     of a prefill attending to each other), paged decode attention and, where the model's RoPE
     allows, split-rotary kernel in place of TVM's TIR ones. Attention over already cached pages
     during prefill (chunked prompts, prefix hits) and tree attention stay TVM's."""
-    swap = _AttentionSwap(mod, kernels.rope_glue is not None)
+    swap = _AttentionSwap(mod, kernels.attention_slots, kernels.rope_glue is not None)
     for gvar, func in mod.functions_items():
         if isinstance(func, relax.Function):
             swap.builder_.update_func(gvar, swap.visit_expr(func))

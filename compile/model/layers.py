@@ -45,7 +45,9 @@ def linear(x: Tensor, weights: list[Tensor], spec: QuantSpec, out_dtype: str) ->
     bits = spec.weight_bits
     interleaved = spec.quantized and per > 0
     per_word = Q4_PER_WORD if bits == 4 else 1
-    if interleaved:  # (out / per, in / per_word, per), see compile/quantize.py
+    if interleaved and bits == 8:  # (out / per, in / 4, per * 4), see compile/quantize.py
+        n_out, n_in = int(weights[0].shape[0]) * per, int(weights[0].shape[1]) * 4
+    elif interleaved:  # (out / per, in / 8, per)
         n_out, n_in = int(weights[0].shape[0]) * per, int(weights[0].shape[1]) * per_word
     else:
         n_out, n_in = int(weights[0].shape[0]), int(weights[0].shape[1]) * per_word
@@ -53,9 +55,11 @@ def linear(x: Tensor, weights: list[Tensor], spec: QuantSpec, out_dtype: str) ->
     def fused(x: te.Tensor, *ws: te.Tensor) -> te.Tensor:
         if interleaved and bits == 8:
             qw, qs = ws
+            # (out / per, in / 4, per * 4), inputs of every 8 stored as 0,2,4,6,1,3,5,7 (compile/quantize.py)
             w = te.compute(
                 (n_out, n_in),
-                lambda i, k: qw[i // per, k, i % per].astype(dtype) * qs[i // per, k // group, i % per],
+                lambda i, k: qw[i // per, k // 8 * 2 + k % 2, i % per * 4 + k % 8 // 2].astype(dtype)
+                * qs[i // per, k // group, i % per],
                 name="dequantize",
             )
         elif interleaved:
@@ -103,8 +107,8 @@ class QLinear(nn.Module):
             if spec.weight_bits == 8 and not per:
                 raise ValueError("int8 linear layers are only built row-interleaved (q4f32's LM head)")
             lead, tail = ((out_features // per,), (per,)) if per else ((out_features,), ())
-            if spec.weight_bits == 8:
-                self.q_weight = nn.Parameter((*lead, in_features, *tail), "int8")
+            if spec.weight_bits == 8:  # four inputs of a row per 32-bit lane (compile/quantize.py)
+                self.q_weight = nn.Parameter((out_features // per, in_features // 4, per * 4), "int8")
             else:
                 self.q_weight = nn.Parameter((*lead, in_features // Q4_PER_WORD, *tail), "uint32")
             self.q_scale = nn.Parameter((*lead, in_features // spec.group_size, *tail), spec.model_dtype)

@@ -5,7 +5,8 @@ and attention through ``PagedKVCache.attention_with_fused_qkv``, whose TIR kerne
 while appending K/V to the cache. Of ``DecoderConfig``'s feature flags it implements tied
 embeddings, the projection biases, q/k norm (Qwen3) and a sliding window no shorter than the
 context (see ``llama_hf.window_and_context``); the others are refused (``unsupported_features``). CUDA
-float16 builds pass ``kernels`` (``compile/kernels/ops.py``): each block then runs as four fused
+float16 builds pass ``kernels`` (``compile/kernels/ops.py``; q4f32 CPU builds the same operators from
+``compile/kernels/cpu_ops.py``): each block then runs as four fused
 kernels around attention, RMSNorm+QKV, O-projection+residual, RMSNorm+gate/up+SwiGLU,
 down-projection+residual, and the final norm is folded into the LM head. The exported functions
 (``ferrum.manifest.LLM_FUNCTIONS``, which every architecture exports) are the runtime's whole
@@ -19,7 +20,7 @@ interface:
   speculative decoding)
 - ``create_paged_kv_cache(max_batch_size, max_total_seq_len, prefill_chunk_size, page_size,
   support_sliding_window)``: all sizes are chosen at run time.
-- with ``kernels``: ``sample_tokens(logits[b, vocab], params[b, 5]) -> ids[b]`` (GPU sampling).
+- with CUDA ``kernels``: ``sample_tokens(logits[b, vocab], params[b, 5]) -> ids[b]`` (GPU sampling).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from tvm.relax.frontend.nn import Tensor, op, spec
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 from tvm.target import Target
 
-from compile.kernels.ops import CudaKernels, kernel_blockers
+from compile.kernels.cpu_ops import CpuKernels
+from compile.kernels.ops import CudaKernels
 from compile.model.layers import Embedding, QLinear
 from ferrum.errors import FerrumError, ModelSourceError
 from ferrum.manifest import SAMPLE_PARAMS
@@ -94,7 +96,7 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: DecoderConfig, q: QuantSpec, kernels: CudaKernels | None):
+    def __init__(self, cfg: DecoderConfig, q: QuantSpec, kernels: CudaKernels | CpuKernels | None):
         self.input_layernorm = nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False, dtype=q.model_dtype)
         self.self_attn = LlamaAttention(cfg, q)
         self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False, dtype=q.model_dtype)
@@ -114,12 +116,12 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, cfg: DecoderConfig, q: QuantSpec, target: Target, kernels: CudaKernels | None = None):
+    def __init__(self, cfg: DecoderConfig, q: QuantSpec, target: Target, kernels: CudaKernels | CpuKernels | None = None):
         missing = unsupported_features(cfg)
         if missing:
             raise ModelSourceError(f"{cfg.architecture} models with {', '.join(missing)} are not supported yet")
-        if kernels is not None and kernel_blockers(cfg, q):
-            raise FerrumError(f"internal error: Ferrum's CUDA kernels cannot take this model: {kernel_blockers(cfg, q)}")
+        if kernels is not None and kernels.blockers(cfg, q):
+            raise FerrumError(f"internal error: Ferrum's kernels cannot take this model: {kernels.blockers(cfg, q)}")
         self.cfg, self.quant, self.target, self.kernels = cfg, q, target, kernels
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, q.model_dtype)
         self.layers = nn.ModuleList([LlamaDecoderLayer(cfg, q, kernels) for _ in range(cfg.num_hidden_layers)])
@@ -132,7 +134,7 @@ class LlamaForCausalLM(nn.Module):
     def _logits(self, hidden: Tensor) -> Tensor:
         """Float32 logits from the last layer's output (the final norm is applied here)."""
         if self.kernels is not None:
-            head = self.embed_tokens.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
+            head = self.lm_head.weights() if self.separate_head else [self.embed_tokens.weight]
             return self.kernels.norm_logits(hidden, self.norm.weight, self.norm.epsilon, head)
         hidden = self.norm(hidden)
         if not self.separate_head:
@@ -223,7 +225,7 @@ class LlamaForCausalLM(nn.Module):
                     "logits": spec.Tensor(["b", self.cfg.vocab_size], "float32"),
                     "params": spec.Tensor(["b", len(SAMPLE_PARAMS)], "float32"),
                     "$": {"param_mode": "none", "effect_mode": "none"},
-                }} if self.kernels is not None else {}),
+                }} if self.kernels is not None and self.kernels.samples_on_device else {}),
             },
             self,
         )

@@ -107,7 +107,9 @@ class CPULinearInterleaved(_LinearRule):
     output rows: the hot loop loads 16 contiguous words, shifts every lane by the same amount,
     masks, converts, applies the group's scale and minimum (16 contiguous values) and does one FMA
     with the broadcast x[k]: no horizontal reduction. The eight inputs of one word are unrolled, so
-    the shifts are constants (int8 weights, q4f32's LM head, take the same loops). Tiles of ``ROW_VECTORS`` x 16 output rows run
+    the shifts are constants (int8 weights, q4f32's LM head, take the same loops; their layout is
+    the CPU kernels' VNNI one, so these loads are strided: this schedule is q4f32's fallback where
+    Ferrum's CPU kernels do not run, see compile/kernels/cpu_ops.py). Tiles of ``ROW_VECTORS`` x 16 output rows run
     in parallel, the rows of x (tokens) inside a tile, the accumulators in registers.
     """
 

@@ -43,6 +43,12 @@ class DecoderSource(ModelSource):
     def architecture(self) -> str:
         return self.config.architecture
 
+    @property
+    def int4_weights(self) -> bool:
+        """Whether the checkpoint already stores its linear weights in 4-bit blocks (a Q4 GGUF):
+        then an int4 artifact keeps them as they are, and CPU builds default to one."""
+        return False
+
     @abc.abstractmethod
     def tensor_names(self) -> set[str]:
         """Hugging Face names of the tensors this source holds."""

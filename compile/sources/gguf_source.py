@@ -243,6 +243,10 @@ class GGUFSource(DecoderSource):
     def tensor_names(self) -> set[str]:
         return set(self._by_hf_name)
 
+    @property
+    def int4_weights(self) -> bool:
+        return any(t.tensor_type.name in ("Q4_0", "Q4_1") for t in self._by_hf_name.values())
+
     def tensor(self, name: str) -> np.ndarray:
         t, expert = self._by_hf_name[name]
         w = self._dequantized(t)
