@@ -20,11 +20,11 @@ import tvm
 import ferrum
 from compile.build import LIBRARY_NAME
 from compile.builders import check_quantization, get_builder
-from compile.compile_index import record_compiled, request_key
+from compile.compile_index import find_compiled, record_compiled, request_key
 from compile.sources import open_source
 from compile.targets import resolve_target
-from ferrum.errors import ArtifactError, ModelSourceError
-from ferrum.manifest import Manifest, TargetInfo, describe_files, verify_files
+from ferrum.errors import ModelSourceError
+from ferrum.manifest import Manifest, TargetInfo, describe_files
 from ferrum.quantization import get_quantization
 
 
@@ -47,12 +47,16 @@ def compile_model(
     name: str | None = None,
     skip_existing: bool = False,
 ) -> Path:
-    """Build an artifact and return its folder (or, with ``skip_existing``, return an intact
-    artifact of the same name without rebuilding it). Every finished request is recorded in the
-    output folder's compile index (``compile/compile_index.py``), which the CLI's
-    ``--skip-existing`` reads before importing this module."""
+    """Build an artifact and return its folder. Every finished request is recorded in the output
+    folder's compile index (``compile/compile_index.py``); with ``skip_existing`` an intact artifact
+    that the index records for this very request (same source files, options, compiler code and
+    machine) is returned without rebuilding. An artifact of the same name built by other compiler
+    code is rebuilt: its kernels, layouts or defaults may differ."""
     progress = Progress()
     key = request_key(model, target, quantization, arch, name)
+    if skip_existing and (found := find_compiled(Path(output_root), key)) is not None:
+        progress(f"already compiled: {found}")
+        return found
     build_target = resolve_target(target, arch)
     if quantization:
         get_quantization(quantization)  # an unknown name fails before the model is read
@@ -65,10 +69,6 @@ def compile_model(
     check_quantization(builder, quant, source.architecture)
     name = name or f"{source.name}-{quant.name}-{build_target.tag}"
     final = Path(output_root) / name
-    if skip_existing and _intact(final):
-        progress(f"already compiled: {final}")
-        record_compiled(final.parent, key, final)
-        return final
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = final.parent / f".{name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -105,14 +105,6 @@ def compile_model(
 def _with_features(info: TargetInfo, extra: list[str]) -> TargetInfo:
     """The target as the manifest records it: its CPU flags plus those the library's own kernels need."""
     return replace(info, cpu_features=[*info.cpu_features, *(f for f in extra if f not in info.cpu_features)])
-
-
-def _intact(folder: Path) -> bool:
-    try:
-        verify_files(folder, Manifest.load(folder))
-    except ArtifactError:
-        return False
-    return True
 
 
 def _replace(staging: Path, final: Path) -> None:

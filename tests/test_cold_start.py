@@ -126,3 +126,18 @@ def _mapped_file(address: int) -> str | None:
         if start <= address < end:
             return fields[5] if len(fields) == 6 else None
     return None
+
+
+@pytest.mark.slow
+def test_an_artifact_the_index_does_not_record_for_this_request_is_rebuilt(tiny_llama, tmp_path):
+    """Same name, unknown provenance (an older compiler, say): --skip-existing rebuilds it once."""
+    from compile.compile_model import compile_model
+    from ferrum.manifest import Manifest
+
+    first = compile_model(str(tiny_llama), "llvm", "q0f32", output_root=tmp_path)
+    built = Manifest.load(first).created_at
+    assert compile_model(str(tiny_llama), "llvm", "q0f32", output_root=tmp_path, skip_existing=True) == first
+    assert Manifest.load(first).created_at == built  # recorded: reused
+    (tmp_path / ".compile-index.json").write_text("{}")
+    again = compile_model(str(tiny_llama), "llvm", "q0f32", output_root=tmp_path, skip_existing=True)
+    assert again == first and Manifest.load(again).created_at != built
