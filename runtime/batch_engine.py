@@ -80,6 +80,7 @@ from runtime.model_runner import KVCacheConfig, ModelRunner
 from runtime.output_processor import OutputProcessor
 from runtime.scheduler import KVOp, Scheduler, SchedulerConfig, SchedulerOutput
 from runtime.stats import mean, utilization
+from runtime.stream_outbox import StreamOutbox
 from runtime.telemetry import EngineTelemetry, process_memory
 from runtime.tokenizer import ChatTokenizer
 
@@ -107,6 +108,7 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
         self.runner = ModelRunner(self.artifact, config.device)
         self.telemetry = EngineTelemetry()
         self._intake: queue.SimpleQueue[EngineCommand] = queue.SimpleQueue()
+        self._outbox = StreamOutbox()  # stream items of the loop's current pass
         self._lock = threading.Lock()  # guards _in_flight
         self._in_flight = 0
         self._closing = False
@@ -180,7 +182,8 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
                 self.telemetry.on_rejected()
                 raise OverloadedError(f"the engine queue is full ({queued} requests waiting)", retry_after_s=1.0)
             self._in_flight += 1
-        state = EngineRequest(request, prompt_ids, self.tokenizer, asyncio.get_running_loop(), speculation)
+        state = EngineRequest(request, prompt_ids, self.tokenizer, asyncio.get_running_loop(), speculation,
+                              self._outbox)
         self.telemetry.on_arrival(state.rid)
         self._intake.put(Submit(state))
         return self._stream(state)
@@ -289,6 +292,7 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
                     if isinstance(command, Stop):
                         self.outputs.cancel_all()
                         self._publish()
+                        self._outbox.flush()
                         return
                     self._run_command(command)
                     try:
@@ -303,6 +307,7 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
                 self.outputs.fail_all(exc)
                 self._create_cache()
             self._publish()
+            self._outbox.flush()
 
     def _run_command(self, command: EngineCommand) -> None:
         if isinstance(command, Submit):

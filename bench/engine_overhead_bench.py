@@ -1,0 +1,187 @@
+"""Host work of the continuous-batching engine per sequence per step, with a model that costs nothing.
+
+The engine's ``ModelRunner`` is replaced by ``InstantRunner``: it keeps no KV cache and answers
+every forward at once with token ids, as a CUDA artifact's on-device sampler does (only ids cross to
+the host). What remains is exactly the engine's host path: scheduling, page accounting, KV
+operations, sampler rows, output processing, detokenization, stop checks, streaming to asyncio and
+telemetry. The artifact supplies only its tokenizer and config (``ModelRunner`` is never built, so
+any LLM artifact serves, whatever its target).
+
+For each concurrency C it streams C requests at once (``--prompt-len`` random prompt tokens,
+``--output-len`` tokens, EOS ignored, greedy) and reports, from the engine's own step telemetry,
+the loop thread's microseconds per sequence per decode step (steps where every sequence decodes
+one token), and the process-wide wall time per output token (the loop and the asyncio consumers
+share one interpreter, as in the server).
+
+    python bench/engine_overhead_bench.py artifacts/smollm2-135m-instruct-q0f32-llvm \
+        --concurrency 64 128 256 --out bench/results/cpu_engine_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import platform
+import pstats
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ferrum.types import EngineConfig, InferenceRequest, SamplingParams  # noqa: E402
+from runtime import batch_engine  # noqa: E402
+from runtime.engine_requests import Query  # noqa: E402
+from runtime.model_runner import KVCacheConfig  # noqa: E402
+
+PAGE_BYTES_PER_TOKEN = 1024  # the fake cache's size per token; only the status pages read it
+
+
+class InstantRunner:
+    """The ``ModelRunner`` interface the engine uses, answering every forward immediately.
+
+    The next token of a sequence is a fixed function of its fed token, drawn from ordinary text
+    tokens so the detokenizer does real work."""
+
+    device_kind = "cuda"
+    samples_on_device = True
+
+    def __init__(self, artifact, device: str = "auto"):
+        self.config = artifact.config
+        self.max_decode_batch = None
+        self.total_pages = 0
+        self.kv: KVCacheConfig | None = None
+        rng = np.random.default_rng(0)
+        self._next = rng.integers(100, min(self.config.vocab_size, 40_000), self.config.vocab_size).astype(np.int64)
+        self.device = mock.Mock(index=0, total_global_memory=0, available_global_memory=0)
+
+    def create_kv_cache(self, kv: KVCacheConfig) -> None:
+        self.kv = kv
+        self.total_pages = -(-kv.max_total_tokens // kv.page_size)
+
+    def add_sequence(self, seq_id: int) -> None:
+        pass
+
+    def remove_sequence(self, seq_id: int) -> None:
+        pass
+
+    def fork_sequence(self, parent: int, child: int, fork_pos: int = -1) -> None:
+        pass
+
+    def popn(self, seq_id: int, n: int) -> None:
+        pass
+
+    def kv_bytes_per_token(self) -> int:
+        return PAGE_BYTES_PER_TOKEN
+
+    def decode_sample(self, seq_ids, tokens, params: np.ndarray) -> np.ndarray:
+        return self._next[np.asarray(tokens, dtype=np.int64)]
+
+    def prefill_sample(self, seq_ids, chunks, params: np.ndarray) -> np.ndarray:
+        return self._next[np.array([c[-1] for c in chunks], dtype=np.int64)]
+
+
+def profiled(step, profiler: cProfile.Profile):
+    def run() -> None:
+        profiler.runcall(step)
+    return run
+
+
+async def stream_all(engine, prompts: list[list[int]], output_len: int) -> int:
+    """Submit every request while the loop thread waits, so all of them run as one batch."""
+    gate = threading.Event()
+    engine._intake.put(Query(gate.wait))
+    params = SamplingParams.greedy(max_tokens=output_len, ignore_eos=True)
+    streams = [await engine.infer_stream(InferenceRequest(prompt_token_ids=p, sampling_params=params)) for p in prompts]
+    gate.set()
+
+    async def drain(stream) -> int:
+        return sum([chunk.token is not None async for chunk in stream])
+    return sum(await asyncio.gather(*(drain(s) for s in streams)))
+
+
+def run_at(engine, concurrency: int, prompt_len: int, output_len: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    prompts = [[int(t) for t in rng.integers(100, 40_000, prompt_len)] for _ in range(concurrency)]
+    first_step = len(engine.telemetry._steps)
+    start = time.perf_counter()
+    tokens = asyncio.run(stream_all(engine, prompts, output_len))
+    wall = time.perf_counter() - start
+    steps = list(engine.telemetry._steps)[first_step:]
+    full = [s for s in steps if s[1] == concurrency and s[2] == concurrency]  # every sequence decodes one token
+    loop_us = 1e6 * sum(s[3] for s in full) / max(sum(s[1] for s in full), 1)
+    return {
+        "concurrency": concurrency,
+        "output_tokens": tokens,
+        "wall_s": round(wall, 3),
+        "full_decode_steps": len(full),
+        "loop_us_per_seq_step": round(loop_us, 2),
+        "wall_us_per_token": round(1e6 * wall / tokens, 2),
+        "host_bound_tokens_per_s": round(tokens / wall, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("artifact")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per concurrency; the fastest is kept")
+    parser.add_argument("--profile", type=Path, help="write the cProfile of the last concurrency's runs here")
+    parser.add_argument("--label", default="", help="what this run measures; a report of the same label in --out is replaced")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    with mock.patch.object(batch_engine, "ModelRunner", InstantRunner):
+        engine = batch_engine.ContinuousBatchEngine(EngineConfig(
+            artifact_path=args.artifact, max_model_len=args.prompt_len + args.output_len + 16,
+            max_num_seqs=max(args.concurrency), max_num_batched_tokens=max(args.concurrency) * args.prompt_len,
+            kv_cache_tokens=max(args.concurrency) * (args.prompt_len + args.output_len + 16),
+            enable_prefix_caching=False))
+    runs = []
+    try:
+        run_at(engine, 8, args.prompt_len, 16, 0)  # warm-up
+        for c in args.concurrency:
+            profiler = cProfile.Profile() if args.profile and c == args.concurrency[-1] else None
+            if profiler:  # the loop thread's steps (cProfile sees only the thread it runs in)
+                engine._step = profiled(engine._step, profiler)
+            best = min((run_at(engine, c, args.prompt_len, args.output_len, c + r) for r in range(args.repeats)),
+                       key=lambda r: r["loop_us_per_seq_step"])
+            if profiler:
+                del engine._step
+                with open(args.profile, "w") as fh:
+                    pstats.Stats(profiler, stream=fh).sort_stats("tottime").print_stats(40)
+            runs.append(best)
+            print(f"c={c:4d} loop {best['loop_us_per_seq_step']:7.2f} us/seq/step  wall {best['wall_us_per_token']:7.2f} "
+                  f"us/token  ({best['host_bound_tokens_per_s']:9.1f} tok/s host-bound)", flush=True)
+    finally:
+        asyncio.run(engine.shutdown())
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    report = {
+        "command": " ".join(["python"] + sys.argv),
+        "label": args.label,
+        "commit": commit.stdout.strip(),
+        "device": {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                   "python": platform.python_version()},
+        "prompt_len": args.prompt_len, "output_len": args.output_len,
+        "runs": runs,
+    }
+    if args.out:  # one report per label: a before/after pair lives in one file
+        reports = json.loads(args.out.read_text())["reports"] if args.out.exists() else []
+        reports = [r for r in reports if r["label"] != args.label] + [report]
+        args.out.write_text(json.dumps({"reports": reports}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
