@@ -105,7 +105,7 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
         self.artifact = LlmArtifact.open(config.artifact_path)
         self.model_id = config.model_id or self.artifact.manifest.name
         self.tokenizer = ChatTokenizer(self.artifact.tokenizer_path, self.artifact.generation)
-        self.runner = ModelRunner(self.artifact, config.device)
+        self.runner = ModelRunner(self.artifact, config.device, load_format=config.load_format)
         self.telemetry = EngineTelemetry()
         self._intake: queue.SimpleQueue[EngineCommand] = queue.SimpleQueue()
         self._outbox = StreamOutbox()  # stream items of the loop's current pass
@@ -255,6 +255,9 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
     async def reconfigure(self, config: EngineConfig) -> None:
         if config.artifact_path and config.artifact_path != self._config.artifact_path:
             raise InvalidRequestError("a running engine cannot switch artifacts; start a new engine")
+        if config.load_format != self._config.load_format:
+            raise InvalidRequestError("a running engine cannot change where its weights come from; start a new engine",
+                                      param="load_format")
         sizes = ("max_num_seqs", "max_num_batched_tokens", "kv_page_size", "kv_cache_tokens", "max_model_len")
         resize = any(getattr(config, name) != getattr(self._config, name) for name in sizes)
         if resize and self._in_flight:
@@ -376,7 +379,8 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
                 self.outputs.reject_unfittable(self.runner.total_pages * self.kv.page_size)
             return
         for seq, _ in out.batch:
-            self.telemetry.on_admitted(seq.request_id)
+            if seq.prefilling:  # a request's first step always prefills its first sequence's prompt
+                self.telemetry.on_admitted(seq.request_id)
         t1 = time.perf_counter()
         segments, tokens = self._forward(out)
         forward = time.perf_counter() - t1
@@ -390,18 +394,22 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
 
     def _forward(self, out: SchedulerOutput) -> tuple[list[np.ndarray | None], np.ndarray | None]:
         """Run the step's batch: logits rows per batch entry, or the tokens the device sampled."""
-        ids = [seq.seq_id for seq, _ in out.batch]
-        chunks = [seq.tokens[seq.computed: seq.computed + n] for seq, n in out.batch]
-        if self.outputs.has_drafts(out.batch):
-            rows = self.runner.verify(ids, chunks)
-            ends = np.cumsum([n for _, n in out.batch])
-            return [rows[end - n: end] for (_, n), end in zip(out.batch, ends)], None
-        if self.runner.samples_on_device and self.outputs.samples_on_device(out.batch):
-            params = self.outputs.device_rows(out.batch)
-            tokens = (self.runner.decode_sample(ids, [c[0] for c in chunks], params) if out.is_decode
+        batch = out.batch
+        ids = [seq.seq_id for seq, _ in batch]
+        decode = out.is_decode
+        # a decode feeds each sequence's last token; only prefill and verify slice chunks
+        fed = [seq.tokens[-1] for seq, _ in batch] if decode else None
+        chunks = None if decode else [seq.tokens[seq.computed: seq.computed + n] for seq, n in batch]
+        if self.outputs.has_drafts(batch):
+            rows = self.runner.verify(ids, chunks)  # drafted sequences feed several tokens: never a decode
+            ends = np.cumsum([n for _, n in batch])
+            return [rows[end - n: end] for (_, n), end in zip(batch, ends)], None
+        if self.runner.samples_on_device and self.outputs.samples_on_device(batch):
+            params = self.outputs.device_rows(batch)
+            tokens = (self.runner.decode_sample(ids, fed, params) if decode
                       else self.runner.prefill_sample(ids, chunks, params))
             return [None] * len(ids), tokens
-        logits = self.runner.decode(ids, [c[0] for c in chunks]) if out.is_decode else self.runner.prefill(ids, chunks)
+        logits = self.runner.decode(ids, fed) if decode else self.runner.prefill(ids, chunks)
         return [logits[i: i + 1] for i in range(len(ids))], None
 
     # -- state for other threads ----------------------------------------------------------------

@@ -17,6 +17,7 @@ from tvm.runtime import ShapeTuple
 from ferrum.errors import ArtifactError, InvalidRequestError
 from ferrum.manifest import SAMPLE_PARAMS
 from runtime.artifact import LlmArtifact, resolve_device
+from runtime.dummy_weights import LOAD_FORMATS, dummy_params
 
 _builtin = tvm.get_global_func
 
@@ -39,15 +40,22 @@ class ModelRunner:
     Their decode runs as CUDA graphs captured per batch size, planned for at most
     ``max_decode_batch`` sequences."""
 
-    def __init__(self, artifact: LlmArtifact, device: str = "auto", params: list | None = None):
+    def __init__(self, artifact: LlmArtifact, device: str = "auto", params: list | None = None,
+                 load_format: str = "auto"):
         """``params``: the weights as device tensors in the manifest's ``param_names`` order, for
-        callers that make their own (benchmarks of shape-only artifacts); default: the artifact's."""
+        callers that make their own; otherwise ``load_format`` says where they come from: ``auto``
+        the artifact's ``weights/``, ``dummy`` generated on the device (``runtime/dummy_weights.py``)."""
+        if load_format not in LOAD_FORMATS:
+            raise InvalidRequestError(f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {load_format!r}",
+                                      param="load_format")
         self.artifact = artifact
         self.config = artifact.config
         self.device = resolve_device(artifact.manifest, device)
         self.device_kind = artifact.manifest.target.device_type
         self._vm = artifact.load_library(self.device)
-        self.params = params if params is not None else self._load_params()
+        if params is None:
+            params = dummy_params(artifact, self.device) if load_format == "dummy" else self._load_params()
+        self.params = params
         self._embed = self._vm["embed"]
         self._prefill = self._vm["batch_prefill"]
         self._decode = self._vm["batch_decode"]
@@ -65,7 +73,8 @@ class ModelRunner:
     def _load_params(self):
         if not (self.artifact.weights_path / "tensor-cache.json").exists():
             raise ArtifactError(f"artifact {self.artifact.manifest.name} has no weights "
-                                f"({self.artifact.manifest.extra.weights or 'weights/ missing'})")
+                                f"({self.artifact.manifest.extra.weights or 'weights/ missing'}); "
+                                "--load-format dummy generates weights of its shapes")
         return self.artifact.load_weights(self.device)
 
     # -- KV cache ---------------------------------------------------------------------------
