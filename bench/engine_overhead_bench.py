@@ -55,6 +55,7 @@ class InstantRunner:
 
     device_kind = "cuda"
     samples_on_device = True
+    step_s = 0.0  # a forward's GPU time: slept with the GIL released, as TVM's calls wait on the GPU
 
     def __init__(self, artifact, device: str = "auto", load_format: str = "auto"):
         self.config = artifact.config
@@ -85,9 +86,13 @@ class InstantRunner:
         return PAGE_BYTES_PER_TOKEN
 
     def decode_sample(self, seq_ids, tokens, params: np.ndarray) -> np.ndarray:
+        if self.step_s:
+            time.sleep(self.step_s)
         return self._next[np.asarray(tokens, dtype=np.int64)]
 
     def prefill_sample(self, seq_ids, chunks, params: np.ndarray) -> np.ndarray:
+        if self.step_s:
+            time.sleep(self.step_s)
         return self._next[np.array([c[-1] for c in chunks], dtype=np.int64)]
 
 
@@ -149,6 +154,8 @@ def run_at(engine, concurrency: int, prompt_len: int, output_len: int, seed: int
         "process_cpu_us_per_token": round(1e6 * cpu / tokens, 2),
         "wall_us_per_token": round(1e6 * wall / tokens, 2),
         "host_bound_tokens_per_s": round(tokens / wall, 1),
+        # with a simulated GPU step: output tokens/s over the rate of back-to-back steps
+        "of_bare_step_rate": round(tokens / wall / (concurrency / InstantRunner.step_s), 3) if InstantRunner.step_s else None,
     }
 
 
@@ -159,11 +166,14 @@ def main() -> int:
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="runs per concurrency; the fastest is kept")
+    parser.add_argument("--step-ms", type=float, default=0.0,
+                        help="simulated GPU time per forward (a GIL-free sleep), to see how much host work overlaps it")
     parser.add_argument("--profile", type=Path, help="write the cProfile of the last concurrency's runs here")
     parser.add_argument("--label", default="", help="what this run measures; a report of the same label in --out is replaced")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
+    InstantRunner.step_s = args.step_ms / 1000
     with mock.patch.object(batch_engine, "ModelRunner", InstantRunner):
         engine = batch_engine.ContinuousBatchEngine(EngineConfig(
             artifact_path=args.artifact, max_model_len=args.prompt_len + args.output_len + 16,
@@ -193,7 +203,7 @@ def main() -> int:
         "commit": commit.stdout.strip(),
         "device": {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                    "python": platform.python_version()},
-        "prompt_len": args.prompt_len, "output_len": args.output_len,
+        "prompt_len": args.prompt_len, "output_len": args.output_len, "step_ms": args.step_ms,
         "runs": runs,
     }
     if args.out:  # one report per label: a before/after pair lives in one file
