@@ -102,10 +102,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--load-format", choices=("auto", "dummy"), default="auto",
                         help="dummy: weights generated on the device (shape-only artifacts)")
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="sys.setswitchinterval for the run (how soon a thread waiting for the GIL gets it)")
     parser.add_argument("--profile", type=Path, help="write the cProfile of the loop thread's steps in one extra run "
                         "at the last concurrency")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
 
     engine = ContinuousBatchEngine(EngineConfig(
         artifact_path=args.artifact, max_model_len=args.prompt_len + args.output_len + 16,
@@ -144,7 +148,7 @@ def main() -> int:
                    "cores": __import__("os").cpu_count()},
         "prompt_len": args.prompt_len, "output_len": args.output_len,
         "max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
-        "load_format": args.load_format,
+        "load_format": args.load_format, "switch_interval_s": sys.getswitchinterval(),
         "runs": runs,
     }
     if args.out:
