@@ -4,7 +4,9 @@ Speed does not depend on weight values, and an 8B model's weights cannot travel 
 machine, so the benchmark generates them there (``bench/gpu_bench.py``). This writes a normal
 artifact folder (library, fatbins, manifest) whose manifest lists every parameter's shape and
 dtype under ``extra.param_shapes`` and says ``extra.weights = "generated at run time"``;
-the engine refuses to serve it (no ``weights/``).
+the engine serves it only with ``--load-format dummy`` (weights generated on the device). Its
+``tokenizer.json`` is a placeholder: one word-level token ``<tN>`` per id, so a benchmark's
+token-id prompts go in and the streamed text names the ids.
 
     python bench/compile_shape.py llama3-8b --quant q0f16 --target cuda --arch sm_90a --out .dev/shapes
 """
@@ -22,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import tvm  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
 import ferrum  # noqa: E402
 from compile.build import LIBRARY_NAME  # noqa: E402
@@ -46,6 +49,13 @@ SHAPES = {
 }
 
 
+def placeholder_tokenizer(vocab_size: int) -> Tokenizer:
+    """``<t0>`` … ``<tN>``, split on whitespace, decoded joined by spaces (ids out of a text)."""
+    tokenizer = Tokenizer(models.WordLevel({f"<t{i}>": i for i in range(vocab_size)}, unk_token="<t0>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tokenizer
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("shape", choices=sorted(SHAPES))
@@ -67,6 +77,7 @@ def main() -> int:
     print(f"{name}: {len(shapes)} parameters, compiling", flush=True)
     compiled = compile_decoder(cfg, quant, target, folder, print)
     assert compiled.param_names == list(shapes), "parameter order differs from the model's"
+    placeholder_tokenizer(cfg.vocab_size).save(str(folder / "tokenizer.json"))
     (folder / "generation.json").write_text(json.dumps(GenerationConfig(bos_token_id=128000, eos_token_ids=[128001], context_length=cfg.context_length).to_dict()))
     Manifest(
         name=name, modality="llm", architecture="llama", model=cfg.to_dict(), quantization=quant.to_dict(),

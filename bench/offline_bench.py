@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import dataclasses
 import json
 import platform
+import pstats
 import sys
 import time
 from pathlib import Path
@@ -75,6 +78,17 @@ async def run_at(engine: ContinuousBatchEngine, prompts: list[list[int]], output
     }
 
 
+def phase_ms(engine: ContinuousBatchEngine) -> dict[str, float]:
+    """The engine's cumulative time per phase (scheduling, model execution, sampling/output, ...)."""
+    return dataclasses.asdict(engine.metrics().performance_breakdown)
+
+
+def profile_steps(engine: ContinuousBatchEngine, profiler: cProfile.Profile) -> None:
+    """Run every engine step under ``profiler`` (cProfile sees only the thread it runs in: the loop's)."""
+    step = engine._step
+    engine._step = lambda: profiler.runcall(step)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("artifact")
@@ -86,13 +100,21 @@ def main() -> int:
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--max-num-batched-tokens", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--load-format", choices=("auto", "dummy"), default="auto",
+                        help="dummy: weights generated on the device (shape-only artifacts)")
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="sys.setswitchinterval for the run (how soon a thread waiting for the GIL gets it)")
+    parser.add_argument("--profile", type=Path, help="write the cProfile of the loop thread's steps in one extra run "
+                        "at the last concurrency")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
 
     engine = ContinuousBatchEngine(EngineConfig(
         artifact_path=args.artifact, max_model_len=args.prompt_len + args.output_len + 16,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-        enable_prefix_caching=False))
+        enable_prefix_caching=False, load_format=args.load_format))
     vocab = engine.artifact.config.vocab_size
     special = set(engine.tokenizer.eos_token_ids)
     runs = []
@@ -102,12 +124,21 @@ def main() -> int:
         for c in args.concurrency:
             n = max(args.min_requests, int(c * args.requests_per_client))
             prompts = make_requests(n, args.prompt_len, args.output_len, vocab, special, args.seed + c)
+            before = phase_ms(engine)
             runs.append(asyncio.run(run_at(engine, prompts, args.output_len, c)))
             r = runs[-1]
+            r["phase_ms"] = {k: round(v - before[k], 1) for k, v in phase_ms(engine).items()}
             print(f"c={c:3d} n={r['requests']:3d} {r['requests_per_s']:7.2f} req/s {r['output_tokens_per_s']:8.1f} tok/s  "
                   f"TTFT p50 {r['ttft_ms']['p50']:8.1f} p99 {r['ttft_ms']['p99']:8.1f} ms  "
                   f"TPOT p50 {r['tpot_ms']['p50']:6.1f}  ITL p50 {r['itl_ms']['p50']:6.1f} p99 {r['itl_ms']['p99']:6.1f} ms",
                   flush=True)
+            print("    phases (ms):", r["phase_ms"], flush=True)
+        if args.profile:  # one more run at the last concurrency, under the profiler (not among the figures)
+            profiler = cProfile.Profile()
+            profile_steps(engine, profiler)
+            asyncio.run(run_at(engine, prompts, args.output_len, args.concurrency[-1]))
+            with open(args.profile, "w") as fh:
+                pstats.Stats(profiler, stream=fh).sort_stats("tottime").print_stats(45)
     finally:
         asyncio.run(engine.shutdown())
     report = {
@@ -117,6 +148,7 @@ def main() -> int:
                    "cores": __import__("os").cpu_count()},
         "prompt_len": args.prompt_len, "output_len": args.output_len,
         "max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
+        "load_format": args.load_format, "switch_interval_s": sys.getswitchinterval(),
         "runs": runs,
     }
     if args.out:

@@ -132,7 +132,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     base = EngineConfig(device=args.device, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
                         kv_cache_tokens=args.kv_cache_tokens, max_queue_size=args.max_queue_size,
-                        gpu_memory_utilization=args.gpu_memory_utilization)
+                        gpu_memory_utilization=args.gpu_memory_utilization, load_format=args.load_format)
     limits = RequestLimits(max_body_bytes=args.max_body_bytes, max_audio_seconds=args.max_audio_seconds)
     models = open_engines(args.artifacts, base)
     options = ServerOptions(api_key=args.api_key or os.environ.get("FERRUM_API_KEY") or None,
@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                    help="share of the GPU memory free after loading the weights that the KV cache and the "
                         "step workspace may take (default 0.9)")
+    p.add_argument("--load-format", choices=("auto", "dummy"), default="auto",
+                   help="auto: the artifact's weights; dummy: weights generated on the device from the artifact's "
+                        "shapes (speed measurements of shape-only artifacts; the text is meaningless)")
     p.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="S",
                    help="on SIGINT/SIGTERM, let in-flight requests finish for at most S seconds, then cancel "
                         "them and exit (default 30)")

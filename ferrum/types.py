@@ -232,7 +232,9 @@ class EngineConfig:
     ``max_num_seqs`` bounds the running batch, ``max_num_batched_tokens`` the tokens one step
     may process (chunked prefill splits longer prompts), ``kv_cache_tokens`` the paged KV cache
     (``None``: sized from free device memory times ``gpu_memory_utilization`` on GPU, or from
-    ``max_model_len`` * ``max_num_seqs`` capped by memory on CPU).
+    ``max_model_len`` * ``max_num_seqs`` capped by memory on CPU). ``load_format`` ``dummy``
+    generates the weights on the device instead of loading them (speed measurements of
+    shape-only artifacts; ``runtime/dummy_weights.py``).
     """
 
     model_id: str = ""
@@ -247,3 +249,4 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     max_queue_size: int = 1024
     seed: int | None = None
+    load_format: str = "auto"

@@ -23,6 +23,7 @@ import logging
 import os
 import platform
 import queue
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -81,6 +82,7 @@ from runtime.model_runner import KVCacheConfig, ModelRunner
 from runtime.output_processor import OutputProcessor
 from runtime.scheduler import KVOp, Scheduler, SchedulerConfig, SchedulerOutput
 from runtime.stats import mean, utilization
+from runtime.stream_outbox import StreamOutbox
 from runtime.telemetry import EngineTelemetry, process_memory
 from runtime.tokenizer import ChatTokenizer
 from runtime.tvm_env import describe_device, max_binding_bytes
@@ -96,6 +98,11 @@ WORKSPACE_RESERVE_BYTES = 256 << 20
 ACTIVATION_WIDTHS = 8
 # how often a reader waiting on the loop checks that the loop is still alive
 QUERY_POLL_S = 0.5
+# The loop thread gives up the GIL in every TVM call (each waits on the GPU) and must win it back
+# from the event loop thread, which streams the tokens and by default keeps it for up to 5 ms: on
+# the H200 (SmolLM2, in-process) 0.1 ms took c=128 from 24.5k to 29.2k tok/s and c=256 from 24.7k
+# to 28.4k (bench/results/h200_smollm2_offline_switch_*.json)
+GIL_SWITCH_INTERVAL_S = 1e-4
 
 
 class ContinuousBatchEngine(AdvancedInferenceEngine):
@@ -108,15 +115,17 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
         self.tokenizer = ChatTokenizer(self.artifact.tokenizer_path, self.artifact.generation)
         self.grammars = GrammarCompiler(self.tokenizer.tokenizer, self.artifact.config.vocab_size,
                                         self.artifact.generation.eos_token_ids)
-        self.runner = ModelRunner(self.artifact, config.device)
+        self.runner = ModelRunner(self.artifact, config.device, load_format=config.load_format)
         self.telemetry = EngineTelemetry()
         self._intake: queue.SimpleQueue[EngineCommand] = queue.SimpleQueue()
+        self._outbox = StreamOutbox()  # stream items of the loop's current pass
         self._lock = threading.Lock()  # guards _in_flight
         self._in_flight = 0
         self._closing = False
         self._last_error: str | None = None
         self.outputs: OutputProcessor
         self._create_cache()
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         self._thread = threading.Thread(target=self._loop, name="ferrum-engine", daemon=True)
         self._thread.start()
 
@@ -195,7 +204,8 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
                 self.telemetry.on_rejected()
                 raise OverloadedError(f"the engine queue is full ({queued} requests waiting)", retry_after_s=1.0)
             self._in_flight += 1
-        state = EngineRequest(request, prompt_ids, self.tokenizer, asyncio.get_running_loop(), speculation)
+        state = EngineRequest(request, prompt_ids, self.tokenizer, asyncio.get_running_loop(), speculation,
+                              self._outbox)
         self.telemetry.on_arrival(state.rid)
         if matchers:
             state.matchers = matchers
@@ -269,6 +279,9 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
     async def reconfigure(self, config: EngineConfig) -> None:
         if config.artifact_path and config.artifact_path != self._config.artifact_path:
             raise InvalidRequestError("a running engine cannot switch artifacts; start a new engine")
+        if config.load_format != self._config.load_format:
+            raise InvalidRequestError("a running engine cannot change where its weights come from; start a new engine",
+                                      param="load_format")
         sizes = ("max_num_seqs", "max_num_batched_tokens", "kv_page_size", "kv_cache_tokens", "max_model_len")
         resize = any(getattr(config, name) != getattr(self._config, name) for name in sizes)
         if resize and self._in_flight:
@@ -306,6 +319,7 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
                     if isinstance(command, Stop):
                         self.outputs.cancel_all()
                         self._publish()
+                        self._outbox.flush()
                         return
                     self._run_command(command)
                     try:
@@ -320,6 +334,7 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
                 self.outputs.fail_all(exc)
                 self._create_cache()
             self._publish()
+            self._outbox.flush()
 
     def _run_command(self, command: EngineCommand) -> None:
         if isinstance(command, Submit):
@@ -388,7 +403,8 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
                 self.outputs.reject_unfittable(self.runner.total_pages * self.kv.page_size)
             return
         for seq, _ in out.batch:
-            self.telemetry.on_admitted(seq.request_id)
+            if seq.prefilling:  # a request's first step always prefills its first sequence's prompt
+                self.telemetry.on_admitted(seq.request_id)
         t1 = time.perf_counter()
         masks = self.outputs.grammar_masks(out.batch, self.grammars)  # computed while the forward runs
         segments, tokens = self._forward(out)
@@ -403,18 +419,22 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
 
     def _forward(self, out: SchedulerOutput) -> tuple[list[np.ndarray | None], np.ndarray | None]:
         """Run the step's batch: logits rows per batch entry, or the tokens the device sampled."""
-        ids = [seq.seq_id for seq, _ in out.batch]
-        chunks = [seq.tokens[seq.computed: seq.computed + n] for seq, n in out.batch]
-        if self.outputs.has_drafts(out.batch):
-            rows = self.runner.verify(ids, chunks)
-            ends = np.cumsum([n for _, n in out.batch])
-            return [rows[end - n: end] for (_, n), end in zip(out.batch, ends)], None
-        if self.runner.samples_on_device and self.outputs.samples_on_device(out.batch):
-            params = self.outputs.device_rows(out.batch)
-            tokens = (self.runner.decode_sample(ids, [c[0] for c in chunks], params) if out.is_decode
+        batch = out.batch
+        ids = [seq.seq_id for seq, _ in batch]
+        decode = out.is_decode
+        # a decode feeds each sequence's last token; only prefill and verify slice chunks
+        fed = [seq.tokens[-1] for seq, _ in batch] if decode else None
+        chunks = None if decode else [seq.tokens[seq.computed: seq.computed + n] for seq, n in batch]
+        if self.outputs.has_drafts(batch):
+            rows = self.runner.verify(ids, chunks)  # drafted sequences feed several tokens: never a decode
+            ends = np.cumsum([n for _, n in batch])
+            return [rows[end - n: end] for (_, n), end in zip(batch, ends)], None
+        if self.runner.samples_on_device and self.outputs.samples_on_device(batch):
+            params = self.outputs.device_rows(batch)
+            tokens = (self.runner.decode_sample(ids, fed, params) if decode
                       else self.runner.prefill_sample(ids, chunks, params))
             return [None] * len(ids), tokens
-        logits = self.runner.decode(ids, [c[0] for c in chunks]) if out.is_decode else self.runner.prefill(ids, chunks)
+        logits = self.runner.decode(ids, fed) if decode else self.runner.prefill(ids, chunks)
         return [logits[i: i + 1] for i in range(len(ids))], None
 
     # -- state for other threads ----------------------------------------------------------------

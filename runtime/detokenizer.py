@@ -5,11 +5,16 @@ U+FFFD. The detokenizer decodes a short window of recent tokens and only release
 no longer ends in U+FFFD, the scheme vLLM and Hugging Face's streamers use. Decoding the window
 (rather than everything) keeps each step O(window), and decoding it with the tokens before it
 keeps decoders that strip a leading space (SentencePiece) correct mid-sequence.
+
+Each token's step is the tokenizers library's ``DecodeStream`` (the same scheme in Rust: one call
+per token instead of two decodes and the slicing around them, which the engine pays for every
+sequence of every step); the offsets are kept here too, for ``flush``.
 """
 
 from __future__ import annotations
 
 from tokenizers import Tokenizer
+from tokenizers.decoders import DecodeStream
 
 REPLACEMENT = "\ufffd"
 
@@ -24,6 +29,7 @@ class IncrementalDetokenizer:
         self.ids: list[int] = context
         self.prefix_offset = 0
         self.read_offset = len(context)
+        self._stream = DecodeStream(ids=list(context), skip_special_tokens=skip_special_tokens)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special)
@@ -31,13 +37,11 @@ class IncrementalDetokenizer:
     def add(self, token: int) -> str:
         """Append one token; return the text it completes (possibly empty)."""
         self.ids.append(token)
-        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
-        full = self._decode(self.ids[self.prefix_offset :])
-        if len(full) > len(prefix) and not full.endswith(REPLACEMENT):
-            delta = full[len(prefix) :]
-            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-            return delta
-        return ""
+        delta = self._stream.step(self.tokenizer, token)
+        if delta is None:
+            return ""
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        return delta
 
     def flush(self) -> str:
         """Text still held back at the end of generation, minus any incomplete final character."""

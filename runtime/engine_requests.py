@@ -20,6 +20,7 @@ from ferrum.types import EngineConfig, InferenceRequest, SamplingParams
 from runtime.generation import SequenceOutput
 from runtime.sampling import SequenceSampler
 from runtime.scheduler import Sequence
+from runtime.stream_outbox import StreamOutbox
 from runtime.tokenizer import ChatTokenizer
 
 END_OF_STREAM = object()  # the last item a request's queue receives
@@ -36,7 +37,7 @@ class EngineRequest:
     """A request inside the engine: its sequences, their samplers and outputs, its stream."""
 
     def __init__(self, request: InferenceRequest, prompt_ids: list[int], tokenizer: ChatTokenizer,
-                 loop: asyncio.AbstractEventLoop, speculation: SpeculationConfig | None):
+                 loop: asyncio.AbstractEventLoop, speculation: SpeculationConfig | None, outbox: StreamOutbox):
         self.request = request
         self.rid = request.id
         self.prompt_ids = prompt_ids
@@ -48,6 +49,7 @@ class EngineRequest:
         self.seqs: list[Sequence] = []
         self.loop = loop
         self.queue: asyncio.Queue = asyncio.Queue()
+        self._outbox = outbox
         # drafts are not checked against a grammar: constrained requests decode without them
         self.speculation = (speculation if params.is_greedy and not penalized(params) and params.grammar is None
                             else None)
@@ -58,11 +60,9 @@ class EngineRequest:
         self.started = time.monotonic()
 
     def emit(self, item: object) -> None:
-        """Hand ``item`` to the stream from the loop thread."""
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the caller's event loop is closed: nobody listens any more
-            pass
+        """Hand ``item`` to the stream from the loop thread (delivered at the engine's next
+        outbox flush, after the current step or command)."""
+        self._outbox.put(self.loop, self.queue, item)
 
     @property
     def finished(self) -> bool:

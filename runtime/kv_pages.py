@@ -111,10 +111,12 @@ class PagedKVModel:
         block = self._blocks[seq.last_block]
         if block.refs != 1:
             raise ValueError(f"sequence {seq_id}'s last block is shared and cannot grow")
-        need = self.pages_to_append(seq_id, n)
-        if need > self.free_pages:
-            raise OutOfPages(f"append of {n} tokens needs {need} pages, {self.free_pages} free")
-        block.pages += [self._take_page() for _ in range(need)]
+        room = len(block.pages) * self.page_size - block.length
+        if n > room:  # a decode step mostly fits its page: no page arithmetic then
+            need = -(-(n - room) // self.page_size)
+            if need > self.free_pages:
+                raise OutOfPages(f"append of {n} tokens needs {need} pages, {self.free_pages} free")
+            block.pages += [self._take_page() for _ in range(need)]
         block.length += n
         seq.length += n
         self.stored_tokens += n

@@ -17,8 +17,12 @@ from tvm.runtime import ShapeTuple
 from ferrum.errors import ArtifactError, InvalidRequestError
 from ferrum.manifest import SAMPLE_PARAMS
 from runtime.artifact import LlmArtifact, resolve_device
+from runtime.dummy_weights import LOAD_FORMATS, dummy_params
 
 _builtin = tvm.get_global_func
+# The FFI's shape constructor itself: ``ShapeTuple(list)`` checks every element against
+# ``numbers.Integral`` in Python, ~0.2 ms for a 256-sequence batch, twice a step.
+_shape = _builtin("ffi.Shape")
 
 
 class KVCacheConfig:
@@ -39,15 +43,22 @@ class ModelRunner:
     Their decode runs as CUDA graphs captured per batch size, planned for at most
     ``max_decode_batch`` sequences."""
 
-    def __init__(self, artifact: LlmArtifact, device: str = "auto", params: list | None = None):
+    def __init__(self, artifact: LlmArtifact, device: str = "auto", params: list | None = None,
+                 load_format: str = "auto"):
         """``params``: the weights as device tensors in the manifest's ``param_names`` order, for
-        callers that make their own (benchmarks of shape-only artifacts); default: the artifact's."""
+        callers that make their own; otherwise ``load_format`` says where they come from: ``auto``
+        the artifact's ``weights/``, ``dummy`` generated on the device (``runtime/dummy_weights.py``)."""
+        if load_format not in LOAD_FORMATS:
+            raise InvalidRequestError(f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {load_format!r}",
+                                      param="load_format")
         self.artifact = artifact
         self.config = artifact.config
         self.device = resolve_device(artifact.manifest, device)
         self.device_kind = artifact.manifest.target.device_type
         self._vm = artifact.load_library(self.device)
-        self.params = params if params is not None else self._load_params()
+        if params is None:
+            params = dummy_params(artifact, self.device) if load_format == "dummy" else self._load_params()
+        self.params = params
         self._embed = self._vm["embed"]
         self._prefill = self._vm["batch_prefill"]
         self._decode = self._vm["batch_decode"]
@@ -58,6 +69,9 @@ class ModelRunner:
         self._begin = _builtin("vm.builtin.kv_state_begin_forward")
         self._end = _builtin("vm.builtin.kv_state_end_forward")
         self._free_pages = _builtin("vm.builtin.attention_kv_cache_get_num_available_pages")
+        self._ones: dict[int, ShapeTuple] = {}  # decode append lengths per batch size
+        self._token_buffer: tvm.runtime.Tensor | None = None
+        self._param_buffer: tvm.runtime.Tensor | None = None
         self.cache = None
         self.kv: KVCacheConfig | None = None
         self.total_pages = 0
@@ -65,7 +79,8 @@ class ModelRunner:
     def _load_params(self):
         if not (self.artifact.weights_path / "tensor-cache.json").exists():
             raise ArtifactError(f"artifact {self.artifact.manifest.name} has no weights "
-                                f"({self.artifact.manifest.extra.weights or 'weights/ missing'})")
+                                f"({self.artifact.manifest.extra.weights or 'weights/ missing'}); "
+                                "--load-format dummy generates weights of its shapes")
         return self.artifact.load_weights(self.device)
 
     # -- KV cache ---------------------------------------------------------------------------
@@ -80,6 +95,10 @@ class ModelRunner:
         )
         self.kv = kv
         self.total_pages = self.available_pages()  # TVM may allocate a spare page beyond the request
+        # Each forward's token ids and sampling rows go through device buffers made once here:
+        # a fresh device tensor per step is a device allocation and free every step.
+        self._token_buffer = tvm.runtime.empty((max(kv.prefill_chunk_size, kv.max_batch_size),), "int32", self.device)
+        self._param_buffer = tvm.runtime.empty((kv.max_batch_size, len(SAMPLE_PARAMS)), "float32", self.device)
 
     def add_sequence(self, seq_id: int) -> None:
         _builtin("vm.builtin.kv_state_add_sequence")(self.cache, seq_id)
@@ -102,11 +121,20 @@ class ModelRunner:
         return int(self._free_pages(self.cache))
 
     # -- forwards ---------------------------------------------------------------------------
+    def _staged(self, buffer: tvm.runtime.Tensor | None, host: np.ndarray) -> tvm.runtime.Tensor:
+        """``host`` on the device: in the front of ``buffer`` when it fits (the copy is synchronous
+        and every forward ends by reading its results back, so no kernel still reads the buffer)."""
+        if buffer is None or host.shape[0] > buffer.shape[0]:
+            return tvm.runtime.tensor(host, self.device)
+        view = buffer._create_view(host.shape, buffer.dtype)
+        view.copyfrom(host)
+        return view
+
     def _embed_tokens(self, tokens: np.ndarray) -> tvm.runtime.Tensor:
         vocab = self.config.vocab_size
         if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab):
             raise InvalidRequestError(f"token ids must be in [0, {vocab})")
-        return self._embed(tvm.runtime.tensor(tokens.astype(np.int32), self.device), self.params)
+        return self._embed(self._staged(self._token_buffer, tokens.astype(np.int32)), self.params)
 
     def _prefill_logits(self, seq_ids: Sequence[int], chunks: Sequence[Sequence[int]]) -> tvm.runtime.Tensor:
         lengths = [len(c) for c in chunks]
@@ -116,7 +144,7 @@ class ModelRunner:
         tokens = np.concatenate([np.asarray(c, dtype=np.int32) for c in chunks])
         embeds = self._embed_tokens(tokens)._create_view((1, total, self.config.hidden_size))
         last = np.cumsum(lengths, dtype=np.int32) - 1
-        self._begin(self.cache, ShapeTuple(list(seq_ids)), ShapeTuple(lengths))
+        self._begin(self.cache, _shape(*seq_ids), _shape(*lengths))
         logits, self.cache = self._prefill(embeds, tvm.runtime.tensor(last, self.device), self.cache, self.params)
         self._end(self.cache)
         return logits._create_view((len(seq_ids), self.config.vocab_size))
@@ -126,7 +154,10 @@ class ModelRunner:
         if self.max_decode_batch is not None and b > self.max_decode_batch:
             raise ValueError(f"decode batch of {b} exceeds the artifact's maximum of {self.max_decode_batch}")
         embeds = self._embed_tokens(np.asarray(tokens, dtype=np.int32))._create_view((b, 1, self.config.hidden_size))
-        self._begin(self.cache, ShapeTuple(list(seq_ids)), ShapeTuple([1] * b))
+        ones = self._ones.get(b)
+        if ones is None:
+            ones = self._ones[b] = _shape(*([1] * b))
+        self._begin(self.cache, _shape(*seq_ids), ones)
         logits, self.cache = self._decode(embeds, self.cache, self.params)
         self._end(self.cache)
         return logits._create_view((b, self.config.vocab_size))
@@ -152,7 +183,7 @@ class ModelRunner:
         rows = logits.shape[0]
         if params.shape != (rows, len(SAMPLE_PARAMS)):
             raise ValueError(f"sampling parameters must have shape ({rows}, {len(SAMPLE_PARAMS)}): {SAMPLE_PARAMS}")
-        ids = self._sample(logits, tvm.runtime.tensor(params.astype(np.float32), self.device))
+        ids = self._sample(logits, self._staged(self._param_buffer, params.astype(np.float32)))
         return ids.numpy()
 
     def prefill_sample(self, seq_ids: Sequence[int], chunks: Sequence[Sequence[int]], params: np.ndarray) -> np.ndarray:
@@ -173,7 +204,7 @@ class ModelRunner:
         total = sum(lengths)
         tokens = np.concatenate([np.asarray(c, dtype=np.int32) for c in chunks])
         embeds = self._embed_tokens(tokens)._create_view((1, total, self.config.hidden_size))
-        self._begin(self.cache, ShapeTuple(list(seq_ids)), ShapeTuple(lengths))
+        self._begin(self.cache, _shape(*seq_ids), _shape(*lengths))
         logits, self.cache = self._verify(embeds, self.cache, self.params)
         self._end(self.cache)
         return logits.numpy().reshape(total, -1)

@@ -46,6 +46,7 @@ class OutputProcessor:
         self._owner: dict[int, tuple[EngineRequest, int]] = {}
         self._drafts: dict[int, int] = {}  # seq id → draft tokens appended to it this step
         self._seq_ids = itertools.count()
+        self._token_rids: list[str] = []  # request of each token delivered since telemetry last heard
         self.draft_tokens = {"proposed": 0, "accepted": 0}  # prompt-lookup speculation, all requests
 
     # -- intake -----------------------------------------------------------------------------------
@@ -81,7 +82,8 @@ class OutputProcessor:
                 state.drafted += len(draft)
 
     def has_drafts(self, batch: list[tuple[Sequence, int]]) -> bool:
-        return any(seq.seq_id in self._drafts for seq, _ in batch)
+        drafts = self._drafts
+        return bool(drafts) and any(seq.seq_id in drafts for seq, _ in batch)
 
     def undraft(self, seq: Sequence) -> None:
         """A preempted sequence drops the drafts it was carrying."""
@@ -148,15 +150,19 @@ class OutputProcessor:
         return matcher.is_stopped()
 
     def device_rows(self, batch: list[tuple[Sequence, int]]) -> np.ndarray:
-        """The sampler's parameter row per batch entry (rows that sample nothing are ignored)."""
-        rows = []
-        for seq, n in batch:
-            if seq.pending != n:
-                rows.append(IGNORED_SAMPLE_ROW)
-            else:
-                state, index = self._owner[seq.seq_id]
-                rows.append(state.samplers[index].device_row())
-        return np.array(rows, dtype=np.float32)
+        """The sampler's parameter row per batch entry (rows that sample nothing are ignored).
+        Greedy rows are the constant greedy row (they draw no random number), so only sampling
+        requests call into their sampler."""
+        rows = np.empty((len(batch), len(IGNORED_SAMPLE_ROW)), dtype=np.float32)
+        rows[:] = IGNORED_SAMPLE_ROW
+        owner = self._owner
+        for i, (seq, n) in enumerate(batch):
+            if seq.pending == n:
+                state, index = owner[seq.seq_id]
+                sampler = state.samplers[index]
+                if not sampler.params.is_greedy:
+                    rows[i] = sampler.device_row()
+        return rows
 
     # -- results of a step ------------------------------------------------------------------------
     def process(self, batch: list[tuple[Sequence, int]], segments: list[np.ndarray | None],
@@ -165,27 +171,31 @@ class OutputProcessor:
         ``segments`` are logits rows per batch entry (host sampling, drafts), ``tokens`` the
         device-sampled ids, ``masks`` the grammar bitmasks ``grammar_masks`` started."""
         grid = masks.result() if masks is not None else None
+        ids = tokens.tolist() if tokens is not None else None  # Python ints, converted once
+        commit, owner, drafts = self.scheduler.commit, self._owner, self._drafts
         for i, ((seq, n), rows) in enumerate(zip(batch, segments)):
-            self.scheduler.commit(seq, n)
+            commit(seq, n)
             if seq.status is SeqStatus.FINISHED:  # its request ended earlier in this step
                 continue
-            if seq.seq_id in self._drafts:
+            if drafts and seq.seq_id in drafts:
                 self._resolve_draft(seq, n, rows)
-            elif seq.pending == 0 and tokens is not None:
-                state, index = self._owner[seq.seq_id]
-                state.samplers[index].record(int(tokens[i]))
-                self._append(seq, int(tokens[i]), None)
             elif seq.pending == 0:
-                state, index = self._owner[seq.seq_id]
-                mask = grid[i] if grid is not None and state.matchers[index] is not None else None
-                token, logprob = state.samplers[index].sample(rows[-1], mask)
-                self._append(seq, token, logprob, rows[-1], mask)
+                state, index = owner[seq.seq_id]
+                mask = None
+                if ids is not None:  # device-sampled (a step with a constrained row samples on the host)
+                    token, logprob = ids[i], None
+                    state.samplers[index].record(token)
+                else:
+                    mask = grid[i] if grid is not None and state.matchers[index] is not None else None
+                    token, logprob = state.samplers[index].sample(rows[-1], mask)
+                self._append(state, index, seq, token, logprob, None if rows is None else rows[-1], mask)
+        self._report_tokens()
 
-    def _append(self, seq: Sequence, token: int, logprob, row: np.ndarray | None = None,
-                mask: np.ndarray | None = None) -> None:
-        """Append a sampled token to ``seq`` and stream it; the first token of an ``n`` > 1 request
-        also starts its siblings from the same ``row`` of logits (and the same grammar ``mask``)."""
-        state, index = self._owner[seq.seq_id]
+    def _append(self, state: EngineRequest, index: int, seq: Sequence, token: int, logprob,
+                row: np.ndarray | None = None, mask: np.ndarray | None = None) -> None:
+        """Append a sampled token to ``seq`` (completion ``index`` of ``state``) and stream it; the
+        first token of an ``n`` > 1 request also starts its siblings from the same ``row`` of logits
+        (and the same grammar ``mask``)."""
         seq.tokens.append(token)
         first = not state.spawned and index == 0
         done = self._advance_grammar(state, index, token)
@@ -222,17 +232,27 @@ class OutputProcessor:
             self.end_request(state, "completed")
 
     def _deliver(self, state: EngineRequest, seq: Sequence, chunk: StreamChunk, release: bool = True) -> None:
-        self.telemetry.on_tokens(state.rid)
+        self._token_rids.append(state.rid)
         state.emit(chunk)
-        if chunk.finish_reason is not None and release and seq.status is SeqStatus.RUNNING:
+        if chunk.finish_reason is None:  # this completion goes on, so its request does too
+            return
+        if release and seq.status is SeqStatus.RUNNING:
             self.scheduler.finish(seq)
         if state.finished and state.spawned and not state.done:
             self.end_request(state, "completed")
+
+    def _report_tokens(self) -> None:
+        """Tell telemetry of the tokens delivered since it last heard (one call per step; also
+        before a request's end, which closes its timing)."""
+        if self._token_rids:
+            rids, self._token_rids = self._token_rids, []
+            self.telemetry.on_each_token(rids)
 
     # -- ending requests --------------------------------------------------------------------------
     def end_request(self, state: EngineRequest, status: str, error: BaseException | None = None) -> None:
         """End ``state`` once: release its sequences, close its stream (a final chunk per open
         completion when cancelled, the error when failed) and report it to telemetry."""
+        self._report_tokens()
         for seq in state.seqs:
             if seq.status is not SeqStatus.FINISHED:
                 self.scheduler.abort(seq)

@@ -150,6 +150,36 @@ class EngineTelemetry:
             if span is not None:
                 observer.token_gap(span, n)
 
+    def on_each_token(self, rids: list[str]) -> None:
+        """One token for each entry of ``rids``, all at this instant: ``on_tokens(rid)`` per entry
+        under one lock and one clock read (the batch engine reports a whole step at once)."""
+        now = time.monotonic()
+        firsts: list[float] = []
+        gaps: list[float] = []
+        counted = 0
+        with self._lock:
+            live_by_rid = self._live
+            for rid in rids:
+                live = live_by_rid.get(rid)
+                if live is None:
+                    continue
+                counted += 1
+                if live.first_token is None:
+                    live.first_token = now
+                    firsts.append(now - live.arrived)
+                elif live.last_token is not None:
+                    gaps.append(now - live.last_token)
+                live.last_token = now
+            if counted:
+                self._itl_all.extend(gaps)
+                self._tokens_window.append((now, counted))
+            self._prune(now)
+        for observer in self._observers:
+            for ttft in firsts:
+                observer.first_token(ttft)
+            for span in gaps:
+                observer.token_gap(span, 1)
+
     def on_finish(self, rid: str, status: str, prompt_tokens: int, output_tokens: int, chars: int = 0,
                   error: BaseException | None = None) -> None:
         now = time.monotonic()
