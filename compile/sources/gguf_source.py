@@ -245,7 +245,7 @@ class GGUFSource(DecoderSource):
 
     @property
     def int4_weights(self) -> bool:
-        return any(t.tensor_type.name in ("Q4_0", "Q4_1") for t in self._by_hf_name.values())
+        return any(t.tensor_type.name in ("Q4_0", "Q4_1") for t, _ in self._by_hf_name.values())
 
     def tensor(self, name: str) -> np.ndarray:
         t, expert = self._by_hf_name[name]
