@@ -63,6 +63,9 @@ def main() -> int:
     parser.add_argument("--target", default="cuda")
     parser.add_argument("--arch", default="sm_90a")
     parser.add_argument("--out", type=Path, default=Path(".dev/shapes"))
+    parser.add_argument("--tokenizer-from", type=Path, default=None, metavar="ARTIFACT",
+                        help="take tokenizer.json and generation.json from this artifact (same vocabulary size) "
+                             "instead of the placeholder, so text, chat templates and grammars work")
 
     args = parser.parse_args()
 
@@ -77,8 +80,15 @@ def main() -> int:
     print(f"{name}: {len(shapes)} parameters, compiling", flush=True)
     compiled = compile_decoder(cfg, quant, target, folder, print)
     assert compiled.param_names == list(shapes), "parameter order differs from the model's"
-    placeholder_tokenizer(cfg.vocab_size).save(str(folder / "tokenizer.json"))
-    (folder / "generation.json").write_text(json.dumps(GenerationConfig(bos_token_id=128000, eos_token_ids=[128001], context_length=cfg.context_length).to_dict()))
+    if args.tokenizer_from is not None:
+        donor = Manifest.load(args.tokenizer_from)
+        if donor.model.get("vocab_size") != cfg.vocab_size:
+            parser.error(f"{args.tokenizer_from} has vocab size {donor.model.get('vocab_size')}, the shape {cfg.vocab_size}")
+        for file in ("tokenizer.json", "generation.json"):
+            shutil.copyfile(args.tokenizer_from / file, folder / file)
+    else:
+        placeholder_tokenizer(cfg.vocab_size).save(str(folder / "tokenizer.json"))
+        (folder / "generation.json").write_text(json.dumps(GenerationConfig(bos_token_id=128000, eos_token_ids=[128001], context_length=cfg.context_length).to_dict()))
     Manifest(
         name=name, modality="llm", architecture="llama", model=cfg.to_dict(), quantization=quant.to_dict(),
         target=target.info, tvm_version=tvm.__version__, ferrum_version=ferrum.__version__,

@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from ferrum.types import EngineConfig, InferenceRequest, SamplingParams  # noqa: E402
 from runtime.batch_engine import ContinuousBatchEngine  # noqa: E402
-from runtime.grammar import json_schema_grammar  # noqa: E402
+from runtime.grammar import choice_grammar, json_schema_grammar, regex_grammar  # noqa: E402
 
 SCHEMA = {"type": "object", "properties": {"items": {"type": "array", "minItems": 64,
                                                      "items": {"type": "string", "maxLength": 12}}},
@@ -58,23 +59,46 @@ async def run(engine: ContinuousBatchEngine, prompts: list[str], output_len: int
     return out
 
 
+async def checks(engine: ContinuousBatchEngine, prompts: list[str]) -> dict:
+    """The outputs a grammar must force whatever the weights (random ones included): a choice, a
+    regular expression, and plain greedy requests beside constrained ones equal to themselves alone."""
+    def greedy(prompt: str, grammar: str | None, max_tokens: int = 24) -> InferenceRequest:
+        return InferenceRequest(prompt=prompt, sampling_params=SamplingParams.greedy(max_tokens=max_tokens,
+                                                                                     grammar=grammar))
+    choices = ["apple", "banana split", "cherry"]
+    alone = [(await engine.infer(greedy(p, None))).tokens for p in prompts[:4]]
+    mixed = await asyncio.gather(*(engine.infer(greedy(p, None)) for p in prompts[:4]),
+                                 *(engine.infer(greedy(p, choice_grammar(choices))) for p in prompts[:4]),
+                                 *(engine.infer(greedy(p, regex_grammar(r"[0-9]{3}-[a-z]{2}"))) for p in prompts[:4]))
+    plain, chosen, matched = mixed[:4], mixed[4:8], mixed[8:]
+    return {"plain_beside_constrained_equals_alone": all(r.tokens == a for r, a in zip(plain, alone, strict=True)),
+            "choice_outputs_are_choices": all(r.text in choices for r in chosen),
+            "regex_outputs_match": all(re.fullmatch(r"[0-9]{3}-[a-z]{2}", r.text) is not None for r in matched),
+            "examples": [chosen[0].text, matched[0].text]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("artifact")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--load-format", choices=("auto", "dummy"), default="auto",
+                        help="dummy: weights generated on the device (a shape-only artifact with a real tokenizer)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
     engine = ContinuousBatchEngine(EngineConfig(artifact_path=args.artifact, max_model_len=512,
-                                                max_num_seqs=max(args.concurrency, 16), kv_cache_tokens=16384))
+                                                max_num_seqs=max(args.concurrency, 16), kv_cache_tokens=16384,
+                                                load_format=args.load_format))
     topics = (TOPICS * (args.concurrency // len(TOPICS) + 1))[: args.concurrency]
     prompts = [engine.tokenizer.apply_chat_template([{"role": "user", "content": f"List as many {t} as you can, "
                                                       "as JSON."}]) for t in topics]
     grammar = json_schema_grammar(SCHEMA)
     rounds = []
     try:
+        report_checks = asyncio.run(checks(engine, prompts))
+        print("checks:", json.dumps(report_checks), flush=True)
         asyncio.run(run(engine, prompts[:4], 8, grammar))  # warm-up: the token trie, the executor, the kernels
         asyncio.run(run(engine, prompts[:4], 8, None))
         for _ in range(args.rounds):
@@ -101,7 +125,7 @@ def main() -> int:
         "device": {"kind": engine.runner.device_kind, "host": platform.node(), "cpu": platform.processor(),
                    "cores": os.cpu_count()},
         "concurrency": args.concurrency, "output_len": args.output_len, "schema": SCHEMA,
-        "summary": summary, "rounds": rounds,
+        "summary": summary, "checks": report_checks, "rounds": rounds,
     }
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
