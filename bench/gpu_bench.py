@@ -450,6 +450,7 @@ def run_artifact(path: str, args, bandwidth: float, save=lambda entry: None) -> 
     for b in args.batches:
         entry["decode"].append(bench.decode(b, args.decode_steps))
         memory[f"decode_b{b}"] = device_memory_used()
+        save(entry)  # each figure stays written if a later phase runs past a caller's timeout
         d = entry["decode"][-1]
         print(f"  {manifest.name} decode b={b}: {d['forward_tok_s']:.0f} tok/s forward, "
               f"{d.get('sampled_tok_s', float('nan')):.0f} sampled on GPU, "
@@ -466,6 +467,7 @@ def run_artifact(path: str, args, bandwidth: float, save=lambda entry: None) -> 
             continue
         entry["prefill"].append(bench.prefill(n, args.repeats))
         memory[f"prefill_{n}"] = device_memory_used()
+        save(entry)
         print(f"  {manifest.name} prefill {n}: {entry['prefill'][-1]['prefill_ms']:.1f} ms "
               f"(TTFT {entry['prefill'][-1]['ttft_ms']:.1f} ms)", flush=True)
     kv_read = PROMPT * cfg.kv_bytes_per_token(2)

@@ -5,8 +5,8 @@
 # and static cache + torch.compile), then Qwen3-30B-A3B shape at q0f16 (MoE q4 is refused by design:
 # experts are built unquantized), last because its generic expert gathers are the slowest and its
 # 61 GB of weights the largest. Decode at batch 1/8/64 after 128-token prompts, prefill of 2048 tokens.
-# Each gpu_bench run is one process under its own `timeout`, writing $OUT/h200_<shape>.json (the
-# q0f16 run writes its own figures before the peer starts, so a peer cut by the timeout keeps them).
+# Each gpu_bench run is one process under its own `timeout`, writing $OUT/h200_<shape>.json after
+# every decode batch and prefill (marked "partial" until done), so a run cut by its timeout keeps its figures.
 # Budget: about 30 s setup + 75 + 210 + 200 s at most (~8.5 min); expected ~5 min.
 # Prepare here (the shape artifacts carry no weights, a few MiB each):
 #   for a in "qwen3-8b q4f16" "qwen3-8b q0f16" "qwen3-30b-a3b q0f16"; do set -- $a
