@@ -1,14 +1,17 @@
-"""Compile a Llama-family model from its shape alone (no weights) for speed benchmarks.
+"""Compile a decoder model of any registered architecture from its shape alone (no weights) for speed benchmarks.
 
 Speed does not depend on weight values, and an 8B model's weights cannot travel to the GPU
 machine, so the benchmark generates them there (``bench/gpu_bench.py``). This writes a normal
 artifact folder (library, fatbins, manifest) whose manifest lists every parameter's shape and
 dtype under ``extra.param_shapes`` and says ``extra.weights = "generated at run time"``;
+the network is the one ``compile/model/architectures.py`` registers for the shape's
+``architecture`` (Llama, Qwen3 with q/k norm, Qwen3-MoE's routed experts, ...);
 the engine serves it only with ``--load-format dummy`` (weights generated on the device). Its
 ``tokenizer.json`` is a placeholder: one word-level token ``<tN>`` per id, so a benchmark's
 token-id prompts go in and the streamed text names the ids.
 
     python bench/compile_shape.py llama3-8b --quant q0f16 --target cuda --arch sm_90a --out .dev/shapes
+    python bench/compile_shape.py qwen3-30b-a3b --quant q0f16 --target cuda --arch sm_90a --out .dev/shapes
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 import ferrum  # noqa: E402
 from compile.build import LIBRARY_NAME  # noqa: E402
 from compile.builders.decoder import compile_decoder  # noqa: E402
-from compile.model.llama import LlamaForCausalLM  # noqa: E402
+from compile.model.architectures import get_architecture  # noqa: E402
 from compile.targets import resolve_target  # noqa: E402
 from ferrum.manifest import GenerationConfig, Manifest, describe_files  # noqa: E402
 from ferrum.manifest_extra import LlmExtra  # noqa: E402
-from ferrum.model_config import LlamaConfig  # noqa: E402
+from ferrum.errors import ModelSourceError  # noqa: E402
+from ferrum.model_config import DecoderConfig, LlamaConfig  # noqa: E402
 from ferrum.quantization import get_quantization  # noqa: E402
 
 
@@ -46,7 +50,22 @@ SHAPES = {
     "smollm2-135m": LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                                 num_attention_heads=9, num_key_value_heads=3, head_dim=64, rms_norm_eps=1e-5,
                                 rope_theta=100000.0, context_length=8192, tie_word_embeddings=True),
+    # Qwen/Qwen3-8B's config.json (q/k norm, no biases, untied)
+    "qwen3-8b": DecoderConfig(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                              num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6,
+                              rope_theta=1000000.0, context_length=40960, tie_word_embeddings=False,
+                              architecture="qwen3", qk_norm=True),
+    # Qwen/Qwen3-30B-A3B's config.json: every layer's MLP routed, 8 of 128 experts per token (q0 only)
+    "qwen3-30b-a3b": DecoderConfig(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=48,
+                                   num_attention_heads=32, num_key_value_heads=4, head_dim=128, rms_norm_eps=1e-6,
+                                   rope_theta=1000000.0, context_length=40960, tie_word_embeddings=False,
+                                   architecture="qwen3_moe", qk_norm=True, num_experts=128, num_experts_per_tok=8,
+                                   moe_intermediate_size=768, norm_topk_prob=True),
 }
+
+# (bos, eos ids) of the placeholder generation.json, as the real models' configs say
+SPECIAL_TOKENS = {"llama": (128000, [128001]), "qwen3": (151643, [151645, 151643]),
+                  "qwen3_moe": (151643, [151645, 151643])}
 
 
 def placeholder_tokenizer(vocab_size: int) -> Tokenizer:
@@ -75,8 +94,13 @@ def main() -> int:
     folder = args.out / name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    shapes = {n: [[int(d) for d in p.shape], str(p.dtype)]
-              for n, p in LlamaForCausalLM(cfg, quant, target.tvm_target).named_parameters()}
+    network = get_architecture(cfg.architecture).network_class()
+    try:
+        shapes = {n: [[int(d) for d in p.shape], str(p.dtype)]
+                  for n, p in network(cfg, quant, target.tvm_target).named_parameters()}
+    except ModelSourceError as exc:  # e.g. Qwen3-MoE's experts are built unquantized only
+        shutil.rmtree(folder, ignore_errors=True)
+        parser.error(f"{args.shape} at {quant.name}: {exc}")
     print(f"{name}: {len(shapes)} parameters, compiling", flush=True)
     compiled = compile_decoder(cfg, quant, target, folder, print)
     assert compiled.param_names == list(shapes), "parameter order differs from the model's"
@@ -88,9 +112,11 @@ def main() -> int:
             shutil.copyfile(args.tokenizer_from / file, folder / file)
     else:
         placeholder_tokenizer(cfg.vocab_size).save(str(folder / "tokenizer.json"))
-        (folder / "generation.json").write_text(json.dumps(GenerationConfig(bos_token_id=128000, eos_token_ids=[128001], context_length=cfg.context_length).to_dict()))
+        bos, eos = SPECIAL_TOKENS.get(cfg.architecture, SPECIAL_TOKENS["llama"])
+        generation = GenerationConfig(bos_token_id=bos, eos_token_ids=eos, context_length=cfg.context_length)
+        (folder / "generation.json").write_text(json.dumps(generation.to_dict()))
     Manifest(
-        name=name, modality="llm", architecture="llama", model=cfg.to_dict(), quantization=quant.to_dict(),
+        name=name, modality="llm", architecture=cfg.architecture, model=cfg.to_dict(), quantization=quant.to_dict(),
         target=target.info, tvm_version=tvm.__version__, ferrum_version=ferrum.__version__,
         source={"format": "shape", "name": args.shape}, library=LIBRARY_NAME, functions=compiled.functions,
         files=describe_files(folder), kernels=compiled.library.kernels,

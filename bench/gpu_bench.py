@@ -11,11 +11,13 @@ whose weights are generated here from a seed; speed does not depend on the value
 - prefill time of one 128/512/2048/8192-token prompt (median of repeats) and TTFT at batch 1
   (prefill + the first token sampled, on the GPU when the artifact can);
 - the roofline: a device-to-device copy measures the bandwidth B; batch-1 decode must read every
-  weight it uses (all but the embedding table, of which it reads one row) and the KV of the
+  weight it uses (all but the embedding table, of which it reads one row, and of an expert
+  model's experts only the ``num_experts_per_tok`` a token is routed to) and the KV of the
   context once per token, so its ideal step is ``(bytes read) / B``; reported as
   ``fraction_*`` = ideal / measured;
-- the peer (q0f16 artifacts, ``--peer``): Hugging Face ``LlamaForCausalLM`` in float16 holding
-  the SAME weights (views of ours, Q/K/V and gate/up split back), greedy ``generate`` eager and
+- the peer (q0f16 artifacts, ``--peer``): Hugging Face ``LlamaForCausalLM`` (``Qwen3ForCausalLM``
+  for Qwen3, its q/k norms included; other architectures have no peer here and say so) in float16
+  holding the SAME weights (views of ours, Q/K/V and gate/up split back), greedy ``generate`` eager and
   with a static cache + ``torch.compile``; per-token decode time from the difference of two
   generation lengths; plus the largest |logit difference| against our model on one prompt.
 
@@ -81,27 +83,29 @@ def copy_bandwidth(nbytes: int = 1 << 30, iters: int = 20) -> float:
     return 2 * nbytes * iters / seconds
 
 
-def generated_params(manifest, seed: int) -> tuple[list, dict]:
-    """Weights for a shape-only artifact, made on the GPU: normal(0, 0.02) matrices, unit norms,
-    random int4 nibbles with scales/minimums that keep values in about ±0.05."""
+def generated_params(manifest, seed: int, device: str = "cuda") -> tuple[list, dict]:
+    """Weights for a shape-only artifact, made on the GPU: normal(0, 0.02) matrices, unit norms
+    (every ``*norm.weight``: layer norms, the final norm, Qwen3's q/k norms), random int4 nibbles
+    with scales/minimums that keep values in about ±0.05; each in the dtype the manifest lists."""
     torch = torch_mod()
-    gen = torch.Generator(device="cuda").manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     shapes = manifest.extra.param_shapes
     params, torch_tensors = [], {}
     for name in manifest.extra.param_names:
         shape, dtype = shapes[name]
         if dtype == "uint32":
-            t = torch.randint(-(2**31), 2**31 - 1, shape, dtype=torch.int32, device="cuda", generator=gen)
+            t = torch.randint(-(2**31), 2**31 - 1, shape, dtype=torch.int32, device=device, generator=gen)
             params.append(tvm.runtime.from_dlpack(t)._create_view(shape, "uint32"))
         else:
-            if name.endswith("layernorm.weight") or name == "norm.weight":
-                t = torch.ones(shape, dtype=torch.float16, device="cuda")
+            kind = getattr(torch, dtype)
+            if name.endswith("norm.weight"):
+                t = torch.ones(shape, dtype=kind, device=device)
             elif name.endswith("q_scale"):
-                t = torch.full(shape, 0.1 / 15, dtype=torch.float16, device="cuda")
+                t = torch.full(shape, 0.1 / 15, dtype=kind, device=device)
             elif name.endswith("q_min"):
-                t = torch.full(shape, -0.05, dtype=torch.float16, device="cuda")
+                t = torch.full(shape, -0.05, dtype=kind, device=device)
             else:
-                t = torch.randn(shape, dtype=torch.float16, device="cuda", generator=gen) * 0.02
+                t = torch.randn(shape, dtype=kind, device=device, generator=gen) * 0.02
             params.append(tvm.runtime.from_dlpack(t))
         torch_tensors[name] = t
     return params, torch_tensors
@@ -111,8 +115,17 @@ def weight_bytes(manifest) -> int:
     return sum(int(np.prod(s)) * np.dtype(d).itemsize for s, d in manifest.extra.param_shapes.values())
 
 
-def decode_read_bytes(weights: int, cfg, dtype_bytes: int) -> int:
-    """Weight bytes one decode step reads: an untied embedding table contributes one row."""
+def expert_bytes(manifest) -> int:
+    """Bytes of the stacked experts (Qwen3-MoE's ``experts_gate_up`` / ``experts_down``)."""
+    shapes = manifest.extra.param_shapes or {}
+    return sum(int(np.prod(s)) * np.dtype(d).itemsize for n, (s, d) in shapes.items() if ".experts_" in n)
+
+
+def decode_read_bytes(weights: int, cfg, dtype_bytes: int, experts: int = 0) -> int:
+    """Weight bytes one batch-1 decode step reads: an untied embedding table contributes one row,
+    the ``experts`` bytes of an expert model only the share of the experts a token is routed to."""
+    if cfg.num_experts and experts:
+        weights -= experts - experts * cfg.num_experts_per_tok // cfg.num_experts
     if cfg.tie_word_embeddings:
         return weights
     return weights - (cfg.vocab_size - 1) * cfg.hidden_size * dtype_bytes
@@ -250,11 +263,28 @@ class Bench:
         return result
 
 
-def hf_model(cfg, ours: dict, quant_name: str):
-    """transformers LlamaForCausalLM in float16 whose weights are views of ours."""
+PEER_ARCHITECTURES = ("llama", "qwen3")  # the networks hf_model builds in transformers
+
+
+def peer_blocker(cfg) -> str | None:
+    """Why ``--peer`` has no transformers model for this config, or None."""
+    if cfg.architecture not in PEER_ARCHITECTURES:
+        return f"no transformers peer for {cfg.architecture} here (only {', '.join(PEER_ARCHITECTURES)})"
+    if cfg.qkv_bias or cfg.o_bias or cfg.mlp_bias or cfg.sliding_window:
+        return "no transformers peer for biases or a sliding window here"
+    return None
+
+
+def hf_model(cfg, ours: dict, quant_name: str, device: str = "cuda"):
+    """transformers LlamaForCausalLM (Qwen3ForCausalLM for Qwen3: q/k norms) in float16 whose
+    weights are views of ours."""
     torch = torch_mod()
-    from transformers import LlamaConfig as HFConfig
-    from transformers import LlamaForCausalLM
+    if cfg.architecture == "qwen3":
+        from transformers import Qwen3Config as HFConfig
+        from transformers import Qwen3ForCausalLM as HFModel
+    else:
+        from transformers import LlamaConfig as HFConfig
+        from transformers import LlamaForCausalLM as HFModel
 
     hf_cfg = HFConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
                       num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
@@ -263,7 +293,7 @@ def hf_model(cfg, ours: dict, quant_name: str):
                       tie_word_embeddings=cfg.tie_word_embeddings, rope_scaling=cfg.rope_scaling or None,
                       torch_dtype=torch.float16)
     with torch.device("meta"):
-        model = LlamaForCausalLM(hf_cfg)
+        model = HFModel(hf_cfg)
     q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
     state = {"model.embed_tokens.weight": ours["embed_tokens.weight"], "model.norm.weight": ours["norm.weight"]}
     state["lm_head.weight"] = ours["embed_tokens.weight"] if cfg.tie_word_embeddings else ours["lm_head.weight"]
@@ -280,8 +310,12 @@ def hf_model(cfg, ours: dict, quant_name: str):
             f"{h}.input_layernorm.weight": ours[f"{p}.input_layernorm.weight"],
             f"{h}.post_attention_layernorm.weight": ours[f"{p}.post_attention_layernorm.weight"],
         })
+        if cfg.qk_norm:
+            for norm in ("q_norm", "k_norm"):
+                state[f"{h}.self_attn.{norm}.weight"] = ours[f"{p}.self_attn.{norm}.weight"]
     model.load_state_dict(state, assign=True, strict=True)
-    model.model.rotary_emb = type(model.model.rotary_emb)(config=hf_cfg, device="cuda")
+    with torch.device(device):  # its inv_freq buffer, made on the device (no ``device=`` argument in newer transformers)
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=hf_cfg)
     return model.eval()
 
 
@@ -392,7 +426,7 @@ def ours_per_token(runner: ModelRunner, prompt: list[int], short: int, long: int
     return (t_long - t_short) / (long - short)
 
 
-def run_artifact(path: str, args, bandwidth: float) -> dict:
+def run_artifact(path: str, args, bandwidth: float, save=lambda entry: None) -> dict:
     torch = torch_mod()
     artifact = LlmArtifact.open(path)
     manifest = artifact.manifest
@@ -416,6 +450,7 @@ def run_artifact(path: str, args, bandwidth: float) -> dict:
     for b in args.batches:
         entry["decode"].append(bench.decode(b, args.decode_steps))
         memory[f"decode_b{b}"] = device_memory_used()
+        save(entry)  # each figure stays written if a later phase runs past a caller's timeout
         d = entry["decode"][-1]
         print(f"  {manifest.name} decode b={b}: {d['forward_tok_s']:.0f} tok/s forward, "
               f"{d.get('sampled_tok_s', float('nan')):.0f} sampled on GPU, "
@@ -432,16 +467,21 @@ def run_artifact(path: str, args, bandwidth: float) -> dict:
             continue
         entry["prefill"].append(bench.prefill(n, args.repeats))
         memory[f"prefill_{n}"] = device_memory_used()
+        save(entry)
         print(f"  {manifest.name} prefill {n}: {entry['prefill'][-1]['prefill_ms']:.1f} ms "
               f"(TTFT {entry['prefill'][-1]['ttft_ms']:.1f} ms)", flush=True)
     kv_read = PROMPT * cfg.kv_bytes_per_token(2)
-    read = decode_read_bytes(weights, cfg, 2) + kv_read
+    read = decode_read_bytes(weights, cfg, 2, expert_bytes(manifest)) + kv_read
     ideal = read / bandwidth
     b1 = entry["decode"][0]
     entry["roofline"] = {"bytes_per_token": read, "ideal_ms": ideal * 1000,
                          **{f"fraction_{way}": ideal / (b1[f"{way}_ms"] / 1000)
                             for way in ("forward", "sampled", "with_host_logits") if f"{way}_ms" in b1}}
-    if args.peer and ours_torch and manifest.quantization["name"] == "q0f16":
+    if args.peer and peer_blocker(cfg):
+        entry["peer"] = {"skipped": peer_blocker(cfg)}
+        print(f"  {manifest.name} peer skipped: {entry['peer']['skipped']}", flush=True)
+    elif args.peer and ours_torch and manifest.quantization["name"] == "q0f16":
+        save(entry)  # our figures stay written if the peer (torch.compile) runs past a caller's timeout
         prompt = bench.tokens(32)
         entry["peer"] = peer(cfg, ours_torch, runner, prompt, args.peer_short, args.peer_long, args.compile_timeout)
         entry["peer"]["ours_ms_per_token"] = ours_per_token(runner, prompt, args.peer_short, args.peer_long) * 1000
@@ -486,9 +526,13 @@ def main() -> int:
     report["copy_bandwidth_gb_s"] = copy_bandwidth() / 1e9
     print(f"copy bandwidth {report['copy_bandwidth_gb_s']:.0f} GB/s", flush=True)
     report["results"] = []
+
+    def save(entry: dict) -> None:
+        args.out.write_text(json.dumps({**report, "results": [*report["results"], {**entry, "partial": True}]}, indent=2))
+
     for path in args.artifacts:
         try:
-            report["results"].append(run_artifact(path, args, report["copy_bandwidth_gb_s"] * 1e9))
+            report["results"].append(run_artifact(path, args, report["copy_bandwidth_gb_s"] * 1e9, save))
         except Exception as exc:  # keep the other artifacts' figures
             import traceback
 
