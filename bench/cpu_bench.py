@@ -41,6 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from checks.machine import cpu_name  # noqa: E402
+
 import numpy as np  # noqa: E402
 
 STREAM_C = r"""
@@ -233,7 +235,7 @@ def main() -> int:
                              for a in args.artifacts}
     gguf = args.gguf or packaged_model_path("smollm2-135m-instruct")
 
-    report: dict = {"command": " ".join(sys.argv), "host": platform.node(), "cpu": _cpu_name(),
+    report: dict = {"command": " ".join(sys.argv), "host": platform.node(), "cpu": cpu_name(),
                     "cores": os.cpu_count(), "load_average_at_start": os.getloadavg()}
     if not args.skip_machine:
         report["stream"] = stream_bandwidth(sorted({1, args.threads}))
@@ -283,12 +285,6 @@ def main() -> int:
         args.out.write_text(json.dumps(report, indent=2))
     return 0
 
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":

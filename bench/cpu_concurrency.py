@@ -47,6 +47,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from checks.machine import cpu_name  # noqa: E402
+
 import numpy as np  # noqa: E402
 
 TEXT = ("The history of the printing press begins in the fifteenth century, when a goldsmith in Mainz "
@@ -250,7 +252,7 @@ def main() -> int:
     per_seq = args.prompt_tokens + args.tokens
     concurrencies = sorted(set(args.concurrency))
     report: dict = {"command": " ".join(sys.argv), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                    "host": platform.node(), "cpu": _cpu_name(), "cores": os.cpu_count(),
+                    "host": platform.node(), "cpu": cpu_name(), "cores": os.cpu_count(),
                     "load_average_at_start": os.getloadavg(), "artifact": args.artifact.name, "gguf": gguf.name,
                     "threads": args.threads, "prompt_tokens": args.prompt_tokens, "generated_tokens": args.tokens,
                     "repeats": args.repeats, "settle_s": args.settle, "metric": "output tok/s = C x generated tokens / wall time of the C "
@@ -349,12 +351,6 @@ def sanity_check(peer, gguf: Path, args, prompts: Prompts, runs: dict, concurren
                      else f"C=1 batched llama.cpp and plain Llama agree on the first {same} of {args.tokens} greedy "
                      "tokens")}
 
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":

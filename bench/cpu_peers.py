@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from checks.machine import cpu_name  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -214,7 +215,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     result = {"command": " ".join(["bench/cpu_peers.py", *sys.argv[1:]]), "date": time.strftime("%Y-%m-%d"),
-              "machine": {"cpu": _cpu_name(), "cores": os.cpu_count()},
+              "machine": {"cpu": cpu_name(), "cores": os.cpu_count()},
               "speed_ratio": "peer seconds / ours: above 1, Ferrum is faster"}
     if args.only in (None, "minilm"):
         result["minilm"] = minilm(args.minilm, args.repeats)
@@ -225,12 +226,6 @@ def main() -> None:
     if args.out:
         args.out.write_text(text + "\n")
 
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from checks.machine import cpu_name  # noqa: E402
 
 from ferrum.types import EngineConfig  # noqa: E402
 from runtime.embedding_engine import EmbeddingEngine  # noqa: E402
@@ -36,15 +37,6 @@ ACTIONS = ["quietly watched the sunset over the hills", "announced a new plan fo
            "won the championship in the final minute of extra time", "slept all afternoon"]
 SENTENCES = [f"{s} {a}." for s in SUBJECTS for a in ACTIONS]  # 64 sentences
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def engine_rate(engine: EmbeddingEngine, batch: int, repeats: int) -> float:

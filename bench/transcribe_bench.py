@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from checks.machine import cpu_name  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -57,15 +58,6 @@ def model_timings(engine: WhisperEngine, mel: np.ndarray, tokens: int = 32) -> d
         runner.step(state, [440])
     return {"encode_s_per_window": round(encode_s, 3), "decode_ms_per_token": round((time.perf_counter() - start) / tokens * 1000, 2)}
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> int:
