@@ -16,10 +16,10 @@ SwiGLU blocks only (see ``compile/kernels/ops.py::kernel_blockers``).
 
 from __future__ import annotations
 
-from tvm import relax, tirx
+from tvm import tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
-from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
+from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode
 from tvm.relax.frontend.nn.llm.position_embedding import llama_rope_with_position_map
 from tvm.target import Target
 
@@ -139,31 +139,5 @@ class GemmaForCausalLM(LlamaForCausalLM):
         cap = self.cfg.final_logit_softcap
         return op.tanh(logits / cap) * cap if cap else logits
 
-    def create_paged_kv_cache(self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size,
-                              support_sliding_window) -> PagedKVCache:
-        cfg = self.cfg
-        return TIRPagedKVCache(
-            attn_kind="mha",
-            max_batch_size=max_batch_size,
-            max_total_seq_len=max_total_seq_len,
-            prefill_chunk_size=prefill_chunk_size,
-            page_size=page_size,
-            support_sliding_window=support_sliding_window,
-            layer_partition=relax.ShapeExpr([0, cfg.num_hidden_layers]),
-            num_hidden_layers=cfg.num_hidden_layers,
-            num_attention_heads=cfg.num_attention_heads,
-            num_key_value_heads=cfg.num_key_value_heads,
-            qk_head_dim=cfg.head_dim,
-            v_head_dim=cfg.head_dim,
-            mla_original_qk_head_dim=0,
-            mla_original_v_head_dim=0,
-            rope_mode=RopeMode.NONE,
-            rope_scale=1,
-            rope_theta=cfg.rope_theta,
-            rope_scaling={},
-            rope_ext_factors=relax.prim_value(0),
-            rotary_dim=cfg.head_dim,
-            enable_disaggregation=False,
-            dtype=self.quant.model_dtype,
-            target=self.target,
-        )
+    def _cache_rope(self) -> tuple[RopeMode, dict]:
+        return RopeMode.NONE, {}  # each layer rotates Q and K itself, with its own RoPE base

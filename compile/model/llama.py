@@ -163,6 +163,10 @@ class LlamaForCausalLM(nn.Module):
     def sample_tokens(self, logits: Tensor, params: Tensor) -> Tensor:
         return self.kernels.sample(logits, params)
 
+    def _cache_rope(self) -> tuple[RopeMode, dict]:
+        """How the cache's kernels rotate Q and K as they append them (a subclass may rotate itself)."""
+        return RopeMode.NORMAL, dict(self.cfg.rope_scaling)
+
     def create_paged_kv_cache(
         self,
         max_batch_size: tirx.Var,
@@ -172,6 +176,7 @@ class LlamaForCausalLM(nn.Module):
         support_sliding_window: tirx.Var,
     ) -> PagedKVCache:
         cfg = self.cfg
+        rope_mode, rope_scaling = self._cache_rope()
         return TIRPagedKVCache(
             attn_kind="mha",
             max_batch_size=max_batch_size,
@@ -187,10 +192,10 @@ class LlamaForCausalLM(nn.Module):
             v_head_dim=cfg.head_dim,
             mla_original_qk_head_dim=0,
             mla_original_v_head_dim=0,
-            rope_mode=RopeMode.NORMAL,
+            rope_mode=rope_mode,
             rope_scale=1,
             rope_theta=cfg.rope_theta,
-            rope_scaling=dict(cfg.rope_scaling),
+            rope_scaling=rope_scaling,
             rope_ext_factors=relax.prim_value(0),
             rotary_dim=cfg.head_dim,
             enable_disaggregation=False,
