@@ -33,21 +33,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from checks.machine import cpu_name  # noqa: E402
+from checks.timing import timed  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from checks.speech import SENTENCES as SPOKEN, speak, word_error_rate  # noqa: E402
 from ferrum.types import EngineConfig  # noqa: E402
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def whisper(artifact: Path, repeats: int) -> dict:
@@ -90,7 +81,7 @@ def whisper(artifact: Path, repeats: int) -> dict:
                 result = peer.generate(features, [prompt], beam_size=1, max_length=448)
                 return engine.tokenizer.decode(result[0].sequences_ids[0], skip_special_tokens=True).strip()
 
-            ours_s, theirs_s = _median_time(ours, repeats), _median_time(theirs, repeats)
+            ours_s, theirs_s = timed(ours, repeats), timed(theirs, repeats)
             ours_text.append(ours())
             peer_text.append(theirs())
             sentences.append({"reference": sentence, "ours": ours_text[-1], "ctranslate2": peer_text[-1],
@@ -98,8 +89,8 @@ def whisper(artifact: Path, repeats: int) -> dict:
                               "speed_ratio": round(theirs_s / ours_s, 3)})
         window = mel_windows(audio, 16000, 400, 160, 80, 3000)[0]
         features = ctranslate2.StorageView.from_array(np.ascontiguousarray(window[None], dtype=np.float32))
-        encode_ours = _median_time(lambda: engine.runner.encode(window), repeats)
-        encode_peer = _median_time(lambda: peer.encode(features, to_cpu=True), repeats)
+        encode_ours = timed(lambda: engine.runner.encode(window), repeats)
+        encode_peer = timed(lambda: peer.encode(features, to_cpu=True), repeats)
         generated = peer.generate(features, [prompt], beam_size=1)[0].sequences_ids[0]
         tokens = max(len(generated), 1)  # the last sentence's own transcript length, for both
 
@@ -182,9 +173,9 @@ def minilm(artifact: Path, repeats: int) -> dict:
     rates = {}
     for batch in (1, 64):
         groups = [ids[i : i + batch] for i in range(0, len(ids), batch)]
-        ours = _median_time(lambda: [engine.runner.embed(g) for g in groups], repeats)
+        ours = timed(lambda: [engine.runner.embed(g) for g in groups], repeats)
         inputs = [padded(g) for g in groups]
-        theirs = _median_time(lambda: [session.run(None, x) for x in inputs], repeats)
+        theirs = timed(lambda: [session.run(None, x) for x in inputs], repeats)
         rates[str(batch)] = {"ours": round(len(ids) / ours, 1), "onnxruntime": round(len(ids) / theirs, 1),
                              "speed_ratio": round(theirs / ours, 3)}
     ours_vectors = engine.runner.embed(ids)

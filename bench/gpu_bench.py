@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 import tvm  # noqa: E402
 
+from checks.timing import timed  # noqa: E402
 from runtime.artifact import LlmArtifact  # noqa: E402
 from runtime.model_runner import KVCacheConfig, ModelRunner  # noqa: E402
 
@@ -154,17 +155,6 @@ def profile_kernels(fn, steps: int) -> dict:
     kernels.sort(key=lambda k: -k["us_per_step"])
     busy = sum(k["us_per_step"] for k in kernels)
     return {"wall_us_per_step": wall * 1e6, "gpu_busy_us_per_step": busy, "kernels": kernels[:40]}
-
-
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``fn()`` (which must synchronize)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 class Bench:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 import tvm  # noqa: E402
 from tvm.runtime import ShapeTuple  # noqa: E402
 
+from checks.timing import timed  # noqa: E402
 from runtime.artifact import LlmArtifact, resolve_device  # noqa: E402
 from runtime.model_runner import KVCacheConfig, ModelRunner  # noqa: E402
 from runtime.tvm_env import describe_device  # noqa: E402
@@ -46,16 +46,6 @@ def generated_params(artifact: LlmArtifact, device: tvm.runtime.Device, seed: in
     return params
 
 
-def median_s(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def decode(runner: ModelRunner, batch: int, context: int, repeats: int, rng: np.random.Generator) -> dict:
     """One decode step for ``batch`` sequences holding ``context`` tokens each."""
     runner.create_kv_cache(KVCacheConfig(batch, batch * (context + 2 * repeats + 8) + 64, 1024, 16))
@@ -73,8 +63,8 @@ def decode(runner: ModelRunner, batch: int, context: int, repeats: int, rng: np.
         runner._end(runner.cache)
         runner.device.sync()
 
-    t = median_s(step, repeats)
-    with_logits = median_s(lambda: runner.decode(ids, tokens.tolist()), max(repeats // 2, 3))
+    t = timed(step, repeats)
+    with_logits = timed(lambda: runner.decode(ids, tokens.tolist()), max(repeats // 2, 3))
     return {"batch": batch, "context": context, "forward_ms": t * 1000, "forward_tok_s": batch / t,
             "with_host_logits_ms": with_logits * 1000, "with_host_logits_tok_s": batch / with_logits}
 
@@ -89,7 +79,7 @@ def prefill(runner: ModelRunner, length: int, repeats: int, rng: np.random.Gener
         runner.device.sync()
         runner.remove_sequence(0)
 
-    t = median_s(forward, repeats)
+    t = timed(forward, repeats)
     return {"tokens": length, "prefill_ms": t * 1000, "prefill_tok_s": length / t}
 
 
