@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import tvm
 import tvm_ffi
 
+from compile.cxx import compile_cxx
 from ferrum.errors import FerrumError
 
 SOURCE = Path(__file__).resolve().parents[1] / "runtime" / "webgpu" / "ferrum_webgpu.cc"
@@ -42,9 +40,6 @@ def source_digest() -> str:
 
 def build_plugin() -> Path:
     """The plugin shared library for this TVM wheel and wgpu package (cached)."""
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        raise FerrumError("building the WebGPU runtime plugin needs a C++ compiler (g++) on PATH")
     tvm_dir = Path(tvm.__file__).resolve().parent
     ffi_lib = Path(tvm_ffi.libinfo.find_libtvm_ffi()).resolve()
     resources = wgpu_resources()
@@ -57,16 +52,4 @@ def build_plugin() -> Path:
         digest.update((resources / header).read_bytes())
     digest.update(" ".join([tvm.__version__, tvm_ffi.__version__, *flags[:5]]).encode())
     out = CACHE_DIR / f"ferrum_webgpu-{digest.hexdigest()[:20]}.so"
-    if out.exists():
-        return out
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        target = Path(tmp) / "plugin.so"
-        run = subprocess.run([cxx, *flags, "-o", str(target), str(SOURCE), *libs],
-                             capture_output=True, text=True, check=False)
-        if run.returncode != 0:
-            raise FerrumError(f"compiling the WebGPU runtime plugin failed:\n{run.stderr[-4000:]}")
-        partial = out.with_suffix(".so.partial")
-        shutil.copy(target, partial)
-        partial.rename(out)
-    return out
+    return compile_cxx(out, SOURCE, flags, "the WebGPU runtime plugin", libs)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import tvm_ffi
 
+from compile.cxx import compile_cxx
 from compile.kernels.constants import HEADER_NAME, KINDS, OPS, constants_header
 from ferrum.errors import FerrumError
 
@@ -149,21 +150,12 @@ def build_rope_glue(theta: float, scale: float) -> Path:
     out = CACHE_DIR / f"rope_glue-{hashlib.sha256(source.encode()).hexdigest()[:20]}.o"
     if out.exists():
         return out
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "glue.cc"
         src.write_text(source)
-        obj = Path(tmp) / "glue.o"
-        cmd = [shutil.which("g++") or "c++", "-c", "-O2", "-fPIC", "-fvisibility=hidden", "-std=c++17",
-               "-I", tvm_ffi.libinfo.find_include_path(),
-               "-I", tvm_ffi.libinfo.find_dlpack_include_path(), "-o", str(obj), str(src)]
-        run = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if run.returncode != 0:
-            raise FerrumError(f"compiling the RoPE glue failed:\n{run.stderr[-4000:]}")
-        partial = out.with_suffix(".o.partial")
-        shutil.copy(obj, partial)
-        partial.rename(out)
-    return out
+        return compile_cxx(out, src, ["-c", "-O2", "-fPIC", "-fvisibility=hidden", "-std=c++17",
+                                      "-I", tvm_ffi.libinfo.find_include_path(),
+                                      "-I", tvm_ffi.libinfo.find_dlpack_include_path()], "the RoPE glue")
 
 
 def link_options(nvcc: str | None = None) -> list[str]:

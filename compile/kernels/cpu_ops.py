@@ -13,9 +13,6 @@ manifest then lists ``CPU_KERNEL_FEATURES`` so the runtime refuses a CPU without
 from __future__ import annotations
 
 import hashlib
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import tvm_ffi
@@ -25,6 +22,7 @@ from tvm.relax.frontend.nn import Tensor
 from tvm.relax.frontend.nn.core import wrap_nested
 from tvm.relax.frontend.nn.exporter import Exporter
 
+from compile.cxx import compile_cxx
 from compile.kernels.block_gate import block_departures
 from ferrum.errors import FerrumError
 from ferrum.model_config import DecoderConfig
@@ -61,23 +59,8 @@ def _compile(kind: str) -> Path:
     includes = ["-I", tvm_ffi.libinfo.find_include_path(), "-I", tvm_ffi.libinfo.find_dlpack_include_path()]
     digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([kind, *FLAGS]).encode()).hexdigest()[:20]
     out = CACHE_DIR / f"ferrum_cpu-{digest}.{kind}"
-    if out.exists():
-        return out
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    compiler = shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        raise FerrumError("CPU int4 builds need a C++ compiler (g++) to compile Ferrum's CPU kernels")
-    with tempfile.TemporaryDirectory() as tmp:
-        target = Path(tmp) / f"out.{kind}"
-        mode = ["-c"] if kind == "o" else ["-shared"]
-        run = subprocess.run([compiler, *mode, *FLAGS, *includes, "-o", str(target), str(SOURCE)],
-                             capture_output=True, text=True, check=False)
-        if run.returncode != 0:
-            raise FerrumError(f"g++ failed compiling Ferrum's CPU kernels:\n{run.stderr[-4000:]}")
-        partial = out.with_suffix(out.suffix + ".partial")
-        shutil.copy(target, partial)
-        partial.rename(out)
-    return out
+    mode = ["-c"] if kind == "o" else ["-shared"]
+    return compile_cxx(out, SOURCE, [*mode, *FLAGS, *includes], "Ferrum's CPU kernels")
 
 
 def build_cpu_object() -> Path:
