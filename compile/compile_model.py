@@ -51,8 +51,11 @@ def compile_model(
     folder's compile index (``compile/compile_index.py``); with ``skip_existing`` an intact artifact
     that the index records for this very request (same source files, options, compiler code and
     machine) is returned without rebuilding. An artifact of the same name built by other compiler
-    code is rebuilt: its kernels, layouts or defaults may differ."""
+    code is rebuilt: its kernels, layouts or defaults may differ. Requests are also recorded with
+    their resolved target and quantization, so ``make run`` (defaults) finds what ``make test``
+    (``--target llvm``) built after reading the model once, instead of building it again."""
     progress = Progress()
+    given_name = name
     key = request_key(model, target, quantization, arch, name)
     if skip_existing and (found := find_compiled(Path(output_root), key)) is not None:
         progress(f"already compiled: {found}")
@@ -67,6 +70,11 @@ def compile_model(
     builder = get_builder(source.architecture)
     quant = get_quantization(quantization or builder.default_quantization(build_target.kind, source))
     check_quantization(builder, quant, source.architecture)
+    resolved_key = request_key(model, build_target.kind.name, quant.name, arch, given_name)
+    if skip_existing and (found := find_compiled(Path(output_root), resolved_key)) is not None:
+        record_compiled(found.parent, key, found)
+        progress(f"already compiled: {found}")
+        return found
     name = name or f"{source.name}-{quant.name}-{build_target.tag}"
     final = Path(output_root) / name
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +105,8 @@ def compile_model(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    record_compiled(final.parent, key, final)
+    for recorded in {key, resolved_key}:
+        record_compiled(final.parent, recorded, final)
     progress(f"artifact ready: {final}")
     return final
 

@@ -93,6 +93,35 @@ def test_skip_existing_answers_from_the_index_without_tvm(tiny_llama, tiny_artif
         os.utime(config, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+def test_a_request_with_defaults_finds_what_explicit_options_built(tiny_llama, tiny_artifact, fresh_cache,
+                                                                      monkeypatch):
+    """``make run`` asks with the defaults, ``make test`` with ``--target llvm``: the same artifact.
+    The first defaults request reads the model, finds the resolved request's artifact without
+    building, and records itself for the quick path."""
+    from compile import compile_model as cm
+    from compile.compile_index import quick_skip
+
+    root = tiny_artifact.parent
+    assert quick_skip(str(tiny_llama), "llvm", None, None, root, None) is None
+
+    def no_build(*_args, **_kwargs):
+        raise AssertionError("the artifact was built again")
+
+    monkeypatch.setattr(cm, "get_builder", lambda arch, real=cm.get_builder: _NoBuild(real(arch), no_build))
+    assert cm.compile_model(str(tiny_llama), "llvm", None, output_root=root, skip_existing=True) == tiny_artifact
+    assert quick_skip(str(tiny_llama), "llvm", None, None, root, None) == tiny_artifact
+
+
+class _NoBuild:
+    """A builder whose ``build`` fails the test; everything else is the real builder's."""
+
+    def __init__(self, real, build):
+        self._real, self.build = real, build
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
 def test_cpu_weights_are_mapped_views_equal_to_tvms_loader(tiny_artifact):
     import tvm
 
