@@ -24,6 +24,7 @@ from llguidance.gbnf_to_lark import GbnfToLarkError, any_to_lark
 from tokenizers import Tokenizer
 
 from ferrum.errors import InvalidRequestError
+from ferrum.manifest import mask_words
 
 # JSON output may put at most this much whitespace between tokens: a small model left free
 # whitespace can fill max_tokens with newlines inside an object that never closes
@@ -95,11 +96,6 @@ class GrammarCompiler:
         if matcher.is_error():
             raise InvalidRequestError(f"the output grammar is invalid: {matcher.get_error()[:500]}")
         return [matcher] + [matcher.deep_copy() for _ in range(1, n)]
-
-
-def mask_words(vocab_size: int) -> int:
-    """int32 words of one row's bitmask."""
-    return (vocab_size + 31) // 32
 
 
 def apply_mask(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
