@@ -112,17 +112,18 @@ class OutputProcessor:
         self._deliver(state, seq, output.append(bonus))
 
     # -- device sampling --------------------------------------------------------------------------
-    def samples_on_device(self, batch: list[tuple[Sequence, int]]) -> bool:
+    def samples_on_device(self, batch: list[tuple[Sequence, int]], masked: bool = False) -> bool:
         """Whether every row that samples this step can be sampled on the device: not when one
         needs logit bias, penalties or logprobs, or is the first token of an ``n`` > 1 request
-        (its siblings start from the same logits row), or is constrained by a grammar (the mask is
-        applied on the host: such steps bring the logits back)."""
+        (its siblings start from the same logits row and mask), or is constrained by a grammar
+        while the device sampler takes no bitmask (``masked`` False: an artifact built before it
+        did; such steps bring the logits back and apply the mask on the host)."""
         for seq, n in batch:
             if seq.pending != n:
                 continue  # a prompt chunk that does not finish the prompt: nothing is sampled
             state, index = self._owner[seq.seq_id]
             if (not state.samplers[index].device_capable or (not state.spawned and index == 0)
-                    or state.matchers[index] is not None):
+                    or (not masked and state.matchers[index] is not None)):
                 return False
         return True
 
@@ -182,7 +183,7 @@ class OutputProcessor:
             elif seq.pending == 0:
                 state, index = owner[seq.seq_id]
                 mask = None
-                if ids is not None:  # device-sampled (a step with a constrained row samples on the host)
+                if ids is not None:  # device-sampled, under the grammar's mask where the row has one
                     token, logprob = ids[i], None
                     state.samplers[index].record(token)
                 else:
