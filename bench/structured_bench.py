@@ -6,7 +6,10 @@ requests ignore EOS, and the schema (an object holding an array of at least 64 s
 cannot close before that many tokens, so both batches keep the same shape to the end. The runs
 alternate (plain, constrained, plain, constrained, ...) so drift on a shared machine hits both.
 Mask time is what llguidance's executor spent filling the masks (on its own threads, while the
-forward runs), per step that had constrained rows; the slowdown ratio is the figure to watch,
+forward runs), per step that had constrained rows, and mask wait what of it the step waited for
+after its forward was queued (near 0: the forward hides the mask; where the artifact's GPU sampler
+takes a bitmask, constrained rows sample on the device and only ids come back, else their logits
+come to the host, ``constrained_rows_sample_on`` says which); the slowdown ratio is the figure to watch,
 over all rounds together (total tokens / total wall time per side) and as the median of the
 rounds', since other work on the machine moves single rounds by tens of percent.
 
@@ -48,14 +51,17 @@ async def run(engine: ContinuousBatchEngine, prompts: list[str], output_len: int
         return len(response.tokens)
 
     masks = engine.grammars.masks
-    seconds, steps = masks.seconds, masks.steps
+    seconds, steps, waited = masks.seconds, masks.steps, masks.waited
     start = time.perf_counter()
     tokens = sum(await asyncio.gather(*(one(p) for p in prompts)))
     wall = time.perf_counter() - start
-    out = {"tokens": tokens, "wall_s": round(wall, 3), "output_tokens_per_s": round(tokens / wall, 2)}
+    out = {"tokens": tokens, "wall_s": round(wall, 3), "output_tokens_per_s": round(tokens / wall, 2),
+           "ms_per_step": round(wall / (tokens / len(prompts)) * 1000, 3)}  # one token per request a step
     if grammar is not None:
+        n = max(masks.steps - steps, 1)
         out["mask_steps"] = masks.steps - steps
-        out["mask_ms_per_step"] = round((masks.seconds - seconds) / max(masks.steps - steps, 1) * 1000, 3)
+        out["mask_ms_per_step"] = round((masks.seconds - seconds) / n * 1000, 3)
+        out["mask_wait_ms_per_step"] = round((masks.waited - waited) / n * 1000, 3)
     return out
 
 
@@ -106,19 +112,24 @@ def main() -> int:
             constrained = asyncio.run(run(engine, prompts, args.output_len, grammar))
             rounds.append({"plain": plain, "json_schema": constrained,
                            "slowdown": round(1 - constrained["output_tokens_per_s"] / plain["output_tokens_per_s"], 4)})
-            print(f"plain {plain['output_tokens_per_s']:8.1f} tok/s  json_schema "
-                  f"{constrained['output_tokens_per_s']:8.1f} tok/s  slowdown {rounds[-1]['slowdown']:+.1%}  "
-                  f"mask {constrained['mask_ms_per_step']:.3f} ms/step", flush=True)
+            print(f"plain {plain['output_tokens_per_s']:8.1f} tok/s ({plain['ms_per_step']:.2f} ms/step)  json_schema "
+                  f"{constrained['output_tokens_per_s']:8.1f} tok/s ({constrained['ms_per_step']:.2f} ms/step)  "
+                  f"slowdown {rounds[-1]['slowdown']:+.1%}  mask {constrained['mask_ms_per_step']:.3f} ms/step, "
+                  f"waited {constrained['mask_wait_ms_per_step']:.3f}", flush=True)
     finally:
         asyncio.run(engine.shutdown())
     rate = lambda side: sum(r[side]["tokens"] for r in rounds) / sum(r[side]["wall_s"] for r in rounds)  # noqa: E731
     summary = {"plain_tokens_per_s": round(rate("plain"), 2), "json_schema_tokens_per_s": round(rate("json_schema"), 2),
                "slowdown": round(1 - rate("json_schema") / rate("plain"), 4),
                "median_round_slowdown": float(np.median([r["slowdown"] for r in rounds])),
-               "mask_ms_per_step": round(float(np.mean([r["json_schema"]["mask_ms_per_step"] for r in rounds])), 3)}
+               "mask_ms_per_step": round(float(np.mean([r["json_schema"]["mask_ms_per_step"] for r in rounds])), 3),
+               "mask_wait_ms_per_step": round(float(np.mean([r["json_schema"]["mask_wait_ms_per_step"]
+                                                             for r in rounds])), 3),
+               "constrained_rows_sample_on": "device" if engine.runner.samples_masked else "host"}
     print(f"all rounds: plain {summary['plain_tokens_per_s']} tok/s, json_schema {summary['json_schema_tokens_per_s']} "
           f"tok/s, slowdown {summary['slowdown']:+.1%} (median round {summary['median_round_slowdown']:+.1%}), "
-          f"mask {summary['mask_ms_per_step']} ms/step")
+          f"mask {summary['mask_ms_per_step']} ms/step (waited {summary['mask_wait_ms_per_step']}), "
+          f"constrained rows sampled on the {summary['constrained_rows_sample_on']}")
     report = {
         "command": " ".join(sys.argv),
         "artifact": Path(args.artifact).name,

@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future
 from dataclasses import replace
 from typing import TypeVar
 
@@ -77,7 +76,7 @@ from runtime.engine_requests import (
 )
 from runtime.engine_status import EngineSnapshot
 from runtime.generation import collect, prepare_prompt
-from runtime.grammar import GrammarCompiler
+from runtime.grammar import GrammarCompiler, PendingMasks
 from runtime.kv_pages import PagedKVModel
 from runtime.model_runner import KVCacheConfig, ModelRunner
 from runtime.output_processor import OutputProcessor
@@ -418,7 +417,7 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
         self.telemetry.add_phase_time("other_overhead", max(t3 - t0 - scheduling - kv_ops - forward - (t3 - t2), 0.0))
         self.telemetry.on_step(len(out.batch), out.num_tokens, t3 - t0, self._config.max_num_seqs)
 
-    def _forward(self, out: SchedulerOutput, masks: Future | None) -> tuple[list[np.ndarray | None], np.ndarray | None]:
+    def _forward(self, out: SchedulerOutput, masks: PendingMasks | None) -> tuple[list[np.ndarray | None], np.ndarray | None]:
         """Run the step's batch: logits rows per batch entry, or the tokens the device sampled
         (under the grammar ``masks`` when the step has constrained rows and the artifact's sampler
         takes a bitmask: the runner waits for them once the forward is queued)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable
-from concurrent.futures import Future
 
 import numpy as np
 
@@ -20,7 +19,7 @@ from ferrum.errors import FerrumError, InvalidRequestError
 from ferrum.manifest import IGNORED_SAMPLE_ROW
 from ferrum.types import FinishReason, StreamChunk
 from runtime.engine_requests import END_OF_STREAM, EngineRequest
-from runtime.grammar import GrammarCompiler
+from runtime.grammar import GrammarCompiler, PendingMasks
 from runtime.scheduler import Scheduler, SeqStatus, Sequence
 from runtime.speculative import accept_greedy, propose_ngram
 from runtime.telemetry import EngineTelemetry
@@ -128,7 +127,7 @@ class OutputProcessor:
         return True
 
     # -- grammars ---------------------------------------------------------------------------------
-    def grammar_masks(self, batch: list[tuple[Sequence, int]], grammars: GrammarCompiler) -> Future | None:
+    def grammar_masks(self, batch: list[tuple[Sequence, int]], grammars: GrammarCompiler) -> PendingMasks | None:
         """Start computing the bitmasks of this step's constrained rows (they depend only on the
         tokens already accepted, so the forward can run meanwhile); None when no row has a grammar."""
         matchers = []
@@ -167,7 +166,7 @@ class OutputProcessor:
 
     # -- results of a step ------------------------------------------------------------------------
     def process(self, batch: list[tuple[Sequence, int]], segments: list[np.ndarray | None],
-                tokens: np.ndarray | None, masks: Future | None = None) -> None:
+                tokens: np.ndarray | None, masks: PendingMasks | None = None) -> None:
         """Commit what the forward computed and act on each sequence that finished its tokens:
         ``segments`` are logits rows per batch entry (host sampling, drafts), ``tokens`` the
         device-sampled ids, ``masks`` the grammar bitmasks ``grammar_masks`` started."""
