@@ -26,6 +26,8 @@ import platform
 import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +67,19 @@ async def run(engine: ContinuousBatchEngine, prompts: list[str], output_len: int
     return out
 
 
+@contextmanager
+def host_masks(engine: ContinuousBatchEngine) -> Iterator[None]:
+    """Constrained steps as an artifact without ``sample_tokens_masked`` runs them (logits to the
+    host, the mask applied there): the peer of the device-masked side, in the same engine and run.
+    Switched only while the engine is idle."""
+    runner = engine.runner
+    saved, runner._sample_masked = runner._sample_masked, None
+    try:
+        yield
+    finally:
+        runner._sample_masked = saved
+
+
 async def checks(engine: ContinuousBatchEngine, prompts: list[str]) -> dict:
     """The outputs a grammar must force whatever the weights (random ones included): a choice, a
     regular expression, and plain greedy requests beside constrained ones equal to themselves alone."""
@@ -77,10 +92,17 @@ async def checks(engine: ContinuousBatchEngine, prompts: list[str]) -> dict:
                                  *(engine.infer(greedy(p, choice_grammar(choices))) for p in prompts[:4]),
                                  *(engine.infer(greedy(p, regex_grammar(r"[0-9]{3}-[a-z]{2}"))) for p in prompts[:4]))
     plain, chosen, matched = mixed[:4], mixed[4:8], mixed[8:]
-    return {"plain_beside_constrained_equals_alone": all(r.tokens == a for r, a in zip(plain, alone, strict=True)),
-            "choice_outputs_are_choices": all(r.text in choices for r in chosen),
-            "regex_outputs_match": all(re.fullmatch(r"[0-9]{3}-[a-z]{2}", r.text) is not None for r in matched),
-            "examples": [chosen[0].text, matched[0].text]}
+    report = {"plain_beside_constrained_equals_alone": all(r.tokens == a for r, a in zip(plain, alone, strict=True)),
+              "choice_outputs_are_choices": all(r.text in choices for r in chosen),
+              "regex_outputs_match": all(re.fullmatch(r"[0-9]{3}-[a-z]{2}", r.text) is not None for r in matched),
+              "examples": [chosen[0].text, matched[0].text]}
+    if engine.runner.samples_masked:  # greedy under the mask on the GPU = argmax of the masked logits on the host
+        schema = json_schema_grammar(SCHEMA)
+        device = [(await engine.infer(greedy(p, schema, 48))).tokens for p in prompts[:4]]
+        with host_masks(engine):
+            host = [(await engine.infer(greedy(p, schema, 48))).tokens for p in prompts[:4]]
+        report["device_masked_equals_host_masked"] = device == host
+    return report
 
 
 def main() -> int:
@@ -101,17 +123,27 @@ def main() -> int:
     prompts = [engine.tokenizer.apply_chat_template([{"role": "user", "content": f"List as many {t} as you can, "
                                                       "as JSON."}]) for t in topics]
     grammar = json_schema_grammar(SCHEMA)
-    rounds = []
+    rounds, peer = [], False
     try:
         report_checks = asyncio.run(checks(engine, prompts))
         print("checks:", json.dumps(report_checks), flush=True)
         asyncio.run(run(engine, prompts[:4], 8, grammar))  # warm-up: the token trie, the executor, the kernels
         asyncio.run(run(engine, prompts[:4], 8, None))
+        peer = engine.runner.samples_masked  # also time constrained steps sampled on the host
         for _ in range(args.rounds):
             plain = asyncio.run(run(engine, prompts, args.output_len, None))
             constrained = asyncio.run(run(engine, prompts, args.output_len, grammar))
             rounds.append({"plain": plain, "json_schema": constrained,
                            "slowdown": round(1 - constrained["output_tokens_per_s"] / plain["output_tokens_per_s"], 4)})
+            if peer:
+                with host_masks(engine):
+                    on_host = asyncio.run(run(engine, prompts, args.output_len, grammar))
+                rounds[-1]["json_schema_host_masks"] = on_host
+                rounds[-1]["host_masks_slowdown"] = round(1 - on_host["output_tokens_per_s"]
+                                                          / plain["output_tokens_per_s"], 4)
+                print(f"  json_schema with host masks {on_host['output_tokens_per_s']:8.1f} tok/s "
+                      f"({on_host['ms_per_step']:.2f} ms/step)  slowdown {rounds[-1]['host_masks_slowdown']:+.1%}",
+                      flush=True)
             print(f"plain {plain['output_tokens_per_s']:8.1f} tok/s ({plain['ms_per_step']:.2f} ms/step)  json_schema "
                   f"{constrained['output_tokens_per_s']:8.1f} tok/s ({constrained['ms_per_step']:.2f} ms/step)  "
                   f"slowdown {rounds[-1]['slowdown']:+.1%}  mask {constrained['mask_ms_per_step']:.3f} ms/step, "
@@ -125,11 +157,16 @@ def main() -> int:
                "mask_ms_per_step": round(float(np.mean([r["json_schema"]["mask_ms_per_step"] for r in rounds])), 3),
                "mask_wait_ms_per_step": round(float(np.mean([r["json_schema"]["mask_wait_ms_per_step"]
                                                              for r in rounds])), 3),
-               "constrained_rows_sample_on": "device" if engine.runner.samples_masked else "host"}
+               "constrained_rows_sample_on": "device" if peer else "host"}
+    if peer:
+        summary["json_schema_host_masks_tokens_per_s"] = round(rate("json_schema_host_masks"), 2)
+        summary["host_masks_slowdown"] = round(1 - rate("json_schema_host_masks") / rate("plain"), 4)
     print(f"all rounds: plain {summary['plain_tokens_per_s']} tok/s, json_schema {summary['json_schema_tokens_per_s']} "
           f"tok/s, slowdown {summary['slowdown']:+.1%} (median round {summary['median_round_slowdown']:+.1%}), "
           f"mask {summary['mask_ms_per_step']} ms/step (waited {summary['mask_wait_ms_per_step']}), "
-          f"constrained rows sampled on the {summary['constrained_rows_sample_on']}")
+          f"constrained rows sampled on the {summary['constrained_rows_sample_on']}"
+          + (f"; with host masks {summary['json_schema_host_masks_tokens_per_s']} tok/s, slowdown "
+             f"{summary['host_masks_slowdown']:+.1%}" if peer else ""))
     report = {
         "command": " ".join(sys.argv),
         "artifact": Path(args.artifact).name,
