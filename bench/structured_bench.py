@@ -135,6 +135,10 @@ def main() -> int:
             constrained = asyncio.run(run(engine, prompts, args.output_len, grammar))
             rounds.append({"plain": plain, "json_schema": constrained,
                            "slowdown": round(1 - constrained["output_tokens_per_s"] / plain["output_tokens_per_s"], 4)})
+            print(f"plain {plain['output_tokens_per_s']:8.1f} tok/s ({plain['ms_per_step']:.2f} ms/step)  json_schema "
+                  f"{constrained['output_tokens_per_s']:8.1f} tok/s ({constrained['ms_per_step']:.2f} ms/step)  "
+                  f"slowdown {rounds[-1]['slowdown']:+.1%}  mask {constrained['mask_ms_per_step']:.3f} ms/step, "
+                  f"waited {constrained['mask_wait_ms_per_step']:.3f}", flush=True)
             if peer:
                 with host_masks(engine):
                     on_host = asyncio.run(run(engine, prompts, args.output_len, grammar))
@@ -144,10 +148,6 @@ def main() -> int:
                 print(f"  json_schema with host masks {on_host['output_tokens_per_s']:8.1f} tok/s "
                       f"({on_host['ms_per_step']:.2f} ms/step)  slowdown {rounds[-1]['host_masks_slowdown']:+.1%}",
                       flush=True)
-            print(f"plain {plain['output_tokens_per_s']:8.1f} tok/s ({plain['ms_per_step']:.2f} ms/step)  json_schema "
-                  f"{constrained['output_tokens_per_s']:8.1f} tok/s ({constrained['ms_per_step']:.2f} ms/step)  "
-                  f"slowdown {rounds[-1]['slowdown']:+.1%}  mask {constrained['mask_ms_per_step']:.3f} ms/step, "
-                  f"waited {constrained['mask_wait_ms_per_step']:.3f}", flush=True)
     finally:
         asyncio.run(engine.shutdown())
     rate = lambda side: sum(r[side]["tokens"] for r in rounds) / sum(r[side]["wall_s"] for r in rounds)  # noqa: E731
