@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from ferrum.types import EngineConfig, InferenceRequest, SamplingParams  # noqa: E402
 from runtime.batch_engine import ContinuousBatchEngine  # noqa: E402
-from runtime.grammar import choice_grammar, json_schema_grammar, regex_grammar  # noqa: E402
+from runtime.grammar import MaskComputer, choice_grammar, json_schema_grammar, regex_grammar  # noqa: E402
 
 SCHEMA = {"type": "object", "properties": {"items": {"type": "array", "minItems": 64,
                                                      "items": {"type": "string", "maxLength": 12}}},
@@ -113,12 +113,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--load-format", choices=("auto", "dummy"), default="auto",
                         help="dummy: weights generated on the device (a shape-only artifact with a real tokenizer)")
+    parser.add_argument("--mask-threads", type=int, default=None,
+                        help="threads of llguidance's mask pool (default: its own, 80 %% of the cores)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
     engine = ContinuousBatchEngine(EngineConfig(artifact_path=args.artifact, max_model_len=512,
                                                 max_num_seqs=max(args.concurrency, 16), kv_cache_tokens=16384,
                                                 load_format=args.load_format))
+    if args.mask_threads is not None:  # before the first constrained request starts the default pool
+        engine.grammars._masks = MaskComputer(engine.artifact.config.vocab_size, args.mask_threads)
     topics = (TOPICS * (args.concurrency // len(TOPICS) + 1))[: args.concurrency]
     prompts = [engine.tokenizer.apply_chat_template([{"role": "user", "content": f"List as many {t} as you can, "
                                                       "as JSON."}]) for t in topics]
@@ -172,7 +176,8 @@ def main() -> int:
         "artifact": Path(args.artifact).name,
         "device": {"kind": engine.runner.device_kind, "host": platform.node(), "cpu": platform.processor(),
                    "cores": os.cpu_count()},
-        "concurrency": args.concurrency, "output_len": args.output_len, "schema": SCHEMA,
+        "concurrency": args.concurrency, "output_len": args.output_len, "mask_threads": args.mask_threads,
+        "schema": SCHEMA,
         "summary": summary, "checks": report_checks, "rounds": rounds,
     }
     if args.out:

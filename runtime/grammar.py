@@ -127,9 +127,10 @@ class MaskComputer:
     """Fills the masks of a step's constrained rows on a background thread (the model's forward
     runs meanwhile) with llguidance's parallel executor."""
 
-    def __init__(self, vocab_size: int):
+    def __init__(self, vocab_size: int, threads: int | None = None):
+        """``threads``: llguidance's pool (None: its default, 80 % of the cores, at most 32)."""
         self.words = mask_words(vocab_size)
-        self._executor = LLExecutor()
+        self._executor = LLExecutor(threads)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ferrum-grammar")
         self.seconds = 0.0  # time spent computing masks, and the steps that computed any
         self.steps = 0

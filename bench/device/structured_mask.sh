@@ -19,7 +19,8 @@
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_31_x86_64 -d $H \
 #       llguidance==1.9.1
 # and run `tar xf .dev/wt-h14/src.tar && bash bench/device/structured_mask.sh` with carry
-# [".dev/wt-h14", ".dev/carry"] (the runtime-only TVM bundle is .dev/carry's).
+# [".dev/wt-h14", ".dev/carry"] (the runtime-only TVM bundle is .dev/carry's). Knobs: CHECK_KERNELS=0,
+# LLAMA=0 skip those parts; ROUNDS, OUTPUT_LEN and MASK_THREADS ("default 2 4") shape the SmolLM2 runs.
 H=${H:-.dev/wt-h14}
 tar xf "$H/src.tar" -C . || exit 1
 source bench/device/setup.sh >/dev/null
@@ -28,6 +29,7 @@ for a in "$H"/*.tar.xz; do [ -f "$a" ] && tar xJf "$a" -C /tmp/ferrum-data; done
 export PYTHONUNBUFFERED=1
 quiet() { grep -v "Warning\|warn"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+if [ "${CHECK_KERNELS:-1}" = 1 ]; then
 timeout 60 python3 - "$H/ferrum_kernels.so" "$OUT/h200_masked_sampler.json" <<'EOF' || exit 1
 import json, sys
 from checks.cuda_kernels import Kernels, check_masked_sampler, check_sampler
@@ -37,10 +39,17 @@ print(json.dumps(report))
 open(sys.argv[2], "w").write(json.dumps(report, indent=2))
 sys.exit(0 if all(r["ok"] for r in report.values()) else 1)
 EOF
+fi
 D=/tmp/ferrum-data
-timeout 100 python3 bench/structured_bench.py $D/smollm2-135m-shape-q0f16-cuda --load-format dummy --concurrency 16 \
-  --rounds 3 --out "$OUT/h200_smollm2_structured_masked.json" 2>&1 | quiet
-if [ -d $D/llama3-8b-shape-q4f16-cuda ]; then
+# MASK_THREADS: llguidance pool sizes to run SmolLM2 with, one run each ("default": its own choice)
+for t in ${MASK_THREADS:-default}; do
+  extra=(); name=""
+  [ "$t" != default ] && extra=(--mask-threads "$t") && name="_threads$t"
+  timeout 100 python3 bench/structured_bench.py $D/smollm2-135m-shape-q0f16-cuda --load-format dummy --concurrency 16 \
+    --rounds "${ROUNDS:-3}" --output-len "${OUTPUT_LEN:-64}" "${extra[@]}" \
+    --out "$OUT/h200_smollm2_structured_masked${name}.json" 2>&1 | quiet
+done
+if [ "${LLAMA:-1}" = 1 ] && [ -d $D/llama3-8b-shape-q4f16-cuda ]; then
   timeout 110 python3 bench/structured_bench.py $D/llama3-8b-shape-q4f16-cuda --load-format dummy --concurrency 16 \
     --rounds 2 --out "$OUT/h200_llama3_8b_structured_masked.json" 2>&1 | quiet
 fi
