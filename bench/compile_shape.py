@@ -83,8 +83,10 @@ def main() -> int:
     parser.add_argument("--arch", default="sm_90a")
     parser.add_argument("--out", type=Path, default=Path(".dev/shapes"))
     parser.add_argument("--tokenizer-from", type=Path, default=None, metavar="ARTIFACT",
-                        help="take tokenizer.json and generation.json from this artifact (same vocabulary size) "
-                             "instead of the placeholder, so text, chat templates and grammars work")
+                        help="take tokenizer.json and generation.json from this artifact (a vocabulary no larger "
+                             "than the shape's: a wider LM head's extra ids are padding, which no grammar allows and "
+                             "which decode to nothing) instead of the placeholder, so text, chat templates and "
+                             "grammars work")
 
     args = parser.parse_args()
 
@@ -106,8 +108,9 @@ def main() -> int:
     assert compiled.param_names == list(shapes), "parameter order differs from the model's"
     if args.tokenizer_from is not None:
         donor = Manifest.load(args.tokenizer_from)
-        if donor.model.get("vocab_size") != cfg.vocab_size:
-            parser.error(f"{args.tokenizer_from} has vocab size {donor.model.get('vocab_size')}, the shape {cfg.vocab_size}")
+        if donor.model.get("vocab_size", cfg.vocab_size + 1) > cfg.vocab_size:
+            parser.error(f"{args.tokenizer_from} has vocab size {donor.model.get('vocab_size')}, "
+                         f"more than the shape's {cfg.vocab_size}")
         for file in ("tokenizer.json", "generation.json"):
             shutil.copyfile(args.tokenizer_from / file, folder / file)
     else:

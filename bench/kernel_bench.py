@@ -33,6 +33,7 @@ from checks.cuda_kernels import (  # noqa: E402
     check_decode_attention,
     check_linear,
     check_rope,
+    check_masked_sampler,
     check_sampler,
     make_case,
     paged_decode_case,
@@ -196,6 +197,8 @@ def main() -> int:
         print("  FAILED", r, flush=True)
     report["sampler"] = check_sampler(kern)
     print("sampler:", report["sampler"], flush=True)
+    report["masked_sampler"] = check_masked_sampler(kern)
+    print("masked sampler:", report["masked_sampler"], flush=True)
     report["attention_checks"] = check_attention(kern)
     for r in report["attention_checks"]:
         print("attention:", r, flush=True)
@@ -221,7 +224,7 @@ def main() -> int:
                 entry["m_max"] = 1 << 30
         db = {"device": torch.cuda.get_device_name(), "command": report["command"], "entries": best}
         args.db.write_text(json.dumps(db, indent=1))
-    ok = (not bad and report["sampler"]["ok"] and report["rope_check"]["ok"]
+    ok = (not bad and report["sampler"]["ok"] and report["masked_sampler"]["ok"] and report["rope_check"]["ok"]
           and all(r["ok"] for r in report["attention_checks"] + report["decode_attention_checks"]))
     return 0 if ok else 1
 

@@ -11,6 +11,9 @@ artifacts) with ``tvm_ffi`` and calls it on torch tensors. Needs torch and a CUD
   relative error ||out - ref|| / ||ref||;
 - sampler: greedy = argmax; draws equal the host sampler's ``runtime.sampling.draw`` (float64) given
   the same uniform numbers on most rows; draw frequencies follow the distribution;
+- masked sampler: every id is one the row's grammar bitmask allows; greedy = argmax of the masked
+  logits; draws equal ``draw`` on the masked row (``runtime.grammar.apply_mask``) on most rows; an
+  all-ones row gives what the unmasked sampler gives;
 - ragged prefill attention, paged decode attention and the RoPE split against torch.
 """
 
@@ -23,7 +26,8 @@ import torch
 import tvm_ffi
 
 from compile.kernels.constants import CONFIGS, KINDS
-from ferrum.manifest import SAMPLE_PARAMS
+from ferrum.manifest import SAMPLE_PARAMS, mask_words
+from runtime.grammar import apply_mask  # the host's masking, which the masked sampler must equal
 from runtime.sampling import draw  # the host sampler's contract, float64
 
 GEMV_CONFIGS = {kind: CONFIGS[kind] for kind in ("gemv_f16", "gemv_q4")}
@@ -202,6 +206,56 @@ def check_sampler(kern: Kernels) -> dict:
             "sampled_equal_to_host": int(same[~greedy].sum()), "sampled_rows": int((~greedy).sum()),
             "chi2_frequent_tokens": chi2, "chi2_dof": int(big.sum()) - 1,
             "ok": bool(same[greedy].all()) and same[~greedy].mean() >= 0.9 and chi2 < 2 * max(int(big.sum()) - 1, 1)}
+
+
+def check_masked_sampler(kern: Kernels) -> dict:
+    """``ferrum_sample_tokens_masked`` against numpy: a vocabulary that is not a multiple of 32 (the
+    last word's spare bits set, so reading them would show), rows that allow everything, half the
+    tokens, a handful, one, or only tokens below the row's median (so the unmasked argmax is
+    always excluded)."""
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    b, v = 80, 50_000
+    words = mask_words(v)
+    logits = torch.randn(b, v, generator=gen, device="cuda") * 3
+    lg = logits.cpu().numpy()
+    rng = np.random.default_rng(2)
+    allowed = np.zeros((b, words * 32), bool)
+    allowed[:, v:] = True  # spare bits past the vocabulary: must never be read
+    kinds = np.arange(b) % 5
+    for i in range(b):
+        if kinds[i] == 0:
+            allowed[i, :v] = True
+        elif kinds[i] == 1:
+            allowed[i, :v] = rng.random(v) < 0.5
+        elif kinds[i] == 2:
+            allowed[i, rng.choice(v, rng.integers(1, 12), replace=False)] = True
+        elif kinds[i] == 3:
+            allowed[i, rng.integers(v)] = True
+        else:
+            allowed[i, :v] = lg[i] < np.median(lg[i])
+    masks = np.packbits(allowed, axis=1, bitorder="little").view(np.int32).reshape(b, words)
+    temperature = rng.choice([0.0, 0.7, 1.0, 1.3], b)
+    columns = {"temperature": temperature, "top_p": rng.choice([1.0, 0.9, 0.5], b),
+               "top_k": rng.choice([0, 1, 40, 1000], b), "min_p": rng.choice([0.0, 0.05], b), "uniform": rng.random(b)}
+    rows = np.stack([columns[name] for name in SAMPLE_PARAMS], 1)
+    params = torch.tensor(rows, dtype=torch.float32, device="cuda")
+    out = torch.full((b,), -1, dtype=torch.int32, device="cuda")
+    kern("ferrum_sample_tokens_masked", logits, params, torch.tensor(masks, device="cuda"), out)
+    plain = torch.full((b,), -1, dtype=torch.int32, device="cuda")
+    kern("ferrum_sample_tokens", logits, params, plain)
+    got, plain = out.cpu().numpy(), plain.cpu().numpy()
+    masked = [apply_mask(lg[i], masks[i]).astype(np.float64) for i in range(b)]
+    in_vocab = (got >= 0) & (got < v)
+    all_allowed = bool(in_vocab.all()) and all(allowed[i, got[i]] for i in range(b))
+    greedy = temperature == 0
+    argmax_equal = all(got[i] == int(np.argmax(masked[i])) for i in np.flatnonzero(greedy))
+    same = np.array([got[i] == draw(masked[i], tuple(rows[i])) for i in range(b)])
+    ones = kinds == 0
+    return {"rows": b, "vocab": v, "all_allowed": all_allowed, "greedy_rows": int(greedy.sum()),
+            "greedy_equal_masked_argmax": argmax_equal,
+            "sampled_equal_to_host": int(same[~greedy].sum()), "sampled_rows": int((~greedy).sum()),
+            "all_ones_rows_equal_unmasked": bool((got[ones] == plain[ones]).all()),
+            "ok": all_allowed and argmax_equal and same[~greedy].mean() >= 0.9 and bool((got[ones] == plain[ones]).all())}
 
 
 def attention_case(kern: Kernels, q_lens: list[int], kv_extra: list[int], h_q: int, h_kv: int, d: int, seed: int):

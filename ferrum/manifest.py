@@ -46,6 +46,13 @@ def sample_row(*, temperature: float, top_p: float, top_k: float, min_p: float, 
     return tuple(float(values[name]) for name in SAMPLE_PARAMS)
 
 
+def mask_words(vocab_size: int) -> int:
+    """int32 words of one row of a grammar bitmask, the ``masks`` argument of a CUDA artifact's
+    ``sample_tokens_masked(logits[b, vocab], params[b, 5], masks[b, mask_words(vocab)])``: bit
+    ``t % 32`` of word ``t // 32`` set = token ``t`` allowed (llguidance's layout)."""
+    return (vocab_size + 31) // 32
+
+
 # A row that samples greedily and draws no random number: for rows whose token is thrown away.
 IGNORED_SAMPLE_ROW = sample_row(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, uniform=0.0)
 # Device type of the library's code for artifacts written before the manifest recorded it (frozen:

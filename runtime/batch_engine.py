@@ -76,7 +76,7 @@ from runtime.engine_requests import (
 )
 from runtime.engine_status import EngineSnapshot
 from runtime.generation import collect, prepare_prompt
-from runtime.grammar import GrammarCompiler
+from runtime.grammar import GrammarCompiler, PendingMasks
 from runtime.kv_pages import PagedKVModel
 from runtime.model_runner import KVCacheConfig, ModelRunner
 from runtime.output_processor import OutputProcessor
@@ -407,7 +407,7 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
                 self.telemetry.on_admitted(seq.request_id)
         t1 = time.perf_counter()
         masks = self.outputs.grammar_masks(out.batch, self.grammars)  # computed while the forward runs
-        segments, tokens = self._forward(out)
+        segments, tokens = self._forward(out, masks)
         forward = time.perf_counter() - t1
         self.telemetry.add_phase_time("model_execution", forward)
         t2 = time.perf_counter()
@@ -417,8 +417,10 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
         self.telemetry.add_phase_time("other_overhead", max(t3 - t0 - scheduling - kv_ops - forward - (t3 - t2), 0.0))
         self.telemetry.on_step(len(out.batch), out.num_tokens, t3 - t0, self._config.max_num_seqs)
 
-    def _forward(self, out: SchedulerOutput) -> tuple[list[np.ndarray | None], np.ndarray | None]:
-        """Run the step's batch: logits rows per batch entry, or the tokens the device sampled."""
+    def _forward(self, out: SchedulerOutput, masks: PendingMasks | None) -> tuple[list[np.ndarray | None], np.ndarray | None]:
+        """Run the step's batch: logits rows per batch entry, or the tokens the device sampled
+        (under the grammar ``masks`` when the step has constrained rows and the artifact's sampler
+        takes a bitmask: the runner waits for them once the forward is queued)."""
         batch = out.batch
         ids = [seq.seq_id for seq, _ in batch]
         decode = out.is_decode
@@ -429,10 +431,12 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
             rows = self.runner.verify(ids, chunks)  # drafted sequences feed several tokens: never a decode
             ends = np.cumsum([n for _, n in batch])
             return [rows[end - n: end] for (_, n), end in zip(batch, ends)], None
-        if self.runner.samples_on_device and self.outputs.samples_on_device(batch):
+        runner = self.runner
+        if runner.samples_on_device and self.outputs.samples_on_device(batch, masked=runner.samples_masked):
             params = self.outputs.device_rows(batch)
-            tokens = (self.runner.decode_sample(ids, fed, params) if decode
-                      else self.runner.prefill_sample(ids, chunks, params))
+            grid = None if masks is None else masks.result
+            tokens = (runner.decode_sample(ids, fed, params, grid) if decode
+                      else runner.prefill_sample(ids, chunks, params, grid))
             return [None] * len(ids), tokens
         logits = self.runner.decode(ids, fed) if decode else self.runner.prefill(ids, chunks)
         return [logits[i: i + 1] for i in range(len(ids))], None

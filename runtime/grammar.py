@@ -24,6 +24,7 @@ from llguidance.gbnf_to_lark import GbnfToLarkError, any_to_lark
 from tokenizers import Tokenizer
 
 from ferrum.errors import InvalidRequestError
+from ferrum.manifest import mask_words
 
 # JSON output may put at most this much whitespace between tokens: a small model left free
 # whitespace can fill max_tokens with newlines inside an object that never closes
@@ -97,11 +98,6 @@ class GrammarCompiler:
         return [matcher] + [matcher.deep_copy() for _ in range(1, n)]
 
 
-def mask_words(vocab_size: int) -> int:
-    """int32 words of one row's bitmask."""
-    return (vocab_size + 31) // 32
-
-
 def apply_mask(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """A copy of one logits row with every token the bitmask excludes at -inf (bit ``t % 32`` of
     word ``t // 32`` set = token ``t`` allowed; columns past the mask are excluded)."""
@@ -112,21 +108,38 @@ def apply_mask(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+class PendingMasks:
+    """A step's masks while they are computed; ``result()`` waits for them and counts the wait
+    (time the step stood still for the grammar instead of overlapping it with the forward)."""
+
+    def __init__(self, future: Future[np.ndarray], computer: MaskComputer):
+        self._future = future
+        self._computer = computer
+
+    def result(self) -> np.ndarray:
+        t0 = time.perf_counter()
+        grid = self._future.result()
+        self._computer.waited += time.perf_counter() - t0
+        return grid
+
+
 class MaskComputer:
     """Fills the masks of a step's constrained rows on a background thread (the model's forward
     runs meanwhile) with llguidance's parallel executor."""
 
-    def __init__(self, vocab_size: int):
+    def __init__(self, vocab_size: int, threads: int | None = None):
+        """``threads``: llguidance's pool (None: its default, 80 % of the cores, at most 32)."""
         self.words = mask_words(vocab_size)
-        self._executor = LLExecutor()
+        self._executor = LLExecutor(threads)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ferrum-grammar")
         self.seconds = 0.0  # time spent computing masks, and the steps that computed any
         self.steps = 0
+        self.waited = 0.0  # time the engine waited for masks the forward had not hidden
 
-    def start(self, matchers: list[tuple[LLMatcher, int]], rows: int) -> Future[np.ndarray]:
+    def start(self, matchers: list[tuple[LLMatcher, int]], rows: int) -> PendingMasks:
         """Masks for ``rows`` batch entries: row ``i`` of each ``(matcher, i)`` gets that matcher's
         mask, the others allow every token. No matcher may change until the result is read."""
-        return self._thread.submit(self._fill, matchers, rows)
+        return PendingMasks(self._thread.submit(self._fill, matchers, rows), self)
 
     def _fill(self, matchers: list[tuple[LLMatcher, int]], rows: int) -> np.ndarray:
         t0 = time.perf_counter()

@@ -8,14 +8,14 @@ appends, which is how the paged cache knows where the new K/V go.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tvm
 from tvm.runtime import ShapeTuple
 
 from ferrum.errors import ArtifactError, InvalidRequestError
-from ferrum.manifest import SAMPLE_PARAMS
+from ferrum.manifest import SAMPLE_PARAMS, mask_words
 from runtime.artifact import LlmArtifact, resolve_device
 from runtime.dummy_weights import LOAD_FORMATS, dummy_params
 
@@ -40,8 +40,10 @@ class ModelRunner:
 
     CUDA artifacts built with Ferrum's kernels also export ``sample_tokens``: ``decode_sample`` /
     ``prefill_sample`` then sample on the GPU and return token ids, so only ids cross to the host.
-    Their decode runs as CUDA graphs captured per batch size, planned for at most
-    ``max_decode_batch`` sequences."""
+    Those built since the sampler took a grammar bitmask also export ``sample_tokens_masked``
+    (``samples_masked``): a constrained step then samples on the GPU too, the bitmask uploaded
+    once the forward is queued. Their decode runs as CUDA graphs captured per batch size, planned
+    for at most ``max_decode_batch`` sequences."""
 
     def __init__(self, artifact: LlmArtifact, device: str = "auto", params: list | None = None,
                  load_format: str = "auto"):
@@ -65,6 +67,7 @@ class ModelRunner:
         self._verify = self._vm["batch_verify"]
         functions = artifact.manifest.functions
         self._sample = self._vm["sample_tokens"] if "sample_tokens" in functions else None
+        self._sample_masked = self._vm["sample_tokens_masked"] if "sample_tokens_masked" in functions else None
         self.max_decode_batch: int | None = artifact.manifest.extra.decode_max_batch
         self._begin = _builtin("vm.builtin.kv_state_begin_forward")
         self._end = _builtin("vm.builtin.kv_state_end_forward")
@@ -72,6 +75,7 @@ class ModelRunner:
         self._ones: dict[int, ShapeTuple] = {}  # decode append lengths per batch size
         self._token_buffer: tvm.runtime.Tensor | None = None
         self._param_buffer: tvm.runtime.Tensor | None = None
+        self._mask_buffer: tvm.runtime.Tensor | None = None
         self.cache = None
         self.kv: KVCacheConfig | None = None
         self.total_pages = 0
@@ -99,6 +103,9 @@ class ModelRunner:
         # a fresh device tensor per step is a device allocation and free every step.
         self._token_buffer = tvm.runtime.empty((max(kv.prefill_chunk_size, kv.max_batch_size),), "int32", self.device)
         self._param_buffer = tvm.runtime.empty((kv.max_batch_size, len(SAMPLE_PARAMS)), "float32", self.device)
+        if self._sample_masked is not None:
+            self._mask_buffer = tvm.runtime.empty((kv.max_batch_size, mask_words(self.config.vocab_size)), "int32",
+                                                  self.device)
 
     def add_sequence(self, seq_id: int) -> None:
         _builtin("vm.builtin.kv_state_add_sequence")(self.cache, seq_id)
@@ -175,27 +182,46 @@ class ModelRunner:
     def samples_on_device(self) -> bool:
         return self._sample is not None
 
-    def _require_sampler(self) -> None:
+    @property
+    def samples_masked(self) -> bool:
+        """Whether the device sampler takes a grammar bitmask (``masks`` of the ``*_sample`` calls)."""
+        return self._sample_masked is not None
+
+    def _require_sampler(self, masked: bool) -> None:
         if self._sample is None:
             raise InvalidRequestError("this artifact has no on-device sampler (rebuild it for CUDA)")
+        if masked and self._sample_masked is None:
+            raise InvalidRequestError("this artifact's on-device sampler takes no grammar mask (rebuild it)")
 
-    def _sample_ids(self, logits: tvm.runtime.Tensor, params: np.ndarray) -> np.ndarray:
+    def _sample_ids(self, logits: tvm.runtime.Tensor, params: np.ndarray,
+                    masks: Callable[[], np.ndarray] | None) -> np.ndarray:
         rows = logits.shape[0]
         if params.shape != (rows, len(SAMPLE_PARAMS)):
             raise ValueError(f"sampling parameters must have shape ({rows}, {len(SAMPLE_PARAMS)}): {SAMPLE_PARAMS}")
-        ids = self._sample(logits, self._staged(self._param_buffer, params.astype(np.float32)))
-        return ids.numpy()
+        staged = self._staged(self._param_buffer, params.astype(np.float32))
+        if masks is None:
+            return self._sample(logits, staged).numpy()
+        grid = masks()  # the forward is queued on the device: waiting here overlaps it
+        words = mask_words(self.config.vocab_size)
+        if grid.shape != (rows, words) or grid.dtype != np.int32:
+            raise ValueError(f"grammar masks must be int32 of shape ({rows}, {words}), got {grid.dtype} {grid.shape}")
+        return self._sample_masked(logits, staged, self._staged(self._mask_buffer, grid)).numpy()
 
-    def prefill_sample(self, seq_ids: Sequence[int], chunks: Sequence[Sequence[int]], params: np.ndarray) -> np.ndarray:
+    def prefill_sample(self, seq_ids: Sequence[int], chunks: Sequence[Sequence[int]], params: np.ndarray,
+                       masks: Callable[[], np.ndarray] | None = None) -> np.ndarray:
         """``prefill``, then one token per sequence sampled on the device; ``params`` rows are
-        (temperature, top_p, top_k, min_p, uniform), temperature 0 meaning greedy."""
-        self._require_sampler()
-        return self._sample_ids(self._prefill_logits(seq_ids, chunks), params)
+        (temperature, top_p, top_k, min_p, uniform), temperature 0 meaning greedy. ``masks``, when
+        given, is called once the forward is queued and returns the int32 grammar bitmask rows
+        ``[len(seq_ids), mask_words(vocab)]`` (all ones for a row without a grammar): the CPU
+        computes them while the device runs the forward, and the device samples under them."""
+        self._require_sampler(masks is not None)
+        return self._sample_ids(self._prefill_logits(seq_ids, chunks), params, masks)
 
-    def decode_sample(self, seq_ids: Sequence[int], tokens: Sequence[int], params: np.ndarray) -> np.ndarray:
+    def decode_sample(self, seq_ids: Sequence[int], tokens: Sequence[int], params: np.ndarray,
+                      masks: Callable[[], np.ndarray] | None = None) -> np.ndarray:
         """``decode``, then one token per sequence sampled on the device (see ``prefill_sample``)."""
-        self._require_sampler()
-        return self._sample_ids(self._decode_logits(seq_ids, tokens), params)
+        self._require_sampler(masks is not None)
+        return self._sample_ids(self._decode_logits(seq_ids, tokens), params, masks)
 
     def verify(self, seq_ids: Sequence[int], chunks: Sequence[Sequence[int]]) -> np.ndarray:
         """Like ``prefill``, but return logits after every appended token: (total tokens, vocab),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable
-from concurrent.futures import Future
 
 import numpy as np
 
@@ -20,7 +19,7 @@ from ferrum.errors import FerrumError, InvalidRequestError
 from ferrum.manifest import IGNORED_SAMPLE_ROW
 from ferrum.types import FinishReason, StreamChunk
 from runtime.engine_requests import END_OF_STREAM, EngineRequest
-from runtime.grammar import GrammarCompiler
+from runtime.grammar import GrammarCompiler, PendingMasks
 from runtime.scheduler import Scheduler, SeqStatus, Sequence
 from runtime.speculative import accept_greedy, propose_ngram
 from runtime.telemetry import EngineTelemetry
@@ -112,22 +111,23 @@ class OutputProcessor:
         self._deliver(state, seq, output.append(bonus))
 
     # -- device sampling --------------------------------------------------------------------------
-    def samples_on_device(self, batch: list[tuple[Sequence, int]]) -> bool:
+    def samples_on_device(self, batch: list[tuple[Sequence, int]], masked: bool = False) -> bool:
         """Whether every row that samples this step can be sampled on the device: not when one
         needs logit bias, penalties or logprobs, or is the first token of an ``n`` > 1 request
-        (its siblings start from the same logits row), or is constrained by a grammar (the mask is
-        applied on the host: such steps bring the logits back)."""
+        (its siblings start from the same logits row and mask), or is constrained by a grammar
+        while the device sampler takes no bitmask (``masked`` False: an artifact built before it
+        did; such steps bring the logits back and apply the mask on the host)."""
         for seq, n in batch:
             if seq.pending != n:
                 continue  # a prompt chunk that does not finish the prompt: nothing is sampled
             state, index = self._owner[seq.seq_id]
             if (not state.samplers[index].device_capable or (not state.spawned and index == 0)
-                    or state.matchers[index] is not None):
+                    or (not masked and state.matchers[index] is not None)):
                 return False
         return True
 
     # -- grammars ---------------------------------------------------------------------------------
-    def grammar_masks(self, batch: list[tuple[Sequence, int]], grammars: GrammarCompiler) -> Future | None:
+    def grammar_masks(self, batch: list[tuple[Sequence, int]], grammars: GrammarCompiler) -> PendingMasks | None:
         """Start computing the bitmasks of this step's constrained rows (they depend only on the
         tokens already accepted, so the forward can run meanwhile); None when no row has a grammar."""
         matchers = []
@@ -166,7 +166,7 @@ class OutputProcessor:
 
     # -- results of a step ------------------------------------------------------------------------
     def process(self, batch: list[tuple[Sequence, int]], segments: list[np.ndarray | None],
-                tokens: np.ndarray | None, masks: Future | None = None) -> None:
+                tokens: np.ndarray | None, masks: PendingMasks | None = None) -> None:
         """Commit what the forward computed and act on each sequence that finished its tokens:
         ``segments`` are logits rows per batch entry (host sampling, drafts), ``tokens`` the
         device-sampled ids, ``masks`` the grammar bitmasks ``grammar_masks`` started."""
@@ -182,7 +182,7 @@ class OutputProcessor:
             elif seq.pending == 0:
                 state, index = owner[seq.seq_id]
                 mask = None
-                if ids is not None:  # device-sampled (a step with a constrained row samples on the host)
+                if ids is not None:  # device-sampled, under the grammar's mask where the row has one
                     token, logprob = ids[i], None
                     state.samplers[index].record(token)
                 else:

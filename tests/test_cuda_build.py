@@ -47,10 +47,11 @@ def _build(cfg: DecoderConfig, quant: str, tmp_path: Path, log: list[str] | None
 @pytest.mark.parametrize("quant, linear", [("q0f16", "f16"), ("q4f16", "q4")])
 def test_llm_build_links_and_calls_the_kernels(tmp_path, quant, linear):
     library, text, functions, extra = _build(TINY, quant, tmp_path)
-    assert "sample_tokens" in functions and extra == {"decode_max_batch": DECODE_GRAPH_MAX_BATCH}
-    # every linear layer of a block, and the LM head with the final norm folded in
+    assert {"sample_tokens", "sample_tokens_masked"} <= set(functions)
+    assert extra == {"decode_max_batch": DECODE_GRAPH_MAX_BATCH}
+    # every linear layer of a block, the LM head with the final norm folded in, both samplers
     for op in (f"ferrum_norm_linear_{linear}", f"ferrum_linear_res_{linear}", f"ferrum_norm_gate_up_{linear}",
-               "ferrum_norm_logits_f16", "ferrum_sample_tokens"):
+               "ferrum_norm_logits_f16", "ferrum_sample_tokens", "ferrum_sample_tokens_masked"):
         assert f"call  {op} " in text, op
     # the paged KV cache is created with our prefill/decode attention and split-rotary functions
     for fn in ("ferrum_attention_prefill_ragged", "ferrum_attention_decode_paged", "ferrum_split_rotary"):
@@ -60,7 +61,8 @@ def test_llm_build_links_and_calls_the_kernels(tmp_path, quant, linear):
     assert decode.count("vm.builtin.cuda_graph.run_or_capture") == TINY.num_hidden_layers
     symbols = subprocess.run(["nm", "-D", "--defined-only", str(library)],
                              capture_output=True, text=True, check=True).stdout
-    for fn in ("ferrum_norm_linear_f16", "ferrum_attention_decode_paged", "ferrum_split_rotary"):
+    for fn in ("ferrum_norm_linear_f16", "ferrum_attention_decode_paged", "ferrum_split_rotary",
+               "ferrum_sample_tokens_masked"):
         assert f"__tvm_ffi_{fn}" in symbols
     needed = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True, check=True).stdout
     assert "libcudart" not in needed  # the CUDA runtime is linked in statically: only the driver is needed
@@ -87,7 +89,7 @@ def test_models_the_kernels_cannot_take_build_with_tvm_kernels(tmp_path):
                                  "qkv_bias": True})
     log: list[str] = []
     _, text, functions, extra = _build(odd_heads, "q0f16", tmp_path, log)
-    assert "sample_tokens" not in functions and not extra
+    assert not {"sample_tokens", "sample_tokens_masked"} & set(functions) and not extra
     assert "ferrum_" not in text and "cuda_graph" not in text
     gate = next(line for line in log if "CUDA kernels cannot take this model" in line)
     assert "head dim 16" in gate and "q/k/v projection biases" in gate

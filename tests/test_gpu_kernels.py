@@ -53,3 +53,10 @@ def test_sampler_matches_the_host_contract(kern):
     from checks.cuda_kernels import check_sampler
 
     assert check_sampler(kern)["ok"]
+
+
+def test_masked_sampler_picks_only_allowed_tokens(kern):
+    from checks.cuda_kernels import check_masked_sampler
+
+    result = check_masked_sampler(kern)
+    assert result["ok"], result

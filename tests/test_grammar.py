@@ -142,6 +142,16 @@ def test_masks_match_each_matcher_and_sampling_obeys_them(compiler, tokenizer):
             assert sampler.sample(logits, masks[0])[0] in allowed
 
 
+def test_masks_never_allow_the_padding_past_the_vocabulary(compiler, tokenizer):
+    """The LM head may be wider than the tokenizer (``compiler`` has 7 extra ids): its padding ids
+    spell nothing, so even a grammar that takes any text never allows them; the GPU sampler, which
+    applies the mask as given, relies on it."""
+    matcher = compiler.matchers(LLMatcher.grammar_from_regex(r"(.|\n)*"), 1)[0]
+    bits = np.unpackbits(compiler.masks.start([(matcher, 0)], 1).result()[0].view(np.uint8), bitorder="little")
+    vocab = tokenizer.get_vocab_size()
+    assert bits[:vocab].sum() > vocab // 2 and not bits[vocab:].any()
+
+
 def test_matchers_of_n_completions_are_independent(compiler, tokenizer):
     first, second = compiler.matchers(choice_grammar(["ab", "cd"]), 2)
     for t in tokenizer.encode("ab", add_special_tokens=False).ids:

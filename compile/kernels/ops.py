@@ -25,8 +25,11 @@ from ferrum.quantization import QuantSpec
 
 HEAD_DIMS = (64, 128)
 # What a network built with these kernels exports besides ``ferrum.manifest.LLM_FUNCTIONS``:
-# ``sample_tokens(logits[b, vocab], params[b, len(SAMPLE_PARAMS)]) -> ids[b]`` (GPU sampling).
-SAMPLER_FUNCTIONS = ("sample_tokens",)
+# ``sample_tokens(logits[b, vocab], params[b, len(SAMPLE_PARAMS)]) -> ids[b]`` (GPU sampling) and
+# ``sample_tokens_masked(logits, params, masks[b, ceil(vocab / 32)] int32) -> ids[b]``, the same
+# under a grammar bitmask per row (llguidance's layout). An artifact built before the masked one
+# existed lacks it in ``manifest.functions``: the runtime then samples constrained steps on the host.
+SAMPLER_FUNCTIONS = ("sample_tokens", "sample_tokens_masked")
 
 
 def kernel_blockers(cfg: DecoderConfig, quant: QuantSpec) -> list[str]:
@@ -90,6 +93,7 @@ SYMBOLS = {
     "ferrum_norm_gate_up_q4": lambda x, g, qw, qs, qm, eps: (
         _out(x, qw.shape[0] // 2), _scratch(qw.shape[0] * _q4_k(qw) + _rows(x) * _k(x))),
     "ferrum_sample_tokens": lambda logits, params: Tensor.placeholder([_rows(logits)], "int32"),
+    "ferrum_sample_tokens_masked": lambda logits, params, masks: Tensor.placeholder([_rows(logits)], "int32"),
     # not called from the graph: handed to the paged KV cache (see install_attention_kernels)
     "ferrum_attention_prefill_ragged": None,
     "ferrum_attention_decode_paged": None,
@@ -163,6 +167,10 @@ class CudaKernels:
     def sample(self, logits: Tensor, params: Tensor) -> Tensor:
         """Token ids (int32, one per row) from float32 logits and per-row sampling parameters."""
         return self._call("ferrum_sample_tokens", logits, params)
+
+    def sample_masked(self, logits: Tensor, params: Tensor, masks: Tensor) -> Tensor:
+        """``sample`` with each row's disallowed tokens (a zero bit in ``masks``) excluded."""
+        return self._call("ferrum_sample_tokens_masked", logits, params, masks)
 
 
 @relax.expr_functor.mutator

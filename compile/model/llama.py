@@ -20,7 +20,9 @@ interface:
   speculative decoding)
 - ``create_paged_kv_cache(max_batch_size, max_total_seq_len, prefill_chunk_size, page_size,
   support_sliding_window)``: all sizes are chosen at run time.
-- with CUDA ``kernels``: ``sample_tokens(logits[b, vocab], params[b, 5]) -> ids[b]`` (GPU sampling).
+- with CUDA ``kernels``: ``sample_tokens(logits[b, vocab], params[b, 5]) -> ids[b]`` (GPU sampling)
+  and ``sample_tokens_masked(logits, params, masks[b, ceil(vocab / 32)]) -> ids[b]`` (the same under
+  a grammar bitmask per row).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from compile.kernels.cpu_ops import CpuKernels
 from compile.kernels.ops import CudaKernels
 from compile.model.layers import Embedding, QLinear
 from ferrum.errors import FerrumError, ModelSourceError
-from ferrum.manifest import SAMPLE_PARAMS
+from ferrum.manifest import SAMPLE_PARAMS, mask_words
 from ferrum.model_config import DecoderConfig
 from ferrum.quantization import QuantSpec
 
@@ -163,6 +165,9 @@ class LlamaForCausalLM(nn.Module):
     def sample_tokens(self, logits: Tensor, params: Tensor) -> Tensor:
         return self.kernels.sample(logits, params)
 
+    def sample_tokens_masked(self, logits: Tensor, params: Tensor, masks: Tensor) -> Tensor:
+        return self.kernels.sample_masked(logits, params, masks)
+
     def _cache_rope(self) -> tuple[RopeMode, dict]:
         """How the cache's kernels rotate Q and K as they append them (a subclass may rotate itself)."""
         return RopeMode.NORMAL, dict(self.cfg.rope_scaling)
@@ -203,6 +208,16 @@ class LlamaForCausalLM(nn.Module):
             target=self.target,
         )
 
+    def _sampler_specs(self) -> dict:
+        """``sample_tokens`` and ``sample_tokens_masked`` (``compile.kernels.ops.SAMPLER_FUNCTIONS``)."""
+        vocab = self.cfg.vocab_size
+        logits = spec.Tensor(["b", vocab], "float32")
+        params = spec.Tensor(["b", len(SAMPLE_PARAMS)], "float32")
+        none = {"param_mode": "none", "effect_mode": "none"}
+        return {"sample_tokens": {"logits": logits, "params": params, "$": none},
+                "sample_tokens_masked": {"logits": logits, "params": params,
+                                         "masks": spec.Tensor(["b", mask_words(vocab)], "int32"), "$": none}}
+
     def get_default_spec(self) -> spec.ModuleSpec:
         d, dt = self.cfg.hidden_size, self.quant.model_dtype
         packed = {"param_mode": "packed", "effect_mode": "none"}
@@ -226,11 +241,7 @@ class LlamaForCausalLM(nn.Module):
                     "support_sliding_window": int,
                     "$": {"param_mode": "none", "effect_mode": "none"},
                 },
-                **({"sample_tokens": {
-                    "logits": spec.Tensor(["b", self.cfg.vocab_size], "float32"),
-                    "params": spec.Tensor(["b", len(SAMPLE_PARAMS)], "float32"),
-                    "$": {"param_mode": "none", "effect_mode": "none"},
-                }} if self.kernels is not None and self.kernels.samples_on_device else {}),
+                **(self._sampler_specs() if self.kernels is not None and self.kernels.samples_on_device else {}),
             },
             self,
         )

@@ -438,17 +438,34 @@ void norm_gate_up_q4(DLTensor* x, DLTensor* g, DLTensor* qw, DLTensor* qs, DLTen
   gemm<half, false, true>(normed, wf, nullptr, ptr<half>(out), d.M, d.N, d.K, s);
 }
 
-// params[b] = (temperature, top_p, top_k, min_p, uniform) as float32: one host-to-device copy.
-void sample_tokens(DLTensor* logits, DLTensor* params, DLTensor* out) {
+namespace {
+
+// params[b] = (temperature, top_p, top_k, min_p, uniform) as float32: one host-to-device copy;
+// masks: nullptr, or int32 words [b, ceil(vocab / 32)] of allowed tokens (see sampling.cuh).
+void sample_rows(DLTensor* logits, DLTensor* params, const DLTensor* masks, DLTensor* out, const char* name) {
   require(is(logits, kDLFloat, 32) && logits->ndim >= 2, "logits must be float32 (batch, vocab)");
   const int64_t V = logits->shape[logits->ndim - 1];
   const int64_t B = numel(logits) / V;
   require(is(params, kDLFloat, 32) && numel(params) == B * kSampleParams, "params must be float32 (batch, kSampleParams)");
+  require(masks == nullptr || (is(masks, kDLInt, 32) && numel(masks) == B * ((V + 31) / 32)),
+          "the mask must be int32 (batch, ceil(vocab / 32))");
   require(is(out, kDLInt, 32) && numel(out) == B, "the output must be int32 (batch,)");
   if (B == 0) return;
   sample_kernel<<<static_cast<unsigned>(B), SAMPLE_THREADS, 0, stream_of(logits)>>>(
-      ptr<float>(logits), ptr<float>(params), ptr<int>(out), static_cast<int>(V));
-  check_launch("sample_tokens");
+      ptr<float>(logits), ptr<float>(params), masks == nullptr ? nullptr : ptr<uint32_t>(masks), ptr<int>(out),
+      static_cast<int>(V));
+  check_launch(name);
+}
+
+}  // namespace
+
+void sample_tokens(DLTensor* logits, DLTensor* params, DLTensor* out) {
+  sample_rows(logits, params, nullptr, out, "sample_tokens");
+}
+
+// sample_tokens under a grammar bitmask per row (all ones for a row without a grammar)
+void sample_tokens_masked(DLTensor* logits, DLTensor* params, DLTensor* masks, DLTensor* out) {
+  sample_rows(logits, params, masks, out, "sample_tokens_masked");
 }
 
 namespace {
@@ -579,6 +596,7 @@ TVM_FFI_DLL_EXPORT_TYPED_FUNC(ferrum_linear_res_q4, ferrum::linear_res_q4);
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(ferrum_norm_linear_q4, ferrum::norm_linear_q4);
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(ferrum_norm_gate_up_q4, ferrum::norm_gate_up_q4);
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(ferrum_sample_tokens, ferrum::sample_tokens);
+TVM_FFI_DLL_EXPORT_TYPED_FUNC(ferrum_sample_tokens_masked, ferrum::sample_tokens_masked);
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(ferrum_attention_prefill_ragged, ferrum::attention_prefill_ragged);
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(ferrum_attention_decode_paged, ferrum::attention_decode_paged);
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(ferrum_force_config, ferrum::force_config);

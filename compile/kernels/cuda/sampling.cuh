@@ -6,6 +6,11 @@
 // bitwise search over the float values' order-preserving integer keys (32 counting/summing passes
 // over the row), so no sort is needed; the draw walks the kept mass in vocabulary order, as the
 // host's cumulative sum does.
+//
+// An optional grammar bitmask (int32 words [rows, ceil(V / 32)] in llguidance's layout: bit t % 32
+// of word t / 32 set = token t allowed) is applied first: an excluded token reads as -inf in every
+// pass, as the host's apply_mask writes it, so greedy is the argmax of the masked row and every
+// filter and the draw see only allowed tokens. Bits past V in the last word are never read.
 #pragma once
 #include "common.cuh"
 
@@ -32,10 +37,21 @@ __device__ __forceinline__ T block_sum(T v, T* shared) {
   return total;
 }
 
+// One row's logits as the sampler sees them: masked-out tokens at -inf (no mask: the row as is).
+struct MaskedRow {
+  const float* __restrict__ x;
+  const uint32_t* __restrict__ mask;  // nullptr: every token allowed
+  __device__ __forceinline__ float operator[](int i) const {
+    const float v = x[i];
+    return (mask == nullptr || ((mask[i >> 5] >> (i & 31)) & 1u)) ? v : -INFINITY;
+  }
+};
+
 __global__ void __launch_bounds__(SAMPLE_THREADS)
-    sample_kernel(const float* __restrict__ logits, const float* __restrict__ params, int* __restrict__ out, int V) {
+    sample_kernel(const float* __restrict__ logits, const float* __restrict__ params,
+                  const uint32_t* __restrict__ masks, int* __restrict__ out, int V) {
   const int row = blockIdx.x, tid = threadIdx.x;
-  const float* x = logits + (size_t)row * V;
+  const MaskedRow x{logits + (size_t)row * V, masks == nullptr ? nullptr : masks + (size_t)row * ((V + 31) / 32)};
   const float* prm = params + (size_t)row * kSampleParams;
   __shared__ float fshared[SAMPLE_THREADS / 32];
   __shared__ unsigned ushared[SAMPLE_THREADS / 32];
