@@ -33,8 +33,6 @@ from ferrum.quantization import QuantSpec
 
 def unsupported_features(cfg: DecoderConfig) -> list[str]:
     missing = []
-    if cfg.attn_logit_softcap:
-        missing.append(f"attention logit soft-capping ({cfg.attn_logit_softcap:g}; TVM's paged attention has none)")
     if cfg.sliding_window and cfg.sliding_window < cfg.context_length:
         missing.append(f"sliding-window attention ({cfg.sliding_window} tokens, shorter than the context)")
     if cfg.activation != "gelu_pytorch_tanh":
