@@ -67,10 +67,10 @@ def window_and_context(window: int | None, context: int) -> tuple[int, int]:
 
 def decoder_config(c: dict[str, Any], folder: Path, architecture: str, **flags: Any) -> DecoderConfig:
     """``DecoderConfig`` from a Llama-style ``config.json``: sizes under Llama's key names, the
-    architecture's own ``flags`` (``qkv_bias=True``...) on top. Missing keys and inconsistent
-    sizes are refused with the folder named."""
+    architecture's own ``flags`` (``qkv_bias=True``...; a ``rope_scaling`` the architecture read
+    itself) on top. Missing keys and inconsistent sizes are refused with the folder named."""
     try:
-        heads = c["num_attention_heads"]
+        heads, scaling = c["num_attention_heads"], flags.pop("rope_scaling", None)
         window, context = window_and_context(flags.pop("sliding_window", None),
                                              int(c.get("max_position_embeddings", 2048)))
         return DecoderConfig(
@@ -86,7 +86,7 @@ def decoder_config(c: dict[str, Any], folder: Path, architecture: str, **flags: 
             context_length=context,
             sliding_window=window,
             tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
-            rope_scaling=rope_scaling(c, folder),
+            rope_scaling=scaling if scaling is not None else rope_scaling(c, folder),
             architecture=architecture,
             activation=str(c.get("hidden_act", "silu")),
             **flags,
