@@ -76,8 +76,8 @@ FAMILIES = {
     "mistral": Family("mistral", "MistralConfig", "MistralForCausalLM", "llama", MISTRAL,
                       {"sliding_window": 32, "tie_word_embeddings": False}, permute_qk=True),
     "gemma2": Family("gemma2", "Gemma2Config", "Gemma2ForCausalLM", "gemma2", GEMMA,
-                     {"head_dim": 32, "query_pre_attn_scalar": 24, "sliding_window": 32, "attn_logit_softcapping": None,
-                      "final_logit_softcapping": 30.0}, norm_shift=True),
+                     {"head_dim": 32, "query_pre_attn_scalar": 24, "sliding_window": 32, "attn_logit_softcapping": 5.0,
+                      "final_logit_softcapping": 30.0}, norm_shift=True),  # released Gemma 2 caps attention at 50
     "gemma3": Family("gemma3", "Gemma3TextConfig", "Gemma3ForCausalLM", "gemma3", GEMMA,
                      {"head_dim": 32, "query_pre_attn_scalar": 24, "sliding_window": 32,
                       "layer_types": ["sliding_attention", "full_attention"]}, norm_shift=True),
@@ -209,6 +209,8 @@ def write_gguf(family: Family, folder: Path, path: Path) -> Path:
         w.add_sliding_window_pattern([t == "sliding_attention" for t in c["layer_types"]])
     if c.get("final_logit_softcapping"):
         w.add_final_logit_softcapping(float(c["final_logit_softcapping"]))
+    if c.get("attn_logit_softcapping"):
+        w.add_attn_logit_softcapping(float(c["attn_logit_softcapping"]))
     tok = json.loads((folder / "tokenizer.json").read_text())
     vocab = [t for t, _ in sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])]
     special = {t["content"] for t in tok["added_tokens"] if t.get("special")}
