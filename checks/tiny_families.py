@@ -200,6 +200,13 @@ def write_gguf(family: Family, folder: Path, path: Path) -> Path:
     w.add_rope_dimension_count(head_dim)
     rope = c["rope_parameters"]
     w.add_rope_freq_base(float(rope.get("full_attention", rope)["rope_theta"]))
+    if rope.get("rope_type") == "longrope":  # llama.cpp's Phi-3 converter: the factors as tensors, the attention factor it derives
+        original = rope.get("original_max_position_embeddings") or c["original_max_position_embeddings"]
+        scale = c["max_position_embeddings"] / original
+        w.add_rope_scaling_attn_factors(float(np.sqrt(1 + np.log(scale) / np.log(original))) if scale > 1 else 1.0)
+        w.add_rope_scaling_orig_ctx_len(original)
+        w.add_tensor("rope_factors_long.weight", np.asarray(rope["long_factor"], dtype=np.float32))
+        w.add_tensor("rope_factors_short.weight", np.asarray(rope["short_factor"], dtype=np.float32))
     if "sliding_attention" in rope:
         w.add_rope_freq_base_swa(float(rope["sliding_attention"]["rope_theta"]))
     w.add_layer_norm_rms_eps(float(c["rms_norm_eps"]))

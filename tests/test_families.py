@@ -271,6 +271,20 @@ def test_longrope_matches_transformers_short_and_long(length, greedy, longrope, 
     assert tokens == tiny.reference_greedy(folder, prompt, greedy)
 
 
+def test_a_longrope_gguf_gives_the_same_model(longrope, tmp_path):
+    """llama.cpp's layout of LongRoPE (factor tensors, original context and attention factor keys)
+    reads back as the Hugging Face folder's config, and its factor tensors are no parameters."""
+    hf = HFSource(longrope)
+    gg = GGUFSource(tiny.write_gguf(tiny.FAMILIES["phi3"], longrope, tmp_path / "m.gguf"))
+    ours, theirs = gg.config.to_dict(), hf.config.to_dict()
+    assert ours["rope_scaling"].pop("attention_factor") == pytest.approx(theirs["rope_scaling"].pop("attention_factor"))
+    assert np.allclose(ours["rope_scaling"].pop("short_factor"), theirs["rope_scaling"].pop("short_factor"))
+    assert np.allclose(ours["rope_scaling"].pop("long_factor"), theirs["rope_scaling"].pop("long_factor"))
+    # GGUF stores the epsilon as float32; llama.cpp's context is max_position_embeddings (no window key for phi3 here)
+    assert {**ours, "rms_norm_eps": theirs["rms_norm_eps"]} == theirs
+    assert gg.tensor_names() == hf.tensor_names()
+
+
 def test_the_two_longrope_factor_sets_give_different_logits(longrope):
     """The test above would pass with either set if they rotated alike: the first 8 positions of
     the long prompt (long factors) differ from the short prompt's (short factors) in transformers."""
