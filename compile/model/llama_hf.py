@@ -59,7 +59,9 @@ def window_and_context(window: int | None, context: int) -> tuple[int, int]:
 
     Ferrum's attention spans every cached token: TVM 0.27's paged cache can mask a window only in
     its prefill kernels (``mha_sliding`` layers), not in the ragged self-attention of a prompt
-    chunk nor in our CPU decode attention. A model whose window is shorter than its context is
+    chunk nor in our CPU decode attention (and a cache of ``mha_sliding`` layers, tried for
+    issue 15, stops the first prefill on llvm with ``Check failed: data_ != nullptr`` in
+    ``Tensor::CreateView``). A model whose window is shorter than its context is
     therefore compiled with a context of exactly the window, inside which the window never masks
     anything: the logits are the model's own, only sequences are shorter."""
     return 0, min(window, context) if window else context
