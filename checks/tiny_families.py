@@ -76,8 +76,8 @@ FAMILIES = {
     "mistral": Family("mistral", "MistralConfig", "MistralForCausalLM", "llama", MISTRAL,
                       {"sliding_window": 32, "tie_word_embeddings": False}, permute_qk=True),
     "gemma2": Family("gemma2", "Gemma2Config", "Gemma2ForCausalLM", "gemma2", GEMMA,
-                     {"head_dim": 32, "query_pre_attn_scalar": 24, "sliding_window": 32, "attn_logit_softcapping": None,
-                      "final_logit_softcapping": 30.0}, norm_shift=True),
+                     {"head_dim": 32, "query_pre_attn_scalar": 24, "sliding_window": 32, "attn_logit_softcapping": 5.0,
+                      "final_logit_softcapping": 30.0}, norm_shift=True),  # released Gemma 2 caps attention at 50
     "gemma3": Family("gemma3", "Gemma3TextConfig", "Gemma3ForCausalLM", "gemma3", GEMMA,
                      {"head_dim": 32, "query_pre_attn_scalar": 24, "sliding_window": 32,
                       "layer_types": ["sliding_attention", "full_attention"]}, norm_shift=True),
@@ -200,6 +200,13 @@ def write_gguf(family: Family, folder: Path, path: Path) -> Path:
     w.add_rope_dimension_count(head_dim)
     rope = c["rope_parameters"]
     w.add_rope_freq_base(float(rope.get("full_attention", rope)["rope_theta"]))
+    if rope.get("rope_type") == "longrope":  # llama.cpp's Phi-3 converter: the factors as tensors, the attention factor it derives
+        original = rope.get("original_max_position_embeddings") or c["original_max_position_embeddings"]
+        scale = c["max_position_embeddings"] / original
+        w.add_rope_scaling_attn_factors(float(np.sqrt(1 + np.log(scale) / np.log(original))) if scale > 1 else 1.0)
+        w.add_rope_scaling_orig_ctx_len(original)
+        w.add_tensor("rope_factors_long.weight", np.asarray(rope["long_factor"], dtype=np.float32))
+        w.add_tensor("rope_factors_short.weight", np.asarray(rope["short_factor"], dtype=np.float32))
     if "sliding_attention" in rope:
         w.add_rope_freq_base_swa(float(rope["sliding_attention"]["rope_theta"]))
     w.add_layer_norm_rms_eps(float(c["rms_norm_eps"]))
@@ -209,6 +216,8 @@ def write_gguf(family: Family, folder: Path, path: Path) -> Path:
         w.add_sliding_window_pattern([t == "sliding_attention" for t in c["layer_types"]])
     if c.get("final_logit_softcapping"):
         w.add_final_logit_softcapping(float(c["final_logit_softcapping"]))
+    if c.get("attn_logit_softcapping"):
+        w.add_attn_logit_softcapping(float(c["attn_logit_softcapping"]))
     tok = json.loads((folder / "tokenizer.json").read_text())
     vocab = [t for t, _ in sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])]
     special = {t["content"] for t in tok["added_tokens"] if t.get("special")}

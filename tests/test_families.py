@@ -5,7 +5,8 @@ names must give the same parameters, and the chat template must render as ``appl
 
 Bound held: max |compiled logit - transformers logit| <= 1e-3 in float32 (logits reach ~135;
 measured 1.7e-6 (Mistral, Qwen3-MoE) to 5.3e-5 (Gemma 3)), and the argmax agrees at every position.
-The families: ``checks/tiny_families.py::FAMILIES`` (Qwen2, Qwen3, Qwen3-MoE, Mistral, Phi-3, Gemma 2, Gemma 3).
+The families: ``checks/tiny_families.py::FAMILIES`` (Qwen2, Qwen3, Qwen3-MoE, Mistral, Phi-3, Gemma 2 with
+attention soft-capping at 5, Gemma 3), and Phi-3 with LongRoPE on prompts within and past its original context.
 """
 
 from __future__ import annotations
@@ -115,12 +116,17 @@ def test_gguf_of_the_same_weights_gives_the_same_model(family, checkpoints, tmp_
 
 
 @pytest.mark.slow
-def test_a_compiled_gguf_gives_transformers_logits(checkpoints, tmp_path):
-    """One family end to end from GGUF (Qwen3: q/k norms under llama.cpp's names, tied embeddings)."""
+@pytest.mark.parametrize("family", ["qwen3", "gemma2"])
+def test_a_compiled_gguf_gives_transformers_logits(family, checkpoints, tmp_path):
+    """Families end to end from GGUF: Qwen3 (q/k norms under llama.cpp's names, tied embeddings),
+    Gemma 2 (its norms shifted by llama.cpp, both soft-caps from the file's keys; GGUF has no
+    query_pre_attn_scalar, so this checkpoint's is set to the head dim llama.cpp assumes)."""
     from compile.compile_model import compile_model
 
-    folder = checkpoints["qwen3"]
-    gguf = tiny.write_gguf(tiny.FAMILIES["qwen3"], folder, tmp_path / "tiny-qwen3.f32.gguf")
+    folder = checkpoints[family]
+    if family == "gemma2":
+        folder = _with_config(folder, tmp_path / "hf", query_pre_attn_scalar=HFSource(folder).config.head_dim)
+    gguf = tiny.write_gguf(tiny.FAMILIES[family], folder, tmp_path / f"tiny-{family}.f32.gguf")
     artifact = compile_model(str(gguf), "llvm", "q0f32", output_root=tmp_path / "art")
     compiled = _runner(artifact).verify([0], [PROMPT])
     expected = tiny.reference_logits(folder, PROMPT)
@@ -160,28 +166,131 @@ def _with_config(folder: Path, tmp_path: Path, **changes) -> Path:
     return copy
 
 
-def test_longrope_and_partial_rotary_are_refused_by_name(checkpoints, tmp_path):
-    longrope = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
-                "original_max_position_embeddings": 256}
-    folder = _with_config(checkpoints["phi3"], tmp_path / "longrope", rope_parameters=longrope)
-    with pytest.raises(ModelSourceError, match="RoPE scaling 'longrope' is not supported"):
-        HFSource(folder)
+def test_partial_rotary_is_refused_by_name(checkpoints, tmp_path):
     folder = _with_config(checkpoints["phi3"], tmp_path / "partial",
                           rope_parameters={"rope_theta": 10000.0, "rope_type": "default", "partial_rotary_factor": 0.75})
     with pytest.raises(ModelSourceError, match=r"partial rotary embeddings \(partial_rotary_factor 0.75\)"):
         HFSource(folder)
 
 
-def test_gemma2_attention_soft_capping_is_refused_by_name(checkpoints, tmp_path):
-    """Every released Gemma 2 caps attention scores at 50; TVM 0.27's paged attention cannot."""
-    from compile.model.gemma import GemmaForCausalLM
-    from compile.targets import resolve_target
+@pytest.mark.slow  # exports the network (~10 s a target)
+@pytest.mark.parametrize("kind", ["cuda"])  # CPU: the logits tests below run every CPU kernel
+def test_every_attention_kernel_of_a_capped_gemma2_is_rewritten(kind, checkpoints):
+    """Each TIR attention kernel the cache is created with (prefill, decode, ragged, sliding-window
+    and tree variants) has its finished-score statement capped; a kernel without one fails the
+    build by name. CUDA builds cannot run here: this checks the rewrite, not the numbers."""
+    from tvm.relax.frontend.nn.llm.kv_cache import _kv_cache_transpose_append
 
-    folder = _with_config(checkpoints["gemma2"], tmp_path / "capped", attn_logit_softcapping=50.0)
-    cfg = HFSource(folder).config
-    assert cfg.attn_logit_softcap == 50.0
-    with pytest.raises(ModelSourceError, match=r"gemma2 models with attention logit soft-capping \(50"):
-        GemmaForCausalLM(cfg, get_quantization("q0f32"), resolve_target("llvm").tvm_target)
+    from compile.build import export_module
+    from compile.model.cpu_attention import TVM_DECODE_KERNEL
+    from compile.model.gemma import GemmaForCausalLM
+    from compile.model.softcap import SCORE_STATEMENTS, attention_kernels, install_attention_soft_cap, soft_cap_kernel
+    from compile.targets import resolve_target
+    from ferrum.errors import FerrumError
+
+    cfg = HFSource(checkpoints["gemma2"]).config
+    assert cfg.attn_logit_softcap == 5.0
+    target = resolve_target(kind, "sm_90a" if kind == "cuda" else None).tvm_target
+    mod, _ = export_module(GemmaForCausalLM(cfg, get_quantization("q0f32"), target))
+    kernels = attention_kernels(mod)
+    assert len(kernels) == 7  # ragged prefill, paged prefill, decode, their sliding-window pair, two tree kernels
+    # on CPU, Ferrum's decode kernel replaces TVM's (whose script does not parse back) and caps itself
+    own = {TVM_DECODE_KERNEL} if kind == "llvm" else set()
+    capped = install_attention_soft_cap(mod, cfg.attn_logit_softcap, capped=own)
+    assert {g.name_hint for g in kernels} >= own
+    for gvar in (g for g in kernels if g.name_hint not in own):
+        before, after = mod[gvar].script(), capped[gvar].script()
+        scores = sum(bool(SCORE_STATEMENTS.match(line)) for line in before.splitlines())
+        assert scores and after.count("T.tanh(") == scores and "T.tanh(" not in before, gvar.name_hint
+    with pytest.raises(FerrumError, match="kernel transpose_append has no score statement"):
+        soft_cap_kernel(_kv_cache_transpose_append(2, 32, "float32"), 5.0, "transpose_append")
+
+
+@pytest.mark.slow
+def test_gemma2_soft_cap_holds_in_prefill_over_cached_pages_and_decode(checkpoints, artifacts, tmp_path):
+    """The three attention paths of a sequence (a prompt's own tokens, a second chunk over cached
+    pages, one decoded token) give transformers' logits, and the cap of 5 moves them far more
+    than the bound (transformers without it differs)."""
+    folder = checkpoints["gemma2"]
+    runner = _runner(artifacts("gemma2"))
+    compiled = np.concatenate([runner.verify([0], [PROMPT[:12]]), runner.verify([0], [PROMPT[12:19]]),
+                               runner.decode([0], [PROMPT[19]])])
+    expected = tiny.reference_logits(folder, PROMPT)
+    assert np.abs(compiled - expected).max() <= F32_BOUND
+    uncapped = tiny.reference_logits(_with_config(folder, tmp_path, attn_logit_softcapping=None), PROMPT)
+    assert np.abs(uncapped - expected).max() > 1000 * F32_BOUND
+
+
+LONGROPE_ORIGINAL = 12
+
+
+@pytest.fixture(scope="module")
+def longrope(checkpoints, tmp_path_factory) -> Path:
+    """The Phi-3 checkpoint with LongRoPE: factors drawn far apart, an original context of 12 tokens."""
+    rng = np.random.default_rng(5)
+    half = HFSource(checkpoints["phi3"]).config.head_dim // 2
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": rng.uniform(1, 1.5, half).tolist(),
+            "long_factor": rng.uniform(2, 8, half).tolist(), "original_max_position_embeddings": LONGROPE_ORIGINAL}
+    return _with_config(checkpoints["phi3"], tmp_path_factory.mktemp("longrope"), rope_parameters=rope,
+                        original_max_position_embeddings=LONGROPE_ORIGINAL)
+
+
+@pytest.fixture(scope="module")
+def longrope_artifact(longrope, tmp_path_factory) -> Path:
+    from compile.compile_model import compile_model
+
+    return compile_model(str(longrope), "llvm", "q0f32", output_root=tmp_path_factory.mktemp("longrope-art"))
+
+
+def test_longrope_is_read_as_transformers_reads_it(longrope):
+    cfg = HFSource(longrope).config
+    assert cfg.rope_scaling["rope_type"] == "longrope"
+    assert cfg.rope_scaling["original_max_position_embeddings"] == LONGROPE_ORIGINAL
+    # max_position_embeddings 512 over the original 12: sqrt(1 + ln(512 / 12) / ln(12))
+    assert cfg.rope_scaling["attention_factor"] == pytest.approx((1 + np.log(512 / 12) / np.log(12)) ** 0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("length, greedy", [(8, 4), (20, 6)])  # within the original context; past it
+def test_longrope_matches_transformers_short_and_long(length, greedy, longrope, longrope_artifact):
+    """transformers rotates a sequence of at most the original length with the short factors and
+    a longer one with the long factors: the logits of every position, the logits of a decode step
+    and the greedy tokens agree on both sides (the 8-token prompt plus 4 tokens stays within 12)."""
+    folder, artifact = longrope, longrope_artifact
+    prompt = PROMPT[:length]
+    expected = tiny.reference_logits(folder, prompt)
+    runner = _runner(artifact)
+    assert np.abs(runner.verify([0], [prompt]) - expected).max() <= F32_BOUND
+    runner = _runner(artifact)
+    runner.prefill([0], [prompt[:-1]])
+    assert np.abs(runner.decode([0], [prompt[-1]])[0] - expected[-1]).max() <= F32_BOUND
+    runner = _runner(artifact)
+    tokens = [int(runner.prefill([0], [prompt])[0].argmax())]
+    while len(tokens) < greedy:
+        tokens.append(int(runner.decode([0], [tokens[-1]])[0].argmax()))
+    assert tokens == tiny.reference_greedy(folder, prompt, greedy)
+
+
+def test_a_longrope_gguf_gives_the_same_model(longrope, tmp_path):
+    """llama.cpp's layout of LongRoPE (factor tensors, original context and attention factor keys)
+    reads back as the Hugging Face folder's config, and its factor tensors are no parameters."""
+    hf = HFSource(longrope)
+    gg = GGUFSource(tiny.write_gguf(tiny.FAMILIES["phi3"], longrope, tmp_path / "m.gguf"))
+    ours, theirs = gg.config.to_dict(), hf.config.to_dict()
+    assert ours["rope_scaling"].pop("attention_factor") == pytest.approx(theirs["rope_scaling"].pop("attention_factor"))
+    assert np.allclose(ours["rope_scaling"].pop("short_factor"), theirs["rope_scaling"].pop("short_factor"))
+    assert np.allclose(ours["rope_scaling"].pop("long_factor"), theirs["rope_scaling"].pop("long_factor"))
+    # GGUF stores the epsilon as float32; llama.cpp's context is max_position_embeddings (no window key for phi3 here)
+    assert {**ours, "rms_norm_eps": theirs["rms_norm_eps"]} == theirs
+    assert gg.tensor_names() == hf.tensor_names()
+
+
+def test_the_two_longrope_factor_sets_give_different_logits(longrope):
+    """The test above would pass with either set if they rotated alike: the first 8 positions of
+    the long prompt (long factors) differ from the short prompt's (short factors) in transformers."""
+    folder = longrope
+    short, long = tiny.reference_logits(folder, PROMPT[:8]), tiny.reference_logits(folder, PROMPT)[:8]
+    assert np.abs(short - long).max() > 100 * F32_BOUND
 
 
 def test_qwen3_moe_refuses_int4_experts(checkpoints):

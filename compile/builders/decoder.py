@@ -17,7 +17,8 @@ from compile.kernels.cpu_ops import CPU_KERNEL_FEATURES, CpuKernels, cpu_kernel_
 from compile.kernels.ops import SAMPLER_FUNCTIONS, CudaKernels, install_attention_kernels, kernel_blockers
 from compile.model.architectures import get_architecture
 from compile.model.attention_grid import prefill_attention_grid
-from compile.model.cpu_attention import install_cpu_decode_attention
+from compile.model.cpu_attention import TVM_DECODE_KERNEL, install_cpu_decode_attention
+from compile.model.softcap import install_attention_soft_cap
 from compile.sources.base import DecoderSource
 from compile.targets import BuildTarget, TargetKind
 from compile.tensor_cache import write_tensor_cache
@@ -116,9 +117,12 @@ def compile_decoder(
         mod, param_names = export_module(network(cfg, quant, target.tvm_target, kernels))
     if kernels is not None:
         mod = install_attention_kernels(mod, kernels)
-    elif not target.kind.gpu:
+    own_decode = kernels is None and not target.kind.gpu
+    if own_decode:
         mod = install_cpu_decode_attention(mod, cfg.num_key_value_heads, cfg.num_attention_heads, cfg.head_dim,
-                                           quant.model_dtype)
+                                           quant.model_dtype, soft_cap=cfg.attn_logit_softcap)
+    if cfg.attn_logit_softcap:
+        mod = install_attention_soft_cap(mod, cfg.attn_logit_softcap, capped={TVM_DECODE_KERNEL} if own_decode else set())
     progress(f"lowering and compiling {len(functions)} functions"
              + (" with Ferrum's CUDA kernels and decode CUDA graphs" if cuda else
                 " with Ferrum's CPU kernels" if kernels else ""))

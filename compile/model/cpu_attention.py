@@ -27,13 +27,19 @@ LANES = 16
 CHUNK = 128  # keys scored at a time (the scores stay on the stack); the softmax is rescaled per chunk
 
 
-def decode_attention_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, dtype: str, page_size: int = 16):
-    """The PrimFunc (TVM's decode-kernel signature) for one cache configuration."""
+def decode_attention_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, dtype: str, page_size: int = 16,
+                         soft_cap: float = 0.0):
+    """The PrimFunc (TVM's decode-kernel signature) for one cache configuration; ``soft_cap``:
+    scaled scores become ``soft_cap * tanh(score / soft_cap)`` (Gemma 2; see ``softcap.py``)."""
     H_qo, H_kv, D = num_qo_heads, num_kv_heads, head_dim
     group = H_qo // H_kv
     if D % LANES:
         raise ValueError(f"CPU decode attention needs a head dim that is a multiple of {LANES}, not {D}")
     log2e = math.log2(math.e)
+    cap = soft_cap * log2e  # the scores are in log2 units
+
+    def capped(score: tvm.tirx.PrimExpr) -> tvm.tirx.PrimExpr:
+        return T.float32(cap) * T.tanh(score * T.float32(1 / cap)) if soft_cap else score
 
     @T.prim_func(s_tir=True)
     def batch_decode_paged_kv(
@@ -102,7 +108,7 @@ def decode_attention_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, dt
                             scores[i] = T.float32(0)
                             for ln in T.serial(LANES):
                                 scores[i] = scores[i] + lanes[ln]
-                            scores[i] = scores[i] * sm_scale * log2e
+                            scores[i] = capped(scores[i] * sm_scale * log2e)
                             stats[2] = T.max(stats[2], scores[i])
                         stats[3] = T.exp2(stats[0] - stats[2])  # rescales what earlier chunks summed
                         stats[1] = stats[1] * stats[3]
@@ -125,11 +131,11 @@ def decode_attention_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, dt
 
 
 def install_cpu_decode_attention(mod: tvm.ir.IRModule, num_kv_heads: int, num_qo_heads: int, head_dim: int,
-                                 dtype: str) -> tvm.ir.IRModule:
+                                 dtype: str, soft_cap: float = 0.0) -> tvm.ir.IRModule:
     """``mod`` with TVM's CPU decode attention replaced by ``decode_attention_cpu`` (same name, same call)."""
     gvars = [g for g in mod.get_global_vars() if g.name_hint == TVM_DECODE_KERNEL]
     if len(gvars) != 1:
         raise RuntimeError(f"expected one {TVM_DECODE_KERNEL} in the module, found {len(gvars)}")
     mod = mod.clone() if hasattr(mod, "clone") else tvm.ir.IRModule(mod.functions)
-    mod[gvars[0]] = decode_attention_cpu(num_kv_heads, num_qo_heads, head_dim, dtype)
+    mod[gvars[0]] = decode_attention_cpu(num_kv_heads, num_qo_heads, head_dim, dtype, soft_cap=soft_cap)
     return mod

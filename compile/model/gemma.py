@@ -3,14 +3,15 @@
 A Llama block with Gemma's departures (all read from ``DecoderConfig``): embeddings scaled by
 sqrt(hidden), a norm on the attention and on the MLP output before each residual add
 (``post_norms``), GeGLU with tanh GELU, a softmax scale from ``query_pre_attn_scalar``, q/k
-RMSNorm (Gemma 3), final logit soft-capping (Gemma 2). The norms are plain RMSNorms because the
+RMSNorm (Gemma 3), final and attention logit soft-capping (Gemma 2). The norms are plain RMSNorms because the
 weight plan adds Gemma's ``1 +`` at load (``compile/model/gemma_hf.py``).
 
 Gemma 3's local and global layers rotate with different RoPE bases, and TVM's cache applies one
 base to every layer, so the cache is built without RoPE (``RopeMode.NONE``) and each layer
 rotates Q and K itself with TVM's ``llama_rope_with_position_map`` at the positions the cache
 reports. Attention soft-capping (every released Gemma 2) has no counterpart in TVM 0.27's paged
-attention kernels and is refused. TVM's kernels run every target: Ferrum's CUDA kernels fuse
+attention kernels: the decoder builder rewrites the cache's kernels with it
+(``compile/model/softcap.py``). TVM's kernels run every target: Ferrum's CUDA kernels fuse
 SwiGLU blocks only (see ``compile/kernels/ops.py::kernel_blockers``).
 """
 
@@ -33,8 +34,6 @@ from ferrum.quantization import QuantSpec
 
 def unsupported_features(cfg: DecoderConfig) -> list[str]:
     missing = []
-    if cfg.attn_logit_softcap:
-        missing.append(f"attention logit soft-capping ({cfg.attn_logit_softcap:g}; TVM's paged attention has none)")
     if cfg.sliding_window and cfg.sliding_window < cfg.context_length:
         missing.append(f"sliding-window attention ({cfg.sliding_window} tokens, shorter than the context)")
     if cfg.activation != "gelu_pytorch_tanh":

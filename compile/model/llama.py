@@ -3,8 +3,9 @@
 Structure follows MLC-LLM's ``llama_model.py``: fused QKV and gate/up projections, RMSNorm,
 and attention through ``PagedKVCache.attention_with_fused_qkv``, whose TIR kernels apply RoPE
 while appending K/V to the cache. Of ``DecoderConfig``'s feature flags it implements tied
-embeddings, the projection biases, q/k norm (Qwen3) and a sliding window no shorter than the
-context (see ``llama_hf.window_and_context``); the others are refused (``unsupported_features``). CUDA
+embeddings, the projection biases, q/k norm (Qwen3), LongRoPE (Phi-3; the attention rotates Q
+and K itself, ``compile/model/longrope.py``) and a sliding window no shorter than the context
+(see ``llama_hf.window_and_context``); the others are refused (``unsupported_features``). CUDA
 float16 builds pass ``kernels`` (``compile/kernels/ops.py``; q4f32 CPU builds the same operators from
 ``compile/kernels/cpu_ops.py``): each block then runs as four fused
 kernels around attention, RMSNorm+QKV, O-projection+residual, RMSNorm+gate/up+SwiGLU,
@@ -36,6 +37,7 @@ from tvm.target import Target
 from compile.kernels.cpu_ops import CpuKernels
 from compile.kernels.ops import CudaKernels
 from compile.model.layers import Embedding, QLinear
+from compile.model.longrope import longrope_rotate
 from ferrum.errors import FerrumError, ModelSourceError
 from ferrum.manifest import SAMPLE_PARAMS, mask_words
 from ferrum.model_config import DecoderConfig
@@ -58,6 +60,10 @@ def unsupported_features(cfg: DecoderConfig) -> list[str]:
     return missing + gemma
 
 
+def is_longrope(cfg: DecoderConfig) -> bool:
+    return cfg.rope_scaling.get("rope_type") == "longrope"
+
+
 class LlamaAttention(nn.Module):
     def __init__(self, cfg: DecoderConfig, q: QuantSpec):
         self.num_q_heads, self.num_kv_heads, self.head_dim = (
@@ -72,6 +78,7 @@ class LlamaAttention(nn.Module):
             self.k_norm = nn.RMSNorm(cfg.head_dim, -1, cfg.rms_norm_eps, bias=False, dtype=q.model_dtype)
         self.qk_norm = cfg.qk_norm
         self.o_proj = QLinear(self.num_q_heads * self.head_dim, cfg.hidden_size, q, bias=cfg.o_bias)
+        self.longrope = cfg if is_longrope(cfg) else None  # rotates Q and K itself (the cache does not)
 
     def forward(self, x: Tensor, cache: PagedKVCache, layer_id: int) -> Tensor:
         return self.o_proj(self.attend(self.qkv_proj(x), cache, layer_id))
@@ -83,6 +90,11 @@ class LlamaAttention(nn.Module):
         if self.qk_norm:
             q, k, v = op.split(qkv, [self.num_q_heads, self.num_q_heads + self.num_kv_heads], axis=2)
             qkv = op.concat([self.q_norm(q), self.k_norm(k), v], dim=2)
+        if self.longrope is not None:
+            heads = self.num_q_heads + 2 * self.num_kv_heads
+            flat = longrope_rotate(op.reshape(qkv, (b * s, heads, self.head_dim)), cache.get_query_positions(b * s),
+                                   self.longrope, per_token=isinstance(s, int) and s == 1)  # s == 1: decode
+            qkv = op.reshape(flat, (b, s, heads, self.head_dim))
         out = cache.attention_with_fused_qkv(layer_id, qkv, self.num_q_heads, sm_scale=self.head_dim**-0.5)
         return op.reshape(out, (b, s, self.num_q_heads * self.head_dim))
 
@@ -170,6 +182,8 @@ class LlamaForCausalLM(nn.Module):
 
     def _cache_rope(self) -> tuple[RopeMode, dict]:
         """How the cache's kernels rotate Q and K as they append them (a subclass may rotate itself)."""
+        if is_longrope(self.cfg):
+            return RopeMode.NONE, {}  # LlamaAttention rotates (compile/model/longrope.py)
         return RopeMode.NORMAL, dict(self.cfg.rope_scaling)
 
     def create_paged_kv_cache(

@@ -59,7 +59,9 @@ def window_and_context(window: int | None, context: int) -> tuple[int, int]:
 
     Ferrum's attention spans every cached token: TVM 0.27's paged cache can mask a window only in
     its prefill kernels (``mha_sliding`` layers), not in the ragged self-attention of a prompt
-    chunk nor in our CPU decode attention. A model whose window is shorter than its context is
+    chunk nor in our CPU decode attention (and a cache of ``mha_sliding`` layers, tried for
+    issue 15, stops the first prefill on llvm with ``Check failed: data_ != nullptr`` in
+    ``Tensor::CreateView``). A model whose window is shorter than its context is
     therefore compiled with a context of exactly the window, inside which the window never masks
     anything: the logits are the model's own, only sequences are shorter."""
     return 0, min(window, context) if window else context
@@ -67,10 +69,10 @@ def window_and_context(window: int | None, context: int) -> tuple[int, int]:
 
 def decoder_config(c: dict[str, Any], folder: Path, architecture: str, **flags: Any) -> DecoderConfig:
     """``DecoderConfig`` from a Llama-style ``config.json``: sizes under Llama's key names, the
-    architecture's own ``flags`` (``qkv_bias=True``...) on top. Missing keys and inconsistent
-    sizes are refused with the folder named."""
+    architecture's own ``flags`` (``qkv_bias=True``...; a ``rope_scaling`` the architecture read
+    itself) on top. Missing keys and inconsistent sizes are refused with the folder named."""
     try:
-        heads = c["num_attention_heads"]
+        heads, scaling = c["num_attention_heads"], flags.pop("rope_scaling", None)
         window, context = window_and_context(flags.pop("sliding_window", None),
                                              int(c.get("max_position_embeddings", 2048)))
         return DecoderConfig(
@@ -86,7 +88,7 @@ def decoder_config(c: dict[str, Any], folder: Path, architecture: str, **flags: 
             context_length=context,
             sliding_window=window,
             tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
-            rope_scaling=rope_scaling(c, folder),
+            rope_scaling=scaling if scaling is not None else rope_scaling(c, folder),
             architecture=architecture,
             activation=str(c.get("hidden_act", "silu")),
             **flags,

@@ -69,6 +69,7 @@ GGUF_ARCHITECTURES = {
 _GEMMA_PARTS = {"post_attention_norm": "post_norm", "ffn_norm": "pre_ffn_norm", "post_ffw_norm": "post_ffn_norm"}
 # Qwen3-MoE: llama.cpp stacks the experts of a layer in one 3-D tensor; served one expert at a time
 _EXPERT_PARTS = {"ffn_gate_exps": "gate", "ffn_up_exps": "up", "ffn_down_exps": "down"}
+LONGROPE_TENSORS = ("rope_factors_long.weight", "rope_factors_short.weight")  # llama.cpp's Phi-3 LongRoPE
 LOCAL_ROPE_BASE = 10000.0  # llama.cpp's Gemma 3 local-layer base when the file has no rope.freq_base_swa
 
 
@@ -121,6 +122,20 @@ class GGUFSource(DecoderSource):
             raise ModelSourceError(f"{self.path}: GGUF metadata key {key!r} is missing")
         return value
 
+    def _longrope(self) -> dict:
+        """Phi-3's LongRoPE as llama.cpp writes it: the factor sets as tensors, the original context
+        and the attention factor as keys (the same ``rope_scaling`` as ``phi3_hf.longrope_parameters``)."""
+        if self._arch_key != "phi3":
+            raise ModelSourceError(f"{self.path}: LongRoPE factors in a {self._arch_key!r} GGUF are not supported")
+        tensors = {t.name: t for t in self._reader.tensors}
+        if LONGROPE_TENSORS[1] not in tensors:
+            raise ModelSourceError(f"{self.path}: LongRoPE needs both {' and '.join(LONGROPE_TENSORS)}")
+        long, short = (np.asarray(tensors[n].data, dtype=np.float32).ravel().tolist() for n in LONGROPE_TENSORS)
+        a = self._arch_key
+        return {"rope_type": "longrope", "short_factor": short, "long_factor": long,
+                "original_max_position_embeddings": int(self._require(f"{a}.rope.scaling.original_context_length")),
+                "attention_factor": float(self._field(f"{a}.rope.scaling.attn_factor", 1.0))}
+
     def _check_tensor_extents(self) -> None:
         size = self.path.stat().st_size
         for t in self._reader.tensors:
@@ -140,8 +155,10 @@ class GGUFSource(DecoderSource):
         elif scaling not in (None, "none"):
             raise ModelSourceError(f"{self.path}: RoPE scaling {scaling!r} is not supported for GGUF sources")
         names = {t.name for t in self._reader.tensors}
-        if {"rope_freqs.weight", "rope_factors_long.weight"} & names:
-            raise ModelSourceError(f"{self.path}: per-frequency RoPE factors (rope_freqs, LongRoPE) are not supported")
+        if "rope_freqs.weight" in names:
+            raise ModelSourceError(f"{self.path}: per-frequency RoPE factors (rope_freqs) are not supported")
+        if LONGROPE_TENSORS[0] in names:
+            rope_scaling = self._longrope()
         head_dim = int(self._field(f"{a}.attention.key_length", hidden // heads))
         if int(self._field(f"{a}.rope.dimension_count", head_dim)) != head_dim:
             raise ModelSourceError(f"{self.path}: partial rotary embeddings ({a}.rope.dimension_count) are not supported")
@@ -219,6 +236,8 @@ class GGUFSource(DecoderSource):
     def _index_tensors(self) -> dict[str, object]:
         index = {}
         for t in self._reader.tensors:
+            if t.name in LONGROPE_TENSORS:  # read into the config
+                continue
             hf = _GLOBAL.get(t.name)
             match = re.fullmatch(r"blk\.(\d+)\.(ffn_gate_inp|ffn_gate_exps|ffn_up_exps|ffn_down_exps)\.weight", t.name)
             if match and self.config.num_experts:
