@@ -46,18 +46,20 @@ def compile_model(
     output_root: Path = Path("artifacts"),
     name: str | None = None,
     skip_existing: bool = False,
+    binding_limit: int | None = None,
 ) -> Path:
     """Build an artifact and return its folder. Every finished request is recorded in the output
     folder's compile index (``compile/compile_index.py``); with ``skip_existing`` an intact artifact
     that the index records for this very request (same source files, options, compiler code and
     machine) is returned without rebuilding. An artifact of the same name built by other compiler
-    code is rebuilt: its kernels, layouts or defaults may differ."""
+    code is rebuilt: its kernels, layouts or defaults may differ. ``binding_limit``: bytes one kernel
+    argument may bind on the vulkan target (default 128 MiB); larger parameters are split."""
     progress = Progress()
-    key = request_key(model, target, quantization, arch, name)
+    key = request_key(model, target, quantization, arch, name, binding_limit)
     if skip_existing and (found := find_compiled(Path(output_root), key)) is not None:
         progress(f"already compiled: {found}")
         return found
-    build_target = resolve_target(target, arch)
+    build_target = resolve_target(target, arch, binding_limit)
     if quantization:
         get_quantization(quantization)  # an unknown name fails before the model is read
     progress(f"reading model {model or '(default)'}")
@@ -65,7 +67,8 @@ def compile_model(
     if source.architecture in build_target.kind.not_yet:
         raise ModelSourceError(f"{source.architecture} models are not supported on {build_target.kind.name} yet")
     builder = get_builder(source.architecture)
-    quant = get_quantization(quantization or builder.default_quantization(build_target.kind, source))
+    quant = get_quantization(quantization or builder.default_quantization(build_target.kind, source),
+                             gpu=build_target.kind.gpu)
     check_quantization(builder, quant, source.architecture)
     name = name or f"{source.name}-{quant.name}-{build_target.tag}"
     final = Path(output_root) / name

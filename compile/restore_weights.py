@@ -21,7 +21,7 @@ from compile.weights import convert_weights
 from ferrum.errors import ArtifactError, FerrumError
 from ferrum.manifest import Manifest, verify_files
 from ferrum.model_config import DecoderConfig
-from ferrum.quantization import get_quantization
+from ferrum.quantization import QuantSpec
 
 
 def restore_weights(artifact: Path, source: str) -> None:
@@ -31,7 +31,7 @@ def restore_weights(artifact: Path, source: str) -> None:
         raise ArtifactError(f"{source} is not the model {manifest.name} was compiled from")
     weights = artifact / "weights"
     shutil.rmtree(weights, ignore_errors=True)
-    names = write_tensor_cache(convert_weights(model, get_quantization(manifest.quantization["name"])), weights)
+    names = write_tensor_cache(convert_weights(model, QuantSpec(**manifest.quantization)), weights)
     if names != manifest.extra.param_names:
         raise ArtifactError("regenerated parameters differ from the compiled model's")
     verify_files(artifact, manifest)
