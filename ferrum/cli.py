@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a model into an artifact folder")
     p.add_argument("model", nargs="?", default=None, help="GGUF file, Hugging Face folder or known name")
     p.add_argument("--target", default=None, help="llvm, cuda or vulkan (webgpu) (default: a CUDA GPU, else a Vulkan GPU, else this CPU)")
-    p.add_argument("--quant", default=None, help="q0f32 (CPU default), q0f16 (GPU default), q4f16 or q4f32 (CPU int4: the CPU default for Q4 GGUFs such as SmolLM2)")
+    p.add_argument("--quant", default=None, help="q0f32 (CPU default), q0f16 (GPU default), q4f16 or q4f32 (int4 with float32 activations: the CPU default for Q4 GGUFs such as SmolLM2; on vulkan for adapters without shader-f16)")
     p.add_argument("--arch", default=None, help="CUDA architecture, e.g. sm_90a")
     p.add_argument("--max-binding", type=byte_size, default=None, metavar="BYTES",
                    help="vulkan: largest buffer one kernel argument binds, e.g. 128M (the default) or 2G; "
