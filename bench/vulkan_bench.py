@@ -38,7 +38,8 @@ from runtime.tvm_env import describe_device  # noqa: E402
 
 def decode(runner: ModelRunner, batch: int, context: int, repeats: int, rng: np.random.Generator) -> dict:
     """One decode step for ``batch`` sequences holding ``context`` tokens each."""
-    runner.create_kv_cache(KVCacheConfig(batch, batch * (context + 2 * repeats + 8) + 64, 1024, 16))
+    steps = 3 * repeats + 8  # warm-ups, the timed steps, the host-share steps and those with logits
+    runner.create_kv_cache(KVCacheConfig(batch, batch * -(-(context + steps) // 16) * 16 + 64, 1024, 16))
     ids = list(range(batch))
     vocab, hidden = runner.config.vocab_size, runner.config.hidden_size
     for s in ids:

@@ -115,7 +115,7 @@ def test_tiny_llama_q0f16_on_vulkan_gives_the_cpu_float32_tokens(tiny_llama, tin
         run(vk.shutdown())
 
 
-TINY_LIMIT = 16 << 10  # the tiny Llama's embedding, LM head, QKV and MLP projections are all larger
+INT4_LIMIT = 4 << 10  # under every tiny-Llama int4 gate/up (8 KiB of words), embedding and LM head (80 KiB)
 
 
 def largest_tensor(artifact: Path) -> int:
@@ -123,48 +123,47 @@ def largest_tensor(artifact: Path) -> int:
     return max(r["nbytes"] for shard in shards for r in shard["records"])
 
 
-def test_parameters_split_under_a_tiny_binding_limit_give_the_unsplit_tokens(tiny_llama, tiny_artifact, tmp_path):
-    """Embedding and LM head in vocabulary shards, QKV and gate/up by output rows: every tensor
-    binds at most 16 KiB and the greedy tokens stay the CPU (and unsplit vulkan) artifact's."""
-    split = compile_for(str(tiny_llama), "vulkan", tmp_path, binding_limit=TINY_LIMIT)
-    manifest = json.loads((split / "manifest.json").read_text())
-    assert manifest["target"]["requirements"]["limits"]["max_storage_buffer_binding_size"] == TINY_LIMIT
+@pytest.fixture(scope="module")
+def q4f32_split_vulkan(tiny_llama, tmp_path_factory) -> Path:
+    return compile_for(str(tiny_llama), "vulkan", tmp_path_factory.mktemp("q4-vk"), "q4f32", binding_limit=INT4_LIMIT)
+
+
+def test_int4_split_under_a_tiny_binding_limit_gives_the_cpu_int4_tokens(q4f32_split_vulkan, tiny_llama, tmp_path):
+    """q4f32 (int4 Q4_1 groups of 32, float32 activations) with every parameter split under 4 KiB:
+    the embedding in 20 vocabulary shards, the LM head and gate/up by output rows (int4 words,
+    scales and minimums cut alike). The GPU kernels read the packed words. Its greedy tokens equal
+    the CPU q4f32 artifact's (unsplit); that one keeps its LM head in int8 (Q8_0) where the GPU's
+    is float32, so logits differ by that rounding, within the bound below. Over 16 tokens."""
+    manifest = json.loads((q4f32_split_vulkan / "manifest.json").read_text())
+    assert manifest["target"]["requirements"]["limits"]["max_storage_buffer_binding_size"] == INT4_LIMIT
+    assert manifest["target"]["requirements"]["features"] == []
     names = manifest["extra"]["param_names"]
-    assert {"embed_tokens.shards.4.weight", "lm_head.parts.4.weight", "layers.0.mlp.gate_up_proj.parts.1.weight"} <= set(names)
-    assert largest_tensor(split) <= TINY_LIMIT < largest_tensor(tiny_artifact)
-    cpu, vk = open_engine(tiny_artifact), open_engine(split)
-    try:
-        assert greedy(vk, PROMPTS, 48) == greedy(cpu, PROMPTS, 48)
-    finally:
-        run(cpu.shutdown())
-        run(vk.shutdown())
-
-
-@pytest.mark.parametrize("quant", ["q4f32", "q4f16"])
-def test_tiny_llama_int4_on_vulkan_gives_the_cpu_int4_tokens(tiny_llama, tmp_path, quant):
-    """int4 weights (Q4_1 groups of 32) read packed by the GPU kernels; q4f32 also split under 4 KiB
-    (int4 words, scales and minimums cut by the same rows; the embedding in 20 shards). The CPU
-    q4f32 keeps its LM head in int8 (Q8_0) where the GPU's is float32: logits then differ by that
-    rounding, within the bound below; q4f16 holds float16 activations on both (lavapipe has
-    ``shader-f16``). Over 16 tokens, as q0f16."""
-    limit = 4 << 10 if quant == "q4f32" else None  # int4 gate/up words are 8 KiB
-    vk_art = compile_for(str(tiny_llama), "vulkan", tmp_path / "vk", quant, binding_limit=limit)
-    cpu_art = compile_for(str(tiny_llama), "llvm", tmp_path / "cpu", quant)
-    needs = json.loads((vk_art / "manifest.json").read_text())["target"]["requirements"]
-    assert needs["features"] == (["shader-f16"] if quant == "q4f16" else [])
-    names = json.loads((vk_art / "manifest.json").read_text())["extra"]["param_names"]
-    assert "layers.0.self_attn.o_proj.q_weight" in names
-    if limit:
-        assert "layers.0.mlp.gate_up_proj.parts.0.q_weight" in names and largest_tensor(vk_art) <= limit
-    cpu, vk = open_engine(cpu_art), open_engine(vk_art)
+    assert {"embed_tokens.shards.19.weight", "lm_head.parts.19.weight",
+            "layers.0.mlp.gate_up_proj.parts.1.q_weight", "layers.0.self_attn.o_proj.q_weight"} <= set(names)
+    cpu_art = compile_for(str(tiny_llama), "llvm", tmp_path, "q4f32")
+    assert largest_tensor(q4f32_split_vulkan) <= INT4_LIMIT < largest_tensor(cpu_art)
+    cpu, vk = open_engine(cpu_art), open_engine(q4f32_split_vulkan)
     try:
         assert greedy(vk, PROMPTS, 16) == greedy(cpu, PROMPTS, 16)
         tokens = cpu.tokenizer.encode(PROMPTS[0])
     finally:
         run(cpu.shutdown())
         run(vk.shutdown())
-    a, b = prefill_logits(cpu_art, tokens), prefill_logits(vk_art, tokens)
+    a, b = prefill_logits(cpu_art, tokens), prefill_logits(q4f32_split_vulkan, tokens)
     assert np.abs(a - b).max() <= 2e-2 * max(1.0, np.abs(a).max())
+
+
+def test_q4f16_on_vulkan_gives_the_q4f32_tokens(q4f32_split_vulkan, tiny_llama, tmp_path):
+    """The same int4 weights with float16 activations (``shader-f16``, which lavapipe has; float32
+    accumulation): the q4f32 artifact's greedy tokens over 16, as q0f16 against q0f32."""
+    f16 = compile_for(str(tiny_llama), "vulkan", tmp_path, "q4f16")
+    assert json.loads((f16 / "manifest.json").read_text())["target"]["requirements"]["features"] == ["shader-f16"]
+    a, b = open_engine(q4f32_split_vulkan), open_engine(f16)
+    try:
+        assert greedy(b, PROMPTS, 16) == greedy(a, PROMPTS, 16)
+    finally:
+        run(a.shutdown())
+        run(b.shutdown())
 
 
 def test_batch_engine_on_vulkan_batches_preempts_and_cancels(tiny_vulkan):
