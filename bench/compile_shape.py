@@ -32,7 +32,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
 import ferrum  # noqa: E402
 from compile.build import LIBRARY_NAME  # noqa: E402
-from compile.builders.decoder import build_network, compile_decoder  # noqa: E402
+from compile.builders.decoder import build_network, compile_decoder, splits_record  # noqa: E402
 from compile.targets import resolve_target  # noqa: E402
 from ferrum.manifest import GenerationConfig, Manifest, describe_files  # noqa: E402
 from ferrum.manifest_extra import LlmExtra  # noqa: E402
@@ -121,7 +121,7 @@ def main() -> int:
         target=target.info, tvm_version=tvm.__version__, ferrum_version=ferrum.__version__,
         source={"format": "shape", "name": args.shape}, library=LIBRARY_NAME, functions=compiled.functions,
         files=describe_files(folder), kernels=compiled.library.kernels,
-        extra=LlmExtra(param_names=compiled.param_names, param_shapes=shapes,
+        extra=LlmExtra(param_names=compiled.param_names, param_shapes=shapes, param_splits=splits_record(compiled.layout),
                        weights="generated at run time (benchmark)", **compiled.extra),
         created_at=datetime.now(UTC).isoformat(),
     ).write(folder)

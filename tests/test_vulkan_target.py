@@ -60,7 +60,7 @@ def test_parameters_over_the_binding_limit_are_cut_into_row_shards_that_fit():
     import numpy as np
 
     from compile.builders.decoder import build_network
-    from compile.model.split import reshard
+    from compile.reshard import reshard
     from ferrum.model_config import LlamaConfig
     from ferrum.quantization import get_quantization
 
@@ -87,3 +87,14 @@ def test_parameters_over_the_binding_limit_are_cut_into_row_shards_that_fit():
         assert len(parts) > 1 and np.array_equal(np.concatenate(parts), arrays[name])
     with pytest.raises(InvalidRequestError, match="applies to the vulkan target only"):
         resolve_target("llvm", binding_limit=4096)
+
+
+def test_max_binding_takes_binary_units():
+    import argparse
+
+    from ferrum.cli import byte_size
+
+    assert [byte_size(t) for t in ("65536", "64K", "128m", "2G")] == [65536, 65536, 128 << 20, 2 << 30]
+    for bad in ("", "0", "12Q", "1.5G", "M"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            byte_size(bad)

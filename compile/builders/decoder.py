@@ -18,7 +18,8 @@ from compile.kernels.ops import SAMPLER_FUNCTIONS, CudaKernels, install_attentio
 from compile.model.architectures import get_architecture
 from compile.model.attention_grid import prefill_attention_grid
 from compile.model.cpu_attention import install_cpu_decode_attention
-from compile.model.split import Layout, reshard, split_oversized
+from compile.model.split import split_oversized
+from compile.reshard import Layout, reshard
 from compile.sources.base import DecoderSource
 from compile.targets import BuildTarget, TargetKind
 from compile.tensor_cache import write_tensor_cache
@@ -76,9 +77,15 @@ def build_decoder(
         model=cfg.to_dict(),
         functions=compiled.functions,
         kernels=compiled.library.kernels,
-        extra=LlmExtra(param_names=compiled.param_names, **compiled.extra),
+        extra=LlmExtra(param_names=compiled.param_names, param_splits=splits_record(compiled.layout),
+                       **compiled.extra),
         cpu_features=compiled.cpu_features,
     )
+
+
+def splits_record(layout: Layout) -> dict[str, list] | None:
+    """The manifest's ``extra.param_splits`` (None when nothing was split)."""
+    return {name: list(cut) for name, cut in layout.items()} or None
 
 
 def uses_cuda_kernels(cfg: DecoderConfig, quant: QuantSpec, target: BuildTarget) -> bool:

@@ -11,14 +11,13 @@ limit by shards of whole output rows (vocabulary rows for the embedding), each u
 - an embedding becomes ``ShardedEmbedding``: one gather kernel that picks each token's row from
   the shard holding it, and as tied LM head one linear function per shard, logits concatenated.
 
-It returns where each new parameter's rows come from, so ``reshard`` cuts the converted weights
-the same way; the network's other code is unchanged (it calls the replaced layers as before).
+It returns where each new parameter's rows come from (recorded in the manifest as
+``extra.param_splits``), so ``compile/reshard.py`` cuts the converted weights the same way; the network's other code is unchanged (it calls the replaced layers as before).
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterator
 
 import numpy as np
@@ -27,11 +26,9 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
 from compile.model.layers import Embedding, QLinear, linear
+from compile.reshard import Layout
 from ferrum.errors import ModelSourceError
 from ferrum.quantization import QuantSpec
-
-# new parameter name -> (parameter it is cut from, first row, row after the last)
-Layout = dict[str, tuple[str, int, int]]
 
 def _nbytes(p: nn.Parameter) -> int:
     return math.prod(int(d) for d in p.shape) * np.dtype(str(p.dtype)).itemsize
@@ -148,26 +145,3 @@ def split_oversized(model: nn.Module, limit: int) -> Layout:
         raise ModelSourceError(f"parameters larger than the storage-binding limit ({limit} bytes) that Ferrum cannot "
                                f"split yet: {', '.join(too_big[:4])}")
     return layout
-
-def reshard(arrays: Iterator[tuple[str, np.ndarray]], order: list[str], layout: Layout
-            ) -> Iterator[tuple[str, np.ndarray]]:
-    """The converted weights (``arrays``, in the unsplit network's order) as the split network's
-    parameters ``order``: a parameter in ``layout`` is its rows of the one it is cut from."""
-    uses = Counter(layout[name][0] if name in layout else name for name in order)
-    pending: dict[str, np.ndarray] = {}
-    wanted = iter(order)
-    name = next(wanted, None)
-    for source, array in arrays:
-        pending[source] = array
-        while name is not None:
-            src, start, stop = layout.get(name, (name, None, None))
-            if src not in pending:
-                break
-            yield name, pending[src] if start is None else np.ascontiguousarray(pending[src][start:stop])
-            uses[src] -= 1
-            if not uses[src]:
-                del pending[src]
-            name = next(wanted, None)
-    if name is not None or pending:
-        raise ModelSourceError(f"converted weights do not cover the split network's parameters (next: {name}, "
-                               f"left over: {sorted(pending)[:3]})")
