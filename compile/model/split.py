@@ -12,7 +12,8 @@ limit by shards of whole output rows (vocabulary rows for the embedding), each u
   the shard holding it, and as tied LM head one linear function per shard, logits concatenated.
 
 It returns where each new parameter's rows come from (recorded in the manifest as
-``extra.param_splits``), so ``compile/reshard.py`` cuts the converted weights the same way; the network's other code is unchanged (it calls the replaced layers as before).
+``extra.param_splits``), so ``compile/reshard.py`` cuts the converted weights the same way; the network's
+other code is unchanged (it calls the replaced layers as before).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from compile.reshard import Layout
 from ferrum.errors import ModelSourceError
 from ferrum.quantization import QuantSpec
 
+
 def _nbytes(p: nn.Parameter) -> int:
     return math.prod(int(d) for d in p.shape) * np.dtype(str(p.dtype)).itemsize
+
 
 def _shard_rows(rows: int, row_bytes: int, limit: int) -> list[int]:
     """Row counts of the fewest equal shards (the last may be shorter) whose bytes fit ``limit``."""
@@ -42,6 +45,7 @@ def _shard_rows(rows: int, row_bytes: int, limit: int) -> list[int]:
     size = math.ceil(rows / count)
     return [min(size, rows - start) for start in range(0, rows, size)]
 
+
 class SplitLinear(nn.Module):
     """A linear layer stored as shards of output rows; the output is the shards' outputs concatenated."""
 
@@ -50,6 +54,7 @@ class SplitLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return op.concat([part(x) for part in self.parts], dim=-1)
+
 
 class ShardedEmbedding(nn.Module):
     """An embedding table stored as shards of vocabulary rows."""
@@ -79,6 +84,7 @@ class ShardedEmbedding(nn.Module):
         """Float32 logits, one linear function per shard (as ``Embedding.lm_head``)."""
         return op.concat([linear(x, [s.weight], spec, "float32") for s in self.shards], dim=-1)
 
+
 def _split_linear(layer: QLinear, limit: int) -> SplitLinear | None:
     params = [p for p in (*layer.weights(), layer.bias) if p is not None]
     if all(_nbytes(p) <= limit for p in params):
@@ -90,12 +96,14 @@ def _split_linear(layer: QLinear, limit: int) -> SplitLinear | None:
     in_features = int(layer.weights()[0].shape[1]) * (8 if layer.spec.weight_bits == 4 else 1)
     return SplitLinear(in_features, _shard_rows(out_features, row_bytes, limit), layer.spec, layer.bias is not None)
 
+
 def _split_embedding(table: Embedding, limit: int) -> ShardedEmbedding | None:
     if _nbytes(table.weight) <= limit:
         return None
     vocab, dim = (int(d) for d in table.weight.shape)
     rows = _shard_rows(vocab, _nbytes(table.weight) // vocab, limit)
     return ShardedEmbedding(rows, dim, str(table.weight.dtype))
+
 
 def _layout_of(prefix: str, old: nn.Module, new: SplitLinear | ShardedEmbedding) -> Layout:
     parts = new.parts if isinstance(new, SplitLinear) else new.shards
@@ -109,6 +117,7 @@ def _layout_of(prefix: str, old: nn.Module, new: SplitLinear | ShardedEmbedding)
         start += rows
     return layout
 
+
 def _children(module: nn.Module) -> Iterator[tuple[str, nn.Module, object]]:
     """(name, child, key) for each direct submodule; ``key`` sets it back (an attribute or list index)."""
     if isinstance(module, nn.ModuleList):
@@ -118,6 +127,7 @@ def _children(module: nn.Module) -> Iterator[tuple[str, nn.Module, object]]:
     for name, value in list(vars(module).items()):
         if isinstance(value, nn.Module):
             yield name, value, name
+
 
 def split_oversized(model: nn.Module, limit: int) -> Layout:
     """Replace ``model``'s linear layers and embeddings holding a parameter over ``limit`` bytes
