@@ -11,7 +11,8 @@ MODEL ?=
 TARGET ?=
 QUANT ?=
 ARCH ?=
-COMPILE_ARGS = $(if $(MODEL),$(MODEL)) $(if $(TARGET),--target $(TARGET)) $(if $(QUANT),--quant $(QUANT)) $(if $(ARCH),--arch $(ARCH))
+MAX_BINDING ?=
+COMPILE_ARGS = $(if $(MODEL),$(MODEL)) $(if $(TARGET),--target $(TARGET)) $(if $(QUANT),--quant $(QUANT)) $(if $(ARCH),--arch $(ARCH)) $(if $(MAX_BINDING),--max-binding $(MAX_BINDING))
 
 .PHONY: install compile run serve lint test test-fast test-deep dist clean
 

@@ -12,6 +12,7 @@ token-id prompts go in and the streamed text names the ids.
 
     python bench/compile_shape.py llama3-8b --quant q0f16 --target cuda --arch sm_90a --out .dev/shapes
     python bench/compile_shape.py qwen3-30b-a3b --quant q0f16 --target cuda --arch sm_90a --out .dev/shapes
+    python bench/compile_shape.py llama3-8b --quant q4f16 --target vulkan --out .dev/shapes
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
 import ferrum  # noqa: E402
 from compile.build import LIBRARY_NAME  # noqa: E402
-from compile.builders.decoder import compile_decoder  # noqa: E402
-from compile.model.architectures import get_architecture  # noqa: E402
+from compile.builders.decoder import build_network, compile_decoder, splits_record  # noqa: E402
 from compile.targets import resolve_target  # noqa: E402
 from ferrum.manifest import GenerationConfig, Manifest, describe_files  # noqa: E402
 from ferrum.manifest_extra import LlmExtra  # noqa: E402
@@ -82,6 +82,8 @@ def main() -> int:
     parser.add_argument("--target", default="cuda")
     parser.add_argument("--arch", default="sm_90a")
     parser.add_argument("--out", type=Path, default=Path(".dev/shapes"))
+    parser.add_argument("--max-binding", type=int, default=None, metavar="BYTES",
+                        help="vulkan: bytes one kernel argument binds (default 128 MiB); larger parameters are split")
     parser.add_argument("--tokenizer-from", type=Path, default=None, metavar="ARTIFACT",
                         help="take tokenizer.json and generation.json from this artifact (a vocabulary no larger "
                              "than the shape's: a wider LM head's extra ids are padding, which no grammar allows and "
@@ -90,16 +92,15 @@ def main() -> int:
 
     args = parser.parse_args()
 
-    cfg, quant = SHAPES[args.shape], get_quantization(args.quant)
-    target = resolve_target(args.target, args.arch)
+    target = resolve_target(args.target, None if args.target in ("vulkan", "webgpu") else args.arch, args.max_binding)
+    cfg, quant = SHAPES[args.shape], get_quantization(args.quant, gpu=target.kind.gpu)
     name = f"{args.shape}-shape-{quant.name}-{target.tag}"
     folder = args.out / name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    network = get_architecture(cfg.architecture).network_class()
     try:
         shapes = {n: [[int(d) for d in p.shape], str(p.dtype)]
-                  for n, p in network(cfg, quant, target.tvm_target).named_parameters()}
+                  for n, p in build_network(cfg, quant, target)[0].named_parameters()}
     except ModelSourceError as exc:  # e.g. Qwen3-MoE's experts are built unquantized only
         shutil.rmtree(folder, ignore_errors=True)
         parser.error(f"{args.shape} at {quant.name}: {exc}")
@@ -123,7 +124,7 @@ def main() -> int:
         target=target.info, tvm_version=tvm.__version__, ferrum_version=ferrum.__version__,
         source={"format": "shape", "name": args.shape}, library=LIBRARY_NAME, functions=compiled.functions,
         files=describe_files(folder), kernels=compiled.library.kernels,
-        extra=LlmExtra(param_names=compiled.param_names, param_shapes=shapes,
+        extra=LlmExtra(param_names=compiled.param_names, param_shapes=shapes, param_splits=splits_record(compiled.layout),
                        weights="generated at run time (benchmark)", **compiled.extra),
         created_at=datetime.now(UTC).isoformat(),
     ).write(folder)

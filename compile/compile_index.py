@@ -34,11 +34,11 @@ _CODE_SUFFIXES = {".py", ".cu", ".cuh", ".h", ".cc", ".cpp", ".json"}
 
 
 def request_key(model: str | None, target: str | None, quantization: str | None, arch: str | None,
-                name: str | None) -> str:
+                name: str | None, binding_limit: int | None = None) -> str:
     """The key of one compile request (see the module docstring)."""
     parts = {
         "source": _source_identity(resolve_model_path(model)),
-        "options": [target, quantization, arch, name],
+        "options": [target, quantization, arch, name, *([binding_limit] if binding_limit else [])],
         "compiler": _compiler_fingerprint(),
         "machine": _machine_fingerprint(),
     }
@@ -72,10 +72,10 @@ def record_compiled(output_root: Path, key: str, folder: Path) -> None:
 
 
 def quick_skip(model: str | None, target: str | None, quantization: str | None, arch: str | None,
-               output_root: Path, name: str | None) -> Path | None:
+               output_root: Path, name: str | None, binding_limit: int | None = None) -> Path | None:
     """``--skip-existing`` without the compiler: the recorded artifact for this request, if intact."""
     try:
-        key = request_key(model, target, quantization, arch, name)
+        key = request_key(model, target, quantization, arch, name, binding_limit)
     except FerrumError:
         return None  # e.g. a missing model: the full path says why
     return find_compiled(output_root, key)

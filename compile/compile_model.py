@@ -46,6 +46,7 @@ def compile_model(
     output_root: Path = Path("artifacts"),
     name: str | None = None,
     skip_existing: bool = False,
+    binding_limit: int | None = None,
 ) -> Path:
     """Build an artifact and return its folder. Every finished request is recorded in the output
     folder's compile index (``compile/compile_index.py``); with ``skip_existing`` an intact artifact
@@ -53,14 +54,16 @@ def compile_model(
     machine) is returned without rebuilding. An artifact of the same name built by other compiler
     code is rebuilt: its kernels, layouts or defaults may differ. Requests are also recorded with
     their resolved target and quantization, so ``make run`` (defaults) finds what ``make test``
-    (``--target llvm``) built after reading the model once, instead of building it again."""
+    (``--target llvm``) built after reading the model once, instead of building it again.
+    ``binding_limit``: bytes one kernel argument may bind on the vulkan target (default 128 MiB);
+    larger parameters are split."""
     progress = Progress()
     given_name = name
-    key = request_key(model, target, quantization, arch, name)
+    key = request_key(model, target, quantization, arch, name, binding_limit)
     if skip_existing and (found := find_compiled(Path(output_root), key)) is not None:
         progress(f"already compiled: {found}")
         return found
-    build_target = resolve_target(target, arch)
+    build_target = resolve_target(target, arch, binding_limit)
     if quantization:
         get_quantization(quantization)  # an unknown name fails before the model is read
     progress(f"reading model {model or '(default)'}")
@@ -68,9 +71,10 @@ def compile_model(
     if source.architecture in build_target.kind.not_yet:
         raise ModelSourceError(f"{source.architecture} models are not supported on {build_target.kind.name} yet")
     builder = get_builder(source.architecture)
-    quant = get_quantization(quantization or builder.default_quantization(build_target.kind, source))
+    quant = get_quantization(quantization or builder.default_quantization(build_target.kind, source),
+                             gpu=build_target.kind.gpu)
     check_quantization(builder, quant, source.architecture)
-    resolved_key = request_key(model, build_target.kind.name, quant.name, arch, given_name)
+    resolved_key = request_key(model, build_target.kind.name, quant.name, arch, given_name, binding_limit)
     if skip_existing and (found := find_compiled(Path(output_root), resolved_key)) is not None:
         record_compiled(found.parent, key, found)
         progress(f"already compiled: {found}")

@@ -105,7 +105,10 @@ def webgpu_runtime(
 ) -> dict[str, str]:
     """Ship the WebGPU runtime plugin in ``staging/kernels/`` and record the adapter requirements."""
     sources = module_sources(executable, "webgpu")
-    target.info.requirements = webgpu_requirements(sources)
+    needs = webgpu_requirements(sources)
+    if target.binding_limit:  # parameters were split to fit it (compile/model/split.py)
+        needs["limits"]["max_storage_buffer_binding_size"] = target.binding_limit
+    target.info.requirements = needs
     progress(f"WebGPU: {sum(s.count('// Function: ') for s in sources)} WGSL kernels; building the runtime plugin")
     folder = staging / KERNELS_DIR
     folder.mkdir(parents=True, exist_ok=True)

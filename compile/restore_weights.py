@@ -15,13 +15,14 @@ import shutil
 import sys
 from pathlib import Path
 
+from compile.reshard import reshard
 from compile.sources import open_source
 from compile.tensor_cache import write_tensor_cache
 from compile.weights import convert_weights
 from ferrum.errors import ArtifactError, FerrumError
 from ferrum.manifest import Manifest, verify_files
 from ferrum.model_config import DecoderConfig
-from ferrum.quantization import get_quantization
+from ferrum.quantization import QuantSpec
 
 
 def restore_weights(artifact: Path, source: str) -> None:
@@ -31,7 +32,11 @@ def restore_weights(artifact: Path, source: str) -> None:
         raise ArtifactError(f"{source} is not the model {manifest.name} was compiled from")
     weights = artifact / "weights"
     shutil.rmtree(weights, ignore_errors=True)
-    names = write_tensor_cache(convert_weights(model, get_quantization(manifest.quantization["name"])), weights)
+    arrays = convert_weights(model, QuantSpec(**manifest.quantization))
+    if manifest.extra.param_splits:  # parameters split under a binding limit (compile/model/split.py)
+        layout = {name: (src, int(a), int(b)) for name, (src, a, b) in manifest.extra.param_splits.items()}
+        arrays = reshard(arrays, manifest.extra.param_names, layout)
+    names = write_tensor_cache(arrays, weights)
     if names != manifest.extra.param_names:
         raise ArtifactError("regenerated parameters differ from the compiled model's")
     verify_files(artifact, manifest)

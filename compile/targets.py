@@ -13,7 +13,10 @@ goes into the fatbin: the one given (``ARCH=``), the detected GPU's, or sm_80 + 
 when there is no GPU to ask. CUDA host code targets x86-64-v2 so it runs on any serving host.
 The vulkan target (also called ``webgpu``) is TVM's WebGPU codegen: WGSL kernels that Ferrum's
 runtime plugin runs over wgpu-native on Vulkan (``runtime/webgpu/``); its host code targets
-x86-64-v2 too.
+x86-64-v2 too. WebGPU binds each kernel argument as one storage buffer of at most the adapter's
+``maxStorageBufferBindingSize``: vulkan builds split larger parameters into row shards under a
+compile-time limit (``BINDING_LIMIT``, 128 MiB by default, what browsers and lavapipe offer;
+``compile/model/split.py``) and the manifest records it as a limit the adapter must have.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ CUDA_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90", "sm_90a")
 DEFAULT_CUDA_ARCHS = ("sm_80", "sm_89", "sm_90a")
 AUTO = (None, "", "auto")
 ALIASES = {"webgpu": "vulkan"}  # TVM's name for the codegen the vulkan target uses
+DEFAULT_BINDING_LIMIT = 128 << 20  # WebGPU's default maxStorageBufferBindingSize (browsers, lavapipe)
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ class TargetKind:
     passes: Callable[[tvm.target.Target], list[tvm.transform.Pass]]  # the Relax pipeline's passes
     package: Packager | None = None  # builds the device code ahead of time; None: it is in the library
     not_yet: tuple[str, ...] = ()  # source architectures this target does not build yet
+    # bytes one kernel argument may bind (None: no such limit); larger parameters are split
+    binding_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class BuildTarget:
     kind: TargetKind
     info: TargetInfo
     archs: tuple[str, ...] = ()
+    binding_limit: int | None = None  # the kind's, or the one the compile asked for
 
     @property
     def tag(self) -> str:
@@ -172,7 +179,7 @@ TARGETS: dict[str, TargetKind] = {
                        make=_make_cuda, passes=cuda_passes, package=cuda_fatbins),
     "vulkan": TargetKind("vulkan", device_type="webgpu", default_quantization="q0f32", gpu=True,
                          make=_make_webgpu, passes=webgpu_passes, package=webgpu_runtime,
-                         not_yet=("whisper", "piper-vits")),
+                         not_yet=("whisper", "piper-vits"), binding_limit=DEFAULT_BINDING_LIMIT),
 }
 
 
@@ -185,12 +192,17 @@ def get_target_kind(name: str) -> TargetKind:
         ) from None
 
 
-def resolve_target(kind: str | None, arch: str | None = None) -> BuildTarget:
-    """``kind``: a name in ``TARGETS``, or None/"auto" (a CUDA GPU, else a Vulkan GPU, else this CPU)."""
+def resolve_target(kind: str | None, arch: str | None = None, binding_limit: int | None = None) -> BuildTarget:
+    """``kind``: a name in ``TARGETS``, or None/"auto" (a CUDA GPU, else a Vulkan GPU, else this CPU).
+    ``binding_limit``: bytes a kernel argument may bind, for targets that have such a limit."""
     if kind in AUTO:
         kind = "cuda" if detect_cuda_arch() else "vulkan" if detect_vulkan_gpu() else "llvm"
     row = get_target_kind(kind)
+    if binding_limit is not None and (row.binding_limit is None or binding_limit < 1024):
+        raise InvalidRequestError("a storage-binding limit applies to the vulkan target only, and is at least 1 KiB"
+                                  if row.binding_limit is None else "the storage-binding limit must be at least 1 KiB",
+                                  param="max_binding")
     made = row.make(arch)
     info = TargetInfo(kind=row.name, triple=made.triple, arch=",".join(made.archs) or None,
                       cpu_features=list(made.cpu_features), device_type=row.device_type)
-    return BuildTarget(made.tvm_target, row, info, made.archs)
+    return BuildTarget(made.tvm_target, row, info, made.archs, binding_limit or row.binding_limit)

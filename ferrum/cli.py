@@ -55,7 +55,8 @@ def cmd_compile(args: argparse.Namespace) -> None:
             if exc.name != "compile":
                 raise
         else:
-            found = quick_skip(args.model, args.target, args.quant, args.arch, Path(args.output), args.name)
+            found = quick_skip(args.model, args.target, args.quant, args.arch, Path(args.output), args.name,
+                               args.max_binding)
             if found is not None:
                 print(found)
                 return
@@ -68,7 +69,8 @@ def cmd_compile(args: argparse.Namespace) -> None:
                           "compiling needs the full project (pip install -e . from a checkout)") from None
 
     path = compile_model(
-        args.model, args.target, args.quant, args.arch, Path(args.output), args.name, args.skip_existing
+        args.model, args.target, args.quant, args.arch, Path(args.output), args.name, args.skip_existing,
+        args.max_binding,
     )
     print(path)
 
@@ -150,6 +152,18 @@ def _seconds(text: str) -> float:
     return value
 
 
+BYTE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def byte_size(text: str) -> int:
+    """``65536``, ``64K``, ``128M`` or ``2G`` (binary units) as bytes."""
+    unit = text[-1:].upper() if text[-1:].isalpha() else ""
+    number = text[: len(text) - len(unit)]
+    if unit not in BYTE_UNITS or not number.isdigit() or int(number) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in bytes such as 65536, 64K, 128M or 2G")
+    return int(number) * BYTE_UNITS[unit]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferrum", description="Compile and serve LLMs with Apache TVM.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,8 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a model into an artifact folder")
     p.add_argument("model", nargs="?", default=None, help="GGUF file, Hugging Face folder or known name")
     p.add_argument("--target", default=None, help="llvm, cuda or vulkan (webgpu) (default: a CUDA GPU, else a Vulkan GPU, else this CPU)")
-    p.add_argument("--quant", default=None, help="q0f32 (CPU default), q0f16 (GPU default), q4f16 or q4f32 (CPU int4: the CPU default for Q4 GGUFs such as SmolLM2)")
+    p.add_argument("--quant", default=None, help="q0f32 (CPU default), q0f16 (GPU default), q4f16 or q4f32 (int4 with float32 activations: the CPU default for Q4 GGUFs such as SmolLM2; on vulkan for adapters without shader-f16)")
     p.add_argument("--arch", default=None, help="CUDA architecture, e.g. sm_90a")
+    p.add_argument("--max-binding", type=byte_size, default=None, metavar="BYTES",
+                   help="vulkan: largest buffer one kernel argument binds, e.g. 128M (the default) or 2G; "
+                        "larger parameters are split into row shards")
     p.add_argument("--output", default="artifacts", help="folder that receives the artifact")
     p.add_argument("--name", default=None, help="artifact name (default <model>-<quant>-<target>)")
     p.add_argument("--skip-existing", action="store_true", help="keep an intact artifact of the same name")

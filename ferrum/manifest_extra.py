@@ -104,6 +104,8 @@ class LlmExtra(ArtifactExtra):
     decode_max_batch: int | None = None  # CUDA graph builds: the largest decode batch the library plans for
     param_shapes: dict[str, list[Any]] | None = None  # shape-only benchmark builds: [shape, dtype] per weight
     weights: str | None = None  # shape-only benchmark builds: where the weights come from instead of weights/
+    # parameters split under a storage-binding limit: [parameter cut from, first row, row after the last] per shard
+    param_splits: dict[str, list[Any]] | None = None
 
 
 @dataclass

@@ -56,8 +56,18 @@ QUANTIZATIONS: dict[str, QuantSpec] = {
     "q4f32": QuantSpec("q4f32", "float32", 4, 32, interleave=16, head_bits=8),
 }
 
+# GPU builds of a scheme whose CPU layout is for CPU kernels. q4f32 on a GPU (vulkan adapters
+# without ``shader-f16``): the q4f16 weights (Q4_1 blocks, scale/min rounded to float16, held as
+# float32) in their stored (out, in) order, which the GPU's GEMV reads; the LM head in float32.
+GPU_LAYOUTS: dict[str, QuantSpec] = {
+    "q4f32": QuantSpec("q4f32", "float32", 4, 32),
+}
 
-def get_quantization(name: str) -> QuantSpec:
+
+def get_quantization(name: str, gpu: bool = False) -> QuantSpec:
+    """The scheme ``name``; ``gpu``: as a GPU target builds it (``GPU_LAYOUTS``)."""
+    if gpu and name in GPU_LAYOUTS:
+        return GPU_LAYOUTS[name]
     try:
         return QUANTIZATIONS[name]
     except KeyError:

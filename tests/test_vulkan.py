@@ -40,10 +40,10 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def compile_for(model: str, target: str, root: Path, quant: str = "q0f32") -> Path:
+def compile_for(model: str, target: str, root: Path, quant: str = "q0f32", binding_limit: int | None = None) -> Path:
     from compile.compile_model import compile_model
 
-    return compile_model(model, target, quant, output_root=root, skip_existing=True)
+    return compile_model(model, target, quant, output_root=root, skip_existing=True, binding_limit=binding_limit)
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +113,62 @@ def test_tiny_llama_q0f16_on_vulkan_gives_the_cpu_float32_tokens(tiny_llama, tin
     finally:
         run(cpu.shutdown())
         run(vk.shutdown())
+
+
+INT4_LIMIT = 4 << 10  # under every tiny-Llama int4 gate/up (8 KiB of words), embedding and LM head (80 KiB)
+
+
+def largest_tensor(artifact: Path) -> int:
+    shards = json.loads((artifact / "weights" / "tensor-cache.json").read_text())["records"]
+    return max(r["nbytes"] for shard in shards for r in shard["records"])
+
+
+@pytest.fixture(scope="module")
+def q4f32_split_vulkan(tiny_llama, tmp_path_factory) -> Path:
+    return compile_for(str(tiny_llama), "vulkan", tmp_path_factory.mktemp("q4-vk"), "q4f32", binding_limit=INT4_LIMIT)
+
+
+def test_int4_split_under_a_tiny_binding_limit_gives_the_cpu_int4_tokens(q4f32_split_vulkan, tiny_llama, tmp_path):
+    """q4f32 (int4 Q4_1 groups of 32, float32 activations) with every parameter split under 4 KiB:
+    the embedding in 20 vocabulary shards, the LM head and gate/up by output rows (int4 words,
+    scales and minimums cut alike). The GPU kernels read the packed words. Its greedy tokens equal
+    the CPU q4f32 artifact's (unsplit); that one keeps its LM head in int8 (Q8_0) where the GPU's
+    is float32, so logits differ by that rounding, within the bound below. Over 16 tokens."""
+    manifest = json.loads((q4f32_split_vulkan / "manifest.json").read_text())
+    assert manifest["target"]["requirements"]["limits"]["max_storage_buffer_binding_size"] == INT4_LIMIT
+    assert manifest["target"]["requirements"]["features"] == []
+    names = manifest["extra"]["param_names"]
+    assert {"embed_tokens.shards.19.weight", "lm_head.parts.19.weight",
+            "layers.0.mlp.gate_up_proj.parts.1.q_weight", "layers.0.self_attn.o_proj.q_weight"} <= set(names)
+    cpu_art = compile_for(str(tiny_llama), "llvm", tmp_path, "q4f32")
+    assert largest_tensor(q4f32_split_vulkan) <= INT4_LIMIT < largest_tensor(cpu_art)
+    from compile.restore_weights import restore_weights
+
+    moved = tmp_path / "moved"  # the manifest's extra.param_splits cuts regenerated weights alike (hashes checked)
+    shutil.copytree(q4f32_split_vulkan, moved)
+    restore_weights(moved, str(tiny_llama))
+    cpu, vk = open_engine(cpu_art), open_engine(q4f32_split_vulkan)
+    try:
+        assert greedy(vk, PROMPTS, 16) == greedy(cpu, PROMPTS, 16)
+        tokens = cpu.tokenizer.encode(PROMPTS[0])
+    finally:
+        run(cpu.shutdown())
+        run(vk.shutdown())
+    a, b = prefill_logits(cpu_art, tokens), prefill_logits(q4f32_split_vulkan, tokens)
+    assert np.abs(a - b).max() <= 2e-2 * max(1.0, np.abs(a).max())
+
+
+def test_q4f16_on_vulkan_gives_the_q4f32_tokens(q4f32_split_vulkan, tiny_llama, tmp_path):
+    """The same int4 weights with float16 activations (``shader-f16``, which lavapipe has; float32
+    accumulation): the q4f32 artifact's greedy tokens over 16, as q0f16 against q0f32."""
+    f16 = compile_for(str(tiny_llama), "vulkan", tmp_path, "q4f16")
+    assert json.loads((f16 / "manifest.json").read_text())["target"]["requirements"]["features"] == ["shader-f16"]
+    a, b = open_engine(q4f32_split_vulkan), open_engine(f16)
+    try:
+        assert greedy(b, PROMPTS, 16) == greedy(a, PROMPTS, 16)
+    finally:
+        run(a.shutdown())
+        run(b.shutdown())
 
 
 def test_batch_engine_on_vulkan_batches_preempts_and_cancels(tiny_vulkan):

@@ -52,3 +52,49 @@ def test_speech_models_are_refused_on_vulkan_by_name(model):
 
     with pytest.raises(ModelSourceError, match=r"(whisper|piper-vits) models are not supported on vulkan yet"):
         compile_model(model, "vulkan")
+
+
+def test_parameters_over_the_binding_limit_are_cut_into_row_shards_that_fit():
+    """No compile: the network's oversized parameters are replaced by shards under the limit, and
+    ``reshard`` cuts converted weights into exactly those parameters, rows in order."""
+    import numpy as np
+
+    from compile.builders.decoder import build_network
+    from compile.reshard import reshard
+    from ferrum.model_config import LlamaConfig
+    from ferrum.quantization import get_quantization
+
+    cfg = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5, rope_theta=1e4, context_length=256,
+                      tie_word_embeddings=False)
+    quant = get_quantization("q4f32", gpu=True)
+    whole = dict(build_network(cfg, quant, resolve_target("vulkan"))[0].named_parameters())
+    net, layout = build_network(cfg, quant, resolve_target("vulkan", binding_limit=4096))
+    split = dict(net.named_parameters())
+    size = {n: int(np.prod([int(d) for d in p.shape])) * np.dtype(str(p.dtype)).itemsize for n, p in split.items()}
+    assert max(size.values()) <= 4096 < 320 * 64 * 4
+    assert [f"embed_tokens.shards.{i}.weight" for i in range(20)] == [n for n in split if n.startswith("embed_tokens")]
+    gate_up = [n for n in split if ".gate_up_proj." in n]
+    assert gate_up == [f"layers.0.mlp.gate_up_proj.parts.{i}.{w}" for i in range(2) for w in ("q_weight", "q_scale", "q_min")]
+    rng = np.random.default_rng(0)
+    arrays = {n: rng.standard_normal([int(d) for d in p.shape]).astype(np.float32) for n, p in whole.items()}
+    cut = dict(reshard(iter(arrays.items()), list(split), layout))
+    assert list(cut) == list(split)
+    assert all(cut[n].shape == tuple(int(d) for d in p.shape) for n, p in split.items())
+    for name in ("embed_tokens.weight", "lm_head.weight", "layers.0.mlp.gate_up_proj.q_min"):
+        prefix, leaf = name.rsplit(".", 1)
+        parts = [cut[n] for n in split if n.startswith(prefix + ".") and n.endswith("." + leaf)]
+        assert len(parts) > 1 and np.array_equal(np.concatenate(parts), arrays[name])
+    with pytest.raises(InvalidRequestError, match="applies to the vulkan target only"):
+        resolve_target("llvm", binding_limit=4096)
+
+
+def test_max_binding_takes_binary_units():
+    import argparse
+
+    from ferrum.cli import byte_size
+
+    assert [byte_size(t) for t in ("65536", "64K", "128m", "2G")] == [65536, 65536, 128 << 20, 2 << 30]
+    for bad in ("", "0", "12Q", "1.5G", "M"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            byte_size(bad)

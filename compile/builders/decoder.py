@@ -19,6 +19,8 @@ from compile.model.architectures import get_architecture
 from compile.model.attention_grid import prefill_attention_grid
 from compile.model.cpu_attention import TVM_DECODE_KERNEL, install_cpu_decode_attention
 from compile.model.softcap import install_attention_soft_cap
+from compile.model.split import split_oversized
+from compile.reshard import Layout, reshard
 from compile.sources.base import DecoderSource
 from compile.targets import BuildTarget, TargetKind
 from compile.tensor_cache import write_tensor_cache
@@ -42,6 +44,7 @@ class CompiledDecoder:
     functions: list[str]
     extra: dict
     cpu_features: list[str] = field(default_factory=list)  # CPU flags its kernels need beyond the target's
+    layout: Layout = field(default_factory=dict)  # parameters split under the binding limit (compile/model/split.py)
 
 
 def build_decoder(
@@ -61,7 +64,10 @@ def build_decoder(
         if i % 40 == 0 or i == total:
             progress(f"weights {i}/{total} {name}")
 
-    written = write_tensor_cache(convert_weights(source, quant), staging / "weights", progress=report)
+    weights = convert_weights(source, quant)
+    if compiled.layout:
+        weights = reshard(weights, compiled.param_names, compiled.layout)
+    written = write_tensor_cache(weights, staging / "weights", progress=report)
     if written != compiled.param_names:
         raise FerrumError("internal error: converted weights do not match the compiled model's parameters")
     (staging / "tokenizer.json").write_text(source.tokenizer_json)
@@ -72,9 +78,15 @@ def build_decoder(
         model=cfg.to_dict(),
         functions=compiled.functions,
         kernels=compiled.library.kernels,
-        extra=LlmExtra(param_names=compiled.param_names, **compiled.extra),
+        extra=LlmExtra(param_names=compiled.param_names, param_splits=splits_record(compiled.layout),
+                       **compiled.extra),
         cpu_features=compiled.cpu_features,
     )
+
+
+def splits_record(layout: Layout) -> dict[str, list] | None:
+    """The manifest's ``extra.param_splits`` (None when nothing was split)."""
+    return {name: list(cut) for name, cut in layout.items()} or None
 
 
 def uses_cuda_kernels(cfg: DecoderConfig, quant: QuantSpec, target: BuildTarget) -> bool:
@@ -95,11 +107,18 @@ def plain_rope(cfg: DecoderConfig) -> tuple[float, float] | None:
     return (cfg.rope_theta, 1.0) if not cfg.rope_scaling else None
 
 
+def build_network(cfg: DecoderConfig, quant: QuantSpec, target: BuildTarget, kernels=None):
+    """The architecture's network for this target, with parameters over the target's binding limit
+    split into shards, and their layout (empty when nothing was split)."""
+    network = get_architecture(cfg.architecture).network_class()(cfg, quant, target.tvm_target, kernels)
+    layout = split_oversized(network, target.binding_limit) if target.binding_limit else {}
+    return network, layout
+
+
 def compile_decoder(
     cfg: DecoderConfig, quant: QuantSpec, target: BuildTarget, staging: Path, progress: Callable[[str], None]
 ) -> CompiledDecoder:
     """Export and compile the network (no weights) into ``staging``."""
-    network = get_architecture(cfg.architecture).network_class()
     kernels = None
     if uses_cuda_kernels(cfg, quant, target):
         kernels = CudaKernels(target.archs, rope=plain_rope(cfg))
@@ -114,7 +133,11 @@ def compile_decoder(
     cuda = kernels is not None and target.kind.gpu
     functions = list(LLM_FUNCTIONS) + (list(SAMPLER_FUNCTIONS) if cuda else [])
     with prefill_attention_grid() if target.kind.gpu else contextlib.nullcontext():
-        mod, param_names = export_module(network(cfg, quant, target.tvm_target, kernels))
+        network, layout = build_network(cfg, quant, target, kernels)
+        if layout:
+            progress(f"split {len({src for src, _, _ in layout.values()})} parameters over "
+                     f"{target.binding_limit} bytes into {len(layout)} row shards")
+        mod, param_names = export_module(network)
     if kernels is not None:
         mod = install_attention_kernels(mod, kernels)
     own_decode = kernels is None and not target.kind.gpu
@@ -128,10 +151,10 @@ def compile_decoder(
                 " with Ferrum's CPU kernels" if kernels else ""))
     if not cuda:
         return CompiledDecoder(build_library(mod, target, staging, progress), param_names, functions, {},
-                               list(CPU_KERNEL_FEATURES) if kernels else [])
+                               list(CPU_KERNEL_FEATURES) if kernels else [], layout)
     library = build_library(mod, target, staging, progress, graph_bounds={"batch_decode": {"b": DECODE_GRAPH_MAX_BATCH}},
                             link_extra=link_options())
-    return CompiledDecoder(library, param_names, functions, {"decode_max_batch": DECODE_GRAPH_MAX_BATCH})
+    return CompiledDecoder(library, param_names, functions, {"decode_max_batch": DECODE_GRAPH_MAX_BATCH}, layout=layout)
 
 
 def preferred_quantization(source: DecoderSource, target: TargetKind) -> str | None:
