@@ -237,3 +237,46 @@ def test_serve_device_vulkan_answers_and_reports_the_adapter(tiny_vulkan):
         assert device["type"] == "webgpu" and device["backend"] == "vulkan" and device["memory_allocated_bytes"] > 0
     finally:
         assert server.terminate() == 0
+
+
+def test_a_buffer_freed_and_allocated_again_at_its_handle_gets_a_fresh_bind_group(tiny_vulkan, tmp_path):
+    """The plugin caches bind groups by buffer handle. A freed buffer's handle comes back for the
+    next allocation of its size; if its cached group survived the free, the kernel would write the
+    freed buffer (kept alive by that group) and the new output would stay unwritten."""
+    import tvm
+    from tvm.script import tirx as T
+
+    from runtime.artifact import resolve_device
+
+    device = resolve_device(LlmArtifact.open(tiny_vulkan).manifest)  # loads the artifact's plugin
+
+    @T.prim_func
+    def add_one(a: T.Buffer((256,), "float32"), b: T.Buffer((256,), "float32")):
+        T.func_attr({"global_symbol": "add_one", "tir.noalias": True})
+        for i in T.thread_binding(4, thread="blockIdx.x"):
+            for j in T.thread_binding(64, thread="threadIdx.x"):
+                b[i * 64 + j] = a[i * 64 + j] + T.float32(1)
+
+    path = tmp_path / "add_one.so"
+    tvm.compile(add_one, target=tvm.target.Target("webgpu", host="llvm")).export_library(str(path))
+    kernel = tvm.runtime.load_module(str(path))["add_one"]
+    stats = tvm.get_global_func("ferrum.webgpu.stats")
+    before = json.loads(stats())
+    rng = np.random.default_rng(0)
+    a = tvm.runtime.empty((256,), "float32", device)
+    freed: set[int] = set()
+    reused = 0
+    for _ in range(12):
+        x = rng.standard_normal(256).astype(np.float32)
+        a.copyfrom(x)
+        b = tvm.runtime.empty((256,), "float32", device)
+        reused += b.data_ptr() in freed
+        kernel(a, b)
+        kernel(a, b)  # the same buffers again: the cached group
+        np.testing.assert_array_equal(b.numpy(), x + 1)
+        freed.add(b.data_ptr())
+        del b
+    after = json.loads(stats())
+    assert reused >= 3, "no freed handle came back: this test would not see a stale group"
+    assert after["group_hits"] - before["group_hits"] >= 12
+    assert after["groups_evicted"] - before["groups_evicted"] >= 11

@@ -72,7 +72,8 @@ bool EnvFlag(const char* name, bool fallback) {
 struct Stats {
   uint64_t dispatches = 0, submits = 0, writes = 0, readbacks = 0, device_copies = 0, syncs = 0;
   uint64_t groups_created = 0, group_hits = 0, groups_evicted = 0;
-  uint64_t launch_ns = 0, group_ns = 0, encode_ns = 0, submit_ns = 0, write_ns = 0, readback_ns = 0, sync_ns = 0;
+  uint64_t launch_ns = 0, group_ns = 0, encode_ns = 0, submit_ns = 0, pass_end_ns = 0, queue_submit_ns = 0;
+  uint64_t write_ns = 0, readback_ns = 0, sync_ns = 0;
 
   std::string Json(size_t cached) const {
     std::ostringstream os;
@@ -81,7 +82,8 @@ struct Stats {
        << ", \"groups_created\": " << groups_created << ", \"group_hits\": " << group_hits
        << ", \"groups_evicted\": " << groups_evicted << ", \"groups_cached\": " << cached
        << ", \"launch_ns\": " << launch_ns << ", \"group_ns\": " << group_ns << ", \"encode_ns\": " << encode_ns
-       << ", \"submit_ns\": " << submit_ns << ", \"write_ns\": " << write_ns << ", \"readback_ns\": " << readback_ns
+       << ", \"submit_ns\": " << submit_ns << ", \"pass_end_ns\": " << pass_end_ns
+       << ", \"queue_submit_ns\": " << queue_submit_ns << ", \"write_ns\": " << write_ns << ", \"readback_ns\": " << readback_ns
        << ", \"sync_ns\": " << sync_ns << "}";
     return os.str();
   }
@@ -330,7 +332,10 @@ class Context {
     }
     ScopedTimer timer(profile, &stats.submit_ns);
     ++stats.submits;
-    EndPass();
+    {
+      ScopedTimer end(profile, &stats.pass_end_ns);  // wgpu validates and records the pass's dispatches here
+      EndPass();
+    }
     if (!uniform_host_.empty()) {
       wgpuQueueWriteBuffer(queue_, uniform_ring_, 0, uniform_host_.data(), uniform_host_.size());
       uniform_host_.clear();
@@ -338,7 +343,10 @@ class Context {
     WGPUCommandBuffer commands = wgpuCommandEncoderFinish(encoder_, nullptr);
     wgpuCommandEncoderRelease(encoder_);
     encoder_ = nullptr;
-    wgpuQueueSubmit(queue_, 1, &commands);
+    {
+      ScopedTimer queue(profile, &stats.queue_submit_ns);
+      wgpuQueueSubmit(queue_, 1, &commands);
+    }
     wgpuCommandBufferRelease(commands);
     ReleaseHeld();
     CheckErrors("a submit");
