@@ -45,5 +45,5 @@ echo "untrimmed: $(du -sb "$SITE" | cut -f1) bytes (+ plugin $(stat -c %s "$S"/v
 rm -rf "$EDGE"/tvm_ffi/{3rdparty,include,src,cython}  # (tvm_ffi's core links libtvm_ffi_testing.so: kept)
 find "$EDGE" -name __pycache__ -prune -exec rm -rf {} +
 if command -v strip >/dev/null; then find "$EDGE" -name "*.so*" -exec strip --strip-unneeded {} +; else echo "no strip here"; fi
-du -sb "$EDGE" "$EDGE"/tvm "$EDGE"/tvm_ffi "$EDGE"/wgpu
+for d in "$EDGE" "$EDGE"/tvm "$EDGE"/tvm_ffi "$EDGE"/wgpu; do du -sb "$d"; done
 PYTHONPATH="$EDGE:$PWD" TVM_USE_RUNTIME_LIB=1 bench "$S"/vk-after --batches 1 --prefills 16 --repeats 5 --out "$OUT/edge.json"
