@@ -74,7 +74,7 @@ def decode(runner: ModelRunner, batch: int, context: int, repeats: int, rng: np.
     t = timed(step, repeats)
     entry = {"batch": batch, "context": context, "forward_ms": t * 1000, "forward_tok_s": batch / t,
              "host_issue_ms": statistics.median(issue[1:]) * 1000}
-    stats = plugin_stats()
+    stats = plugin_stats() if runner.device_kind == "webgpu" else None
     if stats is not None:
         stats.reset()
         step()
