@@ -175,22 +175,35 @@ request = InferenceRequest(prompt="hello world",
                            sampling_params=SamplingParams.greedy(max_tokens=8, ignore_eos=True))
 tokens = asyncio.run(engine.infer(request)).tokens
 print(json.dumps({"runtime_only": tvm.base._RUNTIME_ONLY, "libs": sorted(_LOADED_LIBS), "tokens": tokens,
+                  "stats": json.loads(tvm.get_global_func("ferrum.webgpu.stats")()),
                   "compiler": sorted(m for m in sys.modules if m.startswith(("tvm.relax", "tvm.s_tir", "compile")))}))
 """
 
 
-def test_runtime_only_tvm_runs_the_vulkan_artifact(tiny_vulkan, tiny_artifact):
-    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_vulkan)], capture_output=True, text=True,
+def run_script(artifact: Path, **env: str) -> dict:
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1", "PYTHONPATH": str(ROOT), **env}
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(artifact)], capture_output=True, text=True,
                             env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_runtime_only_tvm_runs_the_vulkan_artifact(tiny_vulkan, tiny_artifact):
+    report = run_script(tiny_vulkan)
     assert report["runtime_only"] is True and "tvm_compiler" not in report["libs"] and report["compiler"] == []
+    stats = report["stats"]  # decode steps reuse their bind groups
+    assert stats["group_hits"] > stats["groups_created"] > 0
+    assert stats["group_hits"] + stats["groups_created"] == stats["dispatches"]
     cpu = open_engine(tiny_artifact)
     try:
-        assert report["tokens"] == greedy(cpu, ["hello world"], 8)[0]
+        want = greedy(cpu, ["hello world"], 8)[0]
     finally:
         run(cpu.shutdown())
+    assert report["tokens"] == want
+    uncached = run_script(tiny_vulkan, FERRUM_WEBGPU_GROUP_CACHE="0")  # a bind group per dispatch
+    assert uncached["tokens"] == want
+    assert uncached["stats"]["groups_created"] == uncached["stats"]["dispatches"] > 0
+    assert uncached["stats"]["groups_cached"] == uncached["stats"]["group_hits"] == 0
 
 
 def test_smollm2_on_vulkan_answers_like_the_cpu_artifact(smollm2_vulkan, smollm2_artifact):
