@@ -3,10 +3,11 @@ weights generated on the device (``runtime/dummy_weights.py``, as ``--load-forma
 too): the vulkan artifact beside our CUDA one in one run.
 
 Needs neither torch nor the TVM compiler, so it runs on the GPU machine's runtime-only TVM
-(``bench/device/vulkan.sh``). Times are medians of forward passes ended by a device sync. A decode step's
-``host_ms`` is the time until the forward call returns, before the sync: on WebGPU the plugin only
-records and batches the kernels then, so it is the host's share of the step (the Relax VM and the
-plugin's encoding); the rest of ``forward_ms`` is the GPU finishing the submitted batch.
+(``bench/device/vulkan.sh``). Times are medians of forward passes ended by a device sync. On a
+webgpu device each decode entry also gives the host's share of a step (``host_issue_ms``: until
+the step is encoded and submitted, before the sync waits for the GPU) and the WebGPU plugin's
+counters for one step (``ferrum.webgpu.stats``: dispatches, submits, bind groups created; with
+``FERRUM_WEBGPU_PROFILE=1`` the plugin's own host time per part).
 
     python bench/vulkan_bench.py ART [ART ...] --batches 1 8 32 --prefills 512 --out bench/results/x.json
 """
@@ -46,28 +47,48 @@ def decode(runner: ModelRunner, batch: int, context: int, repeats: int, rng: np.
         runner.add_sequence(s)
         runner.prefill([s], [[int(t) for t in rng.integers(10, vocab - 10, context)]])
     tokens = np.asarray(rng.integers(10, vocab - 10, batch), np.int32)
+    issue: list[float] = []
 
-    def forward() -> None:
+    def step() -> None:
+        t0 = time.perf_counter()
         embeds = runner._embed_tokens(tokens)._create_view((batch, 1, hidden))
         runner._begin(runner.cache, ShapeTuple(ids), ShapeTuple([1] * batch))
         _, runner.cache = runner._decode(embeds, runner.cache, runner.params)
         runner._end(runner.cache)
-
-    def step() -> None:
-        forward()
+        issue.append(time.perf_counter() - t0)
         runner.device.sync()
 
     t = timed(step, repeats)
-    host = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        forward()
-        host.append(time.perf_counter() - t0)
-        runner.device.sync()
+    entry = {"batch": batch, "context": context, "forward_ms": t * 1000, "forward_tok_s": batch / t,
+             "host_issue_ms": statistics.median(issue[1:]) * 1000}
+    stats = plugin_stats() if runner.device_kind == "webgpu" else None
+    if stats is not None:
+        stats.reset()
+        step()
+        entry["plugin_per_step"] = stats.read()
     with_logits = timed(lambda: runner.decode(ids, tokens.tolist()), max(repeats // 2, 3))
-    return {"batch": batch, "context": context, "forward_ms": t * 1000, "forward_tok_s": batch / t,
-            "host_ms": statistics.median(host) * 1000,
-            "with_host_logits_ms": with_logits * 1000, "with_host_logits_tok_s": batch / with_logits}
+    entry.update(with_host_logits_ms=with_logits * 1000, with_host_logits_tok_s=batch / with_logits)
+    return entry
+
+
+class PluginStats:
+    """The WebGPU plugin's counters (``ferrum.webgpu.stats``), reset before what is counted."""
+
+    def __init__(self, read, reset) -> None:
+        self._read, self._reset = read, reset
+
+    def reset(self) -> None:
+        self._reset()
+
+    def read(self) -> dict:
+        return json.loads(self._read())
+
+
+def plugin_stats() -> PluginStats | None:
+    """The plugin's counters when a webgpu artifact is loaded (None on other devices)."""
+    read = tvm.get_global_func("ferrum.webgpu.stats", allow_missing=True)
+    reset = tvm.get_global_func("ferrum.webgpu.reset_stats", allow_missing=True)
+    return None if read is None or reset is None else PluginStats(read, reset)
 
 
 def prefill(runner: ModelRunner, length: int, repeats: int, rng: np.random.Generator) -> dict:
@@ -99,8 +120,10 @@ def run_artifact(path: str, args) -> dict:
     for b in args.batches:
         entry["decode"].append(decode(runner, b, args.context, args.repeats, rng))
         d = entry["decode"][-1]
+        counts = d.get("plugin_per_step", {})
         print(f"  {entry['artifact']} decode b={b}: {d['forward_ms']:.2f} ms/step, {d['forward_tok_s']:.0f} tok/s, "
-              f"host {d['host_ms']:.2f} ms", flush=True)
+              f"host {d['host_issue_ms']:.2f} ms, {counts.get('dispatches', '-')} dispatches, "
+              f"{counts.get('groups_created', '-')} groups created", flush=True)
     for n in args.prefills:
         entry["prefill"].append(prefill(runner, n, args.prefill_repeats or max(args.repeats // 4, 3), rng))
         print(f"  {entry['artifact']} prefill {n}: {entry['prefill'][-1]['prefill_ms']:.1f} ms", flush=True)

@@ -231,22 +231,35 @@ request = InferenceRequest(prompt="hello world",
                            sampling_params=SamplingParams.greedy(max_tokens=8, ignore_eos=True))
 tokens = asyncio.run(engine.infer(request)).tokens
 print(json.dumps({"runtime_only": tvm.base._RUNTIME_ONLY, "libs": sorted(_LOADED_LIBS), "tokens": tokens,
+                  "stats": json.loads(tvm.get_global_func("ferrum.webgpu.stats")()),
                   "compiler": sorted(m for m in sys.modules if m.startswith(("tvm.relax", "tvm.s_tir", "compile")))}))
 """
 
 
-def test_runtime_only_tvm_runs_the_vulkan_artifact(tiny_vulkan, tiny_artifact):
-    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_vulkan)], capture_output=True, text=True,
+def run_script(artifact: Path, **env: str) -> dict:
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1", "PYTHONPATH": str(ROOT), **env}
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(artifact)], capture_output=True, text=True,
                             env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_runtime_only_tvm_runs_the_vulkan_artifact(tiny_vulkan, tiny_artifact):
+    report = run_script(tiny_vulkan)
     assert report["runtime_only"] is True and "tvm_compiler" not in report["libs"] and report["compiler"] == []
+    stats = report["stats"]  # decode steps reuse their bind groups
+    assert stats["group_hits"] > stats["groups_created"] > 0
+    assert stats["group_hits"] + stats["groups_created"] == stats["dispatches"]
     cpu = open_engine(tiny_artifact)
     try:
-        assert report["tokens"] == greedy(cpu, ["hello world"], 8)[0]
+        want = greedy(cpu, ["hello world"], 8)[0]
     finally:
         run(cpu.shutdown())
+    assert report["tokens"] == want
+    uncached = run_script(tiny_vulkan, FERRUM_WEBGPU_GROUP_CACHE="0")  # a bind group per dispatch
+    assert uncached["tokens"] == want
+    assert uncached["stats"]["groups_created"] == uncached["stats"]["dispatches"] > 0
+    assert uncached["stats"]["groups_cached"] == uncached["stats"]["group_hits"] == 0
 
 
 def test_smollm2_on_vulkan_answers_like_the_cpu_artifact(smollm2_vulkan, smollm2_artifact):
@@ -293,3 +306,46 @@ def test_serve_device_vulkan_answers_and_reports_the_adapter(tiny_vulkan):
         assert device["type"] == "webgpu" and device["backend"] == "vulkan" and device["memory_allocated_bytes"] > 0
     finally:
         assert server.terminate() == 0
+
+
+def test_a_buffer_freed_and_allocated_again_at_its_handle_gets_a_fresh_bind_group(tiny_vulkan, tmp_path):
+    """The plugin caches bind groups by buffer handle. A freed buffer's handle comes back for the
+    next allocation of its size; if its cached group survived the free, the kernel would write the
+    freed buffer (kept alive by that group) and the new output would stay unwritten."""
+    import tvm
+    from tvm.script import tirx as T
+
+    from runtime.artifact import resolve_device
+
+    device = resolve_device(LlmArtifact.open(tiny_vulkan).manifest)  # loads the artifact's plugin
+
+    @T.prim_func
+    def add_one(a: T.Buffer((256,), "float32"), b: T.Buffer((256,), "float32")):
+        T.func_attr({"global_symbol": "add_one", "tir.noalias": True})
+        for i in T.thread_binding(4, thread="blockIdx.x"):
+            for j in T.thread_binding(64, thread="threadIdx.x"):
+                b[i * 64 + j] = a[i * 64 + j] + T.float32(1)
+
+    path = tmp_path / "add_one.so"
+    tvm.compile(add_one, target=tvm.target.Target("webgpu", host="llvm")).export_library(str(path))
+    kernel = tvm.runtime.load_module(str(path))["add_one"]
+    stats = tvm.get_global_func("ferrum.webgpu.stats")
+    before = json.loads(stats())
+    rng = np.random.default_rng(0)
+    a = tvm.runtime.empty((256,), "float32", device)
+    freed: set[int] = set()
+    reused = 0
+    for _ in range(12):
+        x = rng.standard_normal(256).astype(np.float32)
+        a.copyfrom(x)
+        b = tvm.runtime.empty((256,), "float32", device)
+        reused += b.data_ptr() in freed
+        kernel(a, b)
+        kernel(a, b)  # the same buffers again: the cached group
+        np.testing.assert_array_equal(b.numpy(), x + 1)
+        freed.add(b.data_ptr())
+        del b
+    after = json.loads(stats())
+    assert reused >= 3, "no freed handle came back: this test would not see a stale group"
+    assert after["group_hits"] - before["group_hits"] >= 12
+    assert after["groups_evicted"] - before["groups_evicted"] >= 11

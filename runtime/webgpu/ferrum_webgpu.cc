@@ -5,7 +5,9 @@
 // It registers what the PyPI TVM wheel lacks for a webgpu device:
 //   device_api.webgpu                    buffers, copies, stream sync (a DeviceAPI*);
 //   ffi.Module.load_from_bytes.webgpu    the device module of an exported library;
-//   ferrum.webgpu.adapter_info           the adapter's name, backend, features and limits (JSON).
+//   ferrum.webgpu.adapter_info           the adapter's name, backend, features and limits (JSON);
+//   ferrum.webgpu.stats                  counters of dispatches, submits, copies and bind groups, and
+//                                        with FERRUM_WEBGPU_PROFILE=1 the host time spent in each (JSON).
 // The kernel protocol is tvmjs's (tvm/web/src/webgpu.ts): one WGSL module per kernel, every
 // buffer argument a storage binding of group 0 in order, the scalar arguments packed as 4-byte
 // slots into one uniform at the binding after them, then a u32 `packGridDimX`.
@@ -14,6 +16,11 @@
 // submitted only when the host needs the results (a device-to-host copy, a stream sync) or writes
 // memory the pending kernels may read (a host-to-device copy). Each kernel's scalars go into its
 // own 256-byte slot of a uniform ring written once per submit, so a decode step is one submit.
+// The uniform is bound with a dynamic offset, so a kernel's bind group depends on its storage
+// buffers alone and is cached by them: weights and the KV cache never move, and the Relax VM's
+// pooled allocator hands a step the buffers of the last one, so after the first steps a dispatch
+// creates no bind group. Freeing a buffer evicts every cached group that binds it (a new buffer
+// may come back at the same handle); FERRUM_WEBGPU_GROUP_CACHE=0 creates one per dispatch instead.
 // The library is built by compile/webgpu_plugin.py against the wheel's headers and loaded by
 // runtime/tvm_env.py after wgpu-native (whose symbols it takes from the global scope).
 
@@ -25,7 +32,9 @@
 #include <wgpu.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -50,6 +59,128 @@ using tvm::ffi::String;
 constexpr uint64_t kUniformSlot = 256;      // minUniformBufferOffsetAlignment of every adapter
 constexpr uint64_t kUniformSlots = 4096;    // dispatches per submit before the ring is flushed
 constexpr uint32_t kMaxGridDim = 65535;     // workgroups per dimension (WebGPU's minimum limit)
+constexpr size_t kMaxCachedGroups = 1 << 16;  // a bound for pathological churn: then the cache restarts
+
+bool EnvFlag(const char* name, bool fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  return !(v[0] == '0' && v[1] == '\0');
+}
+
+// What the plugin did since the process started (or the last reset), for benches and tests.
+// Counts are always kept (an increment each); the host times only with FERRUM_WEBGPU_PROFILE=1.
+struct Stats {
+  uint64_t dispatches = 0, submits = 0, writes = 0, readbacks = 0, device_copies = 0, syncs = 0;
+  uint64_t groups_created = 0, group_hits = 0, groups_evicted = 0;
+  uint64_t launch_ns = 0, group_ns = 0, encode_ns = 0, submit_ns = 0, pass_end_ns = 0, queue_submit_ns = 0;
+  uint64_t write_ns = 0, readback_ns = 0, sync_ns = 0;
+
+  std::string Json(size_t cached) const {
+    std::ostringstream os;
+    os << "{\"dispatches\": " << dispatches << ", \"submits\": " << submits << ", \"writes\": " << writes
+       << ", \"readbacks\": " << readbacks << ", \"device_copies\": " << device_copies << ", \"syncs\": " << syncs
+       << ", \"groups_created\": " << groups_created << ", \"group_hits\": " << group_hits
+       << ", \"groups_evicted\": " << groups_evicted << ", \"groups_cached\": " << cached
+       << ", \"launch_ns\": " << launch_ns << ", \"group_ns\": " << group_ns << ", \"encode_ns\": " << encode_ns
+       << ", \"submit_ns\": " << submit_ns << ", \"pass_end_ns\": " << pass_end_ns
+       << ", \"queue_submit_ns\": " << queue_submit_ns << ", \"write_ns\": " << write_ns << ", \"readback_ns\": " << readback_ns
+       << ", \"sync_ns\": " << sync_ns << "}";
+    return os.str();
+  }
+};
+
+// Adds the nanoseconds of its scope to a Stats field when profiling is on (else reads no clock).
+class ScopedTimer {
+ public:
+  ScopedTimer(bool on, uint64_t* sink) : sink_(on ? sink : nullptr) {
+    if (sink_ != nullptr) start_ = std::chrono::steady_clock::now();
+  }
+  ~ScopedTimer() {
+    if (sink_ != nullptr) {
+      *sink_ += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start_).count();
+    }
+  }
+  ScopedTimer(const ScopedTimer&) = delete;
+  ScopedTimer& operator=(const ScopedTimer&) = delete;
+
+ private:
+  uint64_t* sink_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+// Bind groups by (layout, storage buffers in binding order), with the buffers' reverse index so
+// that freeing a buffer evicts exactly the groups that bind it.
+class BindGroupCache {
+ public:
+  using Key = std::vector<const void*>;  // [layout, buffer 0, buffer 1, ...]
+
+  // The cached group of `key`, or null.
+  WGPUBindGroup Find(const Key& key) const {
+    auto it = groups_.find(key);
+    return it == groups_.end() ? nullptr : it->second;
+  }
+
+  // Caches `group` under `key`; `retired` receives groups dropped to keep the cache bounded.
+  void Insert(const Key& key, WGPUBindGroup group, std::vector<WGPUBindGroup>* retired) {
+    if (groups_.size() >= kMaxCachedGroups) Clear(retired);
+    auto [it, inserted] = groups_.emplace(key, group);
+    if (!inserted) {  // cannot happen (callers look up first); keep the old group, drop the new one
+      retired->push_back(group);
+      return;
+    }
+    const Key* stored = &it->first;  // unordered_map nodes do not move
+    for (size_t i = 1; i < key.size(); ++i) {
+      if (std::find(key.begin() + 1, key.begin() + i, key[i]) != key.begin() + i) continue;  // bound twice
+      users_[key[i]].push_back(stored);
+    }
+  }
+
+  // Drops every group binding `buffer` into `retired`; returns how many.
+  size_t Evict(const void* buffer, std::vector<WGPUBindGroup>* retired) {
+    auto it = users_.find(buffer);
+    if (it == users_.end()) return 0;
+    std::vector<const Key*> keys = std::move(it->second);
+    users_.erase(it);
+    for (const Key* key : keys) {
+      for (size_t i = 1; i < key->size(); ++i) {
+        const void* other = (*key)[i];
+        if (other == buffer) continue;
+        auto u = users_.find(other);
+        if (u == users_.end()) continue;
+        auto& list = u->second;
+        auto pos = std::find(list.begin(), list.end(), key);
+        if (pos != list.end()) {
+          *pos = list.back();
+          list.pop_back();
+        }
+        if (list.empty()) users_.erase(u);
+      }
+      auto g = groups_.find(*key);
+      retired->push_back(g->second);
+      groups_.erase(g);
+    }
+    return keys.size();
+  }
+
+  void Clear(std::vector<WGPUBindGroup>* retired) {
+    for (auto& [key, group] : groups_) retired->push_back(group);
+    groups_.clear();
+    users_.clear();
+  }
+
+  size_t size() const { return groups_.size(); }
+
+ private:
+  struct KeyHash {
+    size_t operator()(const Key& key) const {
+      uint64_t h = 1469598103934665603ull;
+      for (const void* p : key) h = (h ^ reinterpret_cast<uintptr_t>(p)) * 1099511628211ull;
+      return static_cast<size_t>(h ^ (h >> 29));
+    }
+  };
+  std::unordered_map<Key, WGPUBindGroup, KeyHash> groups_;
+  std::unordered_map<const void*, std::vector<const Key*>> users_;
+};
 
 std::string View(WGPUStringView s) {
   if (s.data == nullptr) return "";
@@ -149,11 +280,12 @@ class Context {
   }
 
   // Raises the errors wgpu reported since the last check (validation, out of memory, lost device).
-  void CheckErrors(const char* during) {
+  // `during` and `subject` name the operation (two parts, so a dispatch builds no string).
+  void CheckErrors(const char* during, const std::string& subject = std::string()) {
     if (device_error_.empty()) return;
     std::string message;
     std::swap(message, device_error_);
-    TVM_FFI_THROW(RuntimeError) << "WebGPU error during " << during << ": " << message;
+    TVM_FFI_THROW(RuntimeError) << "WebGPU error during " << during << subject << ": " << message;
   }
 
   // Caller holds the mutex. The open compute pass, beginning a command buffer if needed.
@@ -184,10 +316,26 @@ class Context {
   // Caller holds the mutex. Keeps `group` alive until the batch using it is submitted.
   void Hold(WGPUBindGroup group) { held_.push_back(group); }
 
+  // Caller holds the mutex. The bind group cache and the list its dropped groups go to (released
+  // at the next submit, after the commands that may use them).
+  BindGroupCache& groups() { return groups_; }
+  std::vector<WGPUBindGroup>* retired() { return &held_; }
+
+  // Caller holds the mutex. Evicts the cached groups binding `buffer` (it is being freed).
+  void Forget(const void* buffer) { stats.groups_evicted += groups_.Evict(buffer, &held_); }
+
   // Caller holds the mutex. Submits the pending batch (no wait).
   void Submit() {
-    if (encoder_ == nullptr) return;
-    EndPass();
+    if (encoder_ == nullptr) {  // nothing encoded can still use the retired groups
+      ReleaseHeld();
+      return;
+    }
+    ScopedTimer timer(profile, &stats.submit_ns);
+    ++stats.submits;
+    {
+      ScopedTimer end(profile, &stats.pass_end_ns);  // wgpu validates and records the pass's dispatches here
+      EndPass();
+    }
     if (!uniform_host_.empty()) {
       wgpuQueueWriteBuffer(queue_, uniform_ring_, 0, uniform_host_.data(), uniform_host_.size());
       uniform_host_.clear();
@@ -195,23 +343,40 @@ class Context {
     WGPUCommandBuffer commands = wgpuCommandEncoderFinish(encoder_, nullptr);
     wgpuCommandEncoderRelease(encoder_);
     encoder_ = nullptr;
-    wgpuQueueSubmit(queue_, 1, &commands);
+    {
+      ScopedTimer queue(profile, &stats.queue_submit_ns);
+      wgpuQueueSubmit(queue_, 1, &commands);
+    }
     wgpuCommandBufferRelease(commands);
-    for (WGPUBindGroup g : held_) wgpuBindGroupRelease(g);
-    held_.clear();
+    ReleaseHeld();
     CheckErrors("a submit");
   }
 
   // Caller holds the mutex. Submits the pending batch and waits for the queue to drain.
   void Sync() {
     if (device_ == nullptr) return;
+    ++stats.syncs;
     Submit();
+    ScopedTimer timer(profile, &stats.sync_ns);
     wgpuDevicePoll(device_, true, nullptr);
     CheckErrors("a sync");
   }
 
   // Bytes held by the buffers TVM allocated (wgpu reports no device memory figures).
   uint64_t allocated_bytes = 0;
+  Stats stats;                                                    // under the mutex
+  const bool profile = EnvFlag("FERRUM_WEBGPU_PROFILE", false);   // time the host work in `stats`
+  const bool cache_groups = EnvFlag("FERRUM_WEBGPU_GROUP_CACHE", true);
+
+  std::string StatsJson() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stats.Json(groups_.size());
+  }
+
+  void ResetStats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats = Stats();
+  }
 
   WGPUBuffer CreateBuffer(uint64_t nbytes, WGPUBufferUsage usage) {
     WGPUBufferDescriptor desc = WGPU_BUFFER_DESCRIPTOR_INIT;
@@ -225,6 +390,7 @@ class Context {
 
   // Caller holds the mutex. Copies `size` bytes at `offset` of `src` (4-byte aligned span) to `dst`.
   void ReadBack(WGPUBuffer src, uint64_t offset, void* dst, uint64_t size) {
+    ++stats.readbacks;
     uint64_t begin = offset & ~uint64_t(3), end = RoundUp4(offset + size);
     uint64_t span = end - begin;
     if (readback_ == nullptr || wgpuBufferGetSize(readback_) < span) {
@@ -233,6 +399,7 @@ class Context {
     }
     wgpuCommandEncoderCopyBufferToBuffer(EncoderForCopy(), src, begin, readback_, 0, span);
     Submit();
+    ScopedTimer timer(profile, &stats.readback_ns);  // the wait for the GPU and the copy out
     struct Mapped {
       bool done = false;
       WGPUMapAsyncStatus status = WGPUMapAsyncStatus_Error;
@@ -263,7 +430,9 @@ class Context {
 
   // Caller holds the mutex. Host bytes into `dst` at `offset`, after the kernels already encoded.
   void Write(WGPUBuffer dst, uint64_t offset, const void* src, uint64_t size) {
+    ++stats.writes;
     Submit();  // queue writes run before the next submit: the pending kernels must go first
+    ScopedTimer timer(profile, &stats.write_ns);
     uint64_t begin = offset & ~uint64_t(3), end = RoundUp4(offset + size);
     if (begin == offset && end == offset + size) {
       wgpuQueueWriteBuffer(queue_, dst, offset, src, size);
@@ -358,6 +527,11 @@ class Context {
     limits_.nextInChain = nullptr;
   }
 
+  void ReleaseHeld() {
+    for (WGPUBindGroup g : held_) wgpuBindGroupRelease(g);
+    held_.clear();
+  }
+
   WGPUCommandEncoder Encoder() {
     if (encoder_ == nullptr) encoder_ = wgpuDeviceCreateCommandEncoder(device_, nullptr);
     return encoder_;
@@ -383,7 +557,8 @@ class Context {
   WGPUComputePassEncoder pass_ = nullptr;
   WGPUBuffer uniform_ring_ = nullptr;
   std::vector<uint8_t> uniform_host_;
-  std::vector<WGPUBindGroup> held_;
+  std::vector<WGPUBindGroup> held_;  // groups of the pending batch that nobody else keeps
+  BindGroupCache groups_;
   WGPUBuffer readback_ = nullptr;
 };
 
@@ -448,6 +623,7 @@ class WebGPUDeviceAPI final : public tvm::runtime::DeviceAPI {
     Context* ctx = Context::Global();
     std::lock_guard<std::mutex> lock(ctx->mutex());
     ctx->allocated_bytes -= wgpuBufferGetSize(AsBuffer(ptr));
+    ctx->Forget(ptr);  // a later buffer may get this handle: no cached group may still bind this one
     wgpuBufferRelease(AsBuffer(ptr));  // wgpu keeps it alive for work already encoded
   }
 
@@ -467,6 +643,7 @@ class WebGPUDeviceAPI final : public tvm::runtime::DeviceAPI {
     bool from_gpu = dev_from.device_type == kDLWebGPU, to_gpu = dev_to.device_type == kDLWebGPU;
     if (from_gpu && to_gpu) {
       if (from_offset % 4 == 0 && to_offset % 4 == 0 && size % 4 == 0) {
+        ++ctx->stats.device_copies;
         wgpuCommandEncoderCopyBufferToBuffer(ctx->EncoderForCopy(), AsBuffer(from), from_offset, AsBuffer(to),
                                              to_offset, size);
       } else {
@@ -518,6 +695,7 @@ struct Kernel {
       e.buffer.type = i == num_buffers ? WGPUBufferBindingType_Uniform
                       : writes[i]      ? WGPUBufferBindingType_Storage
                                        : WGPUBufferBindingType_ReadOnlyStorage;
+      e.buffer.hasDynamicOffset = i == num_buffers;  // the uniform ring's slot, per dispatch
       entries[i] = e;
     }
     WGPUBindGroupLayoutDescriptor ldesc = WGPU_BIND_GROUP_LAYOUT_DESCRIPTOR_INIT;
@@ -541,7 +719,7 @@ struct Kernel {
     pipeline = wgpuDeviceCreateComputePipeline(device, &cdesc);
     wgpuShaderModuleRelease(shader);
     wgpuPipelineLayoutRelease(playout);
-    ctx->CheckErrors(("creating the pipeline of kernel " + name).c_str());
+    ctx->CheckErrors("creating the pipeline of kernel ", name);
   }
 
   // args: the kernel's arguments in order, then one value per launch dimension.
@@ -564,69 +742,98 @@ struct Kernel {
       x = (x + 1) / 2;
       z *= 2;
     }
-    std::vector<uint32_t> pod;
-    pod.reserve(num_args - num_buffers + 1);
+    constexpr size_t kMaxWords = kUniformSlot / sizeof(uint32_t);
+    if (num_args - num_buffers + 1 > kMaxWords) {
+      TVM_FFI_THROW(ValueError) << "WebGPU kernel " << name << " has " << num_args - num_buffers << " scalar arguments";
+    }
+    uint32_t pod[kMaxWords];
+    size_t words = 0;
     Context* ctx = Context::Global();
     std::lock_guard<std::mutex> lock(ctx->mutex());
+    ScopedTimer timer(ctx->profile, &ctx->stats.launch_ns);
+    ++ctx->stats.dispatches;
     ctx->EnsureDevice();
     EnsurePipeline(ctx);
-    std::vector<WGPUBindGroupEntry> entries(num_buffers + 1);
+    key_.resize(num_buffers + 1);
+    key_[0] = layout;
     size_t b = 0;
     for (size_t i = 0; i < num_args; ++i) {
       switch (arg_kinds[i]) {
         case 0: {
           void* ptr = args[i].cast<void*>();
           if (ptr == nullptr) TVM_FFI_THROW(ValueError) << "WebGPU kernel " << name << ": buffer " << b << " is null";
-          WGPUBindGroupEntry e = WGPU_BIND_GROUP_ENTRY_INIT;
-          e.binding = static_cast<uint32_t>(b);
-          e.buffer = AsBuffer(ptr);
-          e.offset = 0;
-          e.size = wgpuBufferGetSize(e.buffer);
-          if (e.size > ctx->limits().maxStorageBufferBindingSize) {
-            TVM_FFI_THROW(RuntimeError) << "WebGPU kernel " << name << ": buffer " << b << " of " << e.size
-                                        << " bytes exceeds the adapter's maxStorageBufferBindingSize "
-                                        << ctx->limits().maxStorageBufferBindingSize;
-          }
-          entries[b++] = e;
+          key_[++b] = ptr;
           break;
         }
         case 1:
-          pod.push_back(static_cast<uint32_t>(static_cast<int32_t>(args[i].cast<int64_t>())));
+          pod[words++] = static_cast<uint32_t>(static_cast<int32_t>(args[i].cast<int64_t>()));
           break;
         case 2:
-          pod.push_back(static_cast<uint32_t>(args[i].cast<int64_t>()));
+          pod[words++] = static_cast<uint32_t>(args[i].cast<int64_t>());
           break;
         default: {
           float f = static_cast<float>(args[i].cast<double>());
-          uint32_t bits;
-          std::memcpy(&bits, &f, sizeof(bits));
-          pod.push_back(bits);
+          std::memcpy(&pod[words++], &f, sizeof(float));
         }
       }
     }
-    pod.push_back(static_cast<uint32_t>(count - 1));  // packGridDimX (see the split above)
-    if (pod.size() * 4 > kUniformSlot) {
-      TVM_FFI_THROW(ValueError) << "WebGPU kernel " << name << " has " << pod.size() << " scalar arguments";
+    pod[words++] = static_cast<uint32_t>(count - 1);  // packGridDimX (see the split above)
+    WGPUBindGroup group = ctx->cache_groups ? ctx->groups().Find(key_) : nullptr;
+    if (group != nullptr) {
+      ++ctx->stats.group_hits;
+    } else {
+      group = CreateGroup(ctx);
+      if (ctx->cache_groups) {
+        ctx->groups().Insert(key_, group, ctx->retired());
+      } else {
+        ctx->Hold(group);
+      }
     }
-    uint64_t offset = ctx->PushUniform(pod.data(), pod.size());
+    uint32_t offset = static_cast<uint32_t>(ctx->PushUniform(pod, words));
+    ScopedTimer encode(ctx->profile, &ctx->stats.encode_ns);
+    WGPUComputePassEncoder pass = ctx->Pass();
+    wgpuComputePassEncoderSetPipeline(pass, pipeline);
+    wgpuComputePassEncoderSetBindGroup(pass, 0, group, 1, &offset);
+    wgpuComputePassEncoderDispatchWorkgroups(pass, x, grid[1], z);
+    ctx->CheckErrors("launching kernel ", name);
+  }
+
+ private:
+  // Caller holds the mutex. A new bind group of the buffers in `key_` and the uniform ring (whose
+  // slot is chosen per dispatch by the dynamic offset).
+  WGPUBindGroup CreateGroup(Context* ctx) {
+    ScopedTimer timer(ctx->profile, &ctx->stats.group_ns);
+    ++ctx->stats.groups_created;
+    std::vector<WGPUBindGroupEntry> entries(num_buffers + 1);
+    for (size_t b = 0; b < num_buffers; ++b) {
+      WGPUBindGroupEntry e = WGPU_BIND_GROUP_ENTRY_INIT;
+      e.binding = static_cast<uint32_t>(b);
+      e.buffer = AsBuffer(key_[b + 1]);
+      e.offset = 0;
+      e.size = wgpuBufferGetSize(e.buffer);
+      if (e.size > ctx->limits().maxStorageBufferBindingSize) {
+        TVM_FFI_THROW(RuntimeError) << "WebGPU kernel " << name << ": buffer " << b << " of " << e.size
+                                    << " bytes exceeds the adapter's maxStorageBufferBindingSize "
+                                    << ctx->limits().maxStorageBufferBindingSize;
+      }
+      entries[b] = e;
+    }
     WGPUBindGroupEntry u = WGPU_BIND_GROUP_ENTRY_INIT;
     u.binding = static_cast<uint32_t>(num_buffers);
     u.buffer = ctx->uniform_ring();
-    u.offset = offset;
-    u.size = (pod.size() * 4 + 15) & ~uint64_t(15);  // the uniform struct's size, 16-byte granular
+    u.offset = 0;
+    u.size = kUniformSlot;  // the scalars' struct is at most one slot (checked in Launch)
     entries[num_buffers] = u;
     WGPUBindGroupDescriptor gdesc = WGPU_BIND_GROUP_DESCRIPTOR_INIT;
     gdesc.layout = layout;
     gdesc.entryCount = entries.size();
     gdesc.entries = entries.data();
     WGPUBindGroup group = wgpuDeviceCreateBindGroup(ctx->device(), &gdesc);
-    WGPUComputePassEncoder pass = ctx->Pass();
-    wgpuComputePassEncoderSetPipeline(pass, pipeline);
-    wgpuComputePassEncoderSetBindGroup(pass, 0, group, 0, nullptr);
-    wgpuComputePassEncoderDispatchWorkgroups(pass, x, grid[1], z);
-    ctx->Hold(group);
-    ctx->CheckErrors(("launching kernel " + name).c_str());
+    ctx->CheckErrors("creating a bind group of kernel ", name);
+    return group;
   }
+
+  BindGroupCache::Key key_;  // scratch of Launch, under the mutex
 };
 
 // Little-endian reader of the serialized device module (strings: u64 length + bytes).
@@ -762,5 +969,7 @@ TVM_FFI_STATIC_INIT_BLOCK() {
                     *rv = static_cast<void*>(ferrum::webgpu::WebGPUDeviceAPI::Global());
                   })
       .def("ffi.Module.load_from_bytes.webgpu", ferrum::webgpu::LoadFromBytes)
-      .def("ferrum.webgpu.adapter_info", []() { return ferrum::webgpu::Context::Global()->AdapterInfo(); });
+      .def("ferrum.webgpu.adapter_info", []() { return ferrum::webgpu::Context::Global()->AdapterInfo(); })
+      .def("ferrum.webgpu.stats", []() { return ferrum::webgpu::Context::Global()->StatsJson(); })
+      .def("ferrum.webgpu.reset_stats", []() { ferrum::webgpu::Context::Global()->ResetStats(); });
 }
