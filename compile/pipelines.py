@@ -6,8 +6,7 @@ schedule and dlight's CPU reduction rule: the kernels that take the time are vec
 parallel, not naive loops. For CUDA our row-bucket dispatch runs before dlight's default
 schedules (which skip what is already scheduled). WebGPU (the vulkan target) takes TVM's generic
 GPU pipeline (dlight's matmul, GEMV and reduction rules) with the same row-bucket dispatch: without
-it a one-row decode runs dlight's tiled matmul, 7x slower on lavapipe. Its GEMVs take the tile
-parameters dlight tuned for Vulkan (compile/schedules/webgpu.py): dlight does not know ``webgpu``. ``compile/targets.py`` names
+it a one-row decode runs dlight's tiled matmul, 7x slower on lavapipe. ``compile/targets.py`` names
 which list a target uses.
 """
 
@@ -20,7 +19,6 @@ import tvm
 
 from compile.schedules.cpu import CPULinear, CPULinearInterleaved
 from compile.schedules.cuda import RowDispatch
-from compile.schedules.webgpu import WithVulkanParameters
 
 
 def _stages(backend: str) -> ModuleType:
@@ -50,12 +48,7 @@ def cuda_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
 
 
 def webgpu_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
-    from tvm.s_tir import dlight as dl
-
     stages = _stages("gpu_generic")
     passes = stages.library_dispatch_passes(target) + stages.legalize_passes(target)
-    # before dlight's defaults (the last legalize pass, which skips what is scheduled): GEMV bodies
-    # for decode-sized row counts, as on CUDA, then fixed-row GEMVs, both with dlight's vulkan tiles
-    passes[-1:-1] = [RowDispatch(WithVulkanParameters),
-                     dl.ApplyDefaultSchedule(dl.gpu.Matmul(), WithVulkanParameters(dl.gpu.GEMV()))]
+    passes.insert(len(passes) - 1, RowDispatch())  # GEMV bodies for decode-sized row counts, as on CUDA
     return passes + stages.dataflow_lower_passes(target) + stages.finalize_passes(target)

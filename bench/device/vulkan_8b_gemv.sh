@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Llama-3-8B shape q4f16 on the H200's Vulkan: the webgpu pipeline's GEMVs with dlight's vulkan tile
-# parameters (compile/schedules/webgpu.py, "after") beside the same shape compiled with dlight's
-# generic fallback ("before") and our CUDA q4f16, in one call (issue 12).
+# Llama-3-8B shape q4f16 on the H200's Vulkan: an artifact compiled with this checkout's webgpu
+# schedules ("after") beside an earlier compile of the same shape ("before") and our CUDA q4f16, in
+# one call (issue 12). bench/results/h200_vulkan_8b_gemv.json is "after" = commit 584ce5e (dlight's
+# vulkan GEMV tiles, since reverted) against main's schedules.
 #
 #   bash bench/device/vulkan_8b_gemv.sh prepare DIR BEFORE   # here; BEFORE holds the older
 #        llama3-8b-shape-q4f16-vulkan and llama3-8b-shape-q4f16-cuda (e.g. vulkan_8b.sh's shapes)

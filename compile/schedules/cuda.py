@@ -17,13 +17,10 @@ build. GEMMs therefore run on CUDA cores: the main limit on prefill speed (bench
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import tvm
 from tvm import s_tir, tirx
 from tvm.ir.module import IRModule
 from tvm.s_tir import dlight as dl
-from tvm.s_tir.dlight import ScheduleRule
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 
 ROW_BUCKETS = (1, 4, 8)
@@ -51,13 +48,7 @@ def _symbolic_extent(func: tirx.PrimFunc) -> tirx.Var | None:
 
 @tvm.transform.module_pass(opt_level=0, name="FerrumRowDispatch")
 class RowDispatch:
-    """Give symbolic-row linear PrimFuncs a GEMV body per small row bucket and a GEMM body otherwise.
-
-    ``wrap_gemv`` wraps each bucket's ``LowBatchGEMV`` rule (the webgpu pipeline gives it dlight's
-    vulkan parameters, compile/schedules/webgpu.py); by default the rule is used as is."""
-
-    def __init__(self, wrap_gemv: Callable[[ScheduleRule], ScheduleRule] = lambda rule: rule) -> None:
-        self.wrap_gemv = wrap_gemv
+    """Give symbolic-row linear PrimFuncs a GEMV body per small row bucket and a GEMM body otherwise."""
 
     def transform_module(self, mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
         for gvar, func in mod.functions_items():
@@ -68,7 +59,7 @@ class RowDispatch:
             rows = _symbolic_extent(func)
             if rows is None:
                 continue
-            small = [_schedule_with(func, self.wrap_gemv(dl.gpu.LowBatchGEMV(b))) for b in ROW_BUCKETS]
+            small = [_schedule_with(func, dl.gpu.LowBatchGEMV(b)) for b in ROW_BUCKETS]
             large = _schedule_with(func, dl.gpu.Matmul())
             if large is None or any(s is None for s in small):
                 continue
