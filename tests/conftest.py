@@ -21,7 +21,7 @@ import hypothesis_profiles  # noqa: E402,F401  (the profile must load before tes
 
 # fixtures that compile a model or load a compiled one: any test whose fixture closure holds one is slow
 ARTIFACT_FIXTURES = frozenset({"smollm2_artifact", "whisper_artifact", "piper_artifact", "minilm_artifact",
-                               "tiny_artifact", "smollm2_reference"})
+                               "tiny_artifact", "tiny_vulkan", "smollm2_reference"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -182,3 +182,12 @@ def tiny_artifact(tiny_llama, tmp_path_factory) -> Path:
     from compile.compile_model import compile_model
 
     return compile_model(str(tiny_llama), "llvm", "q0f32", output_root=tmp_path_factory.mktemp("tiny-art"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vulkan(tiny_llama, tmp_path_factory) -> Path:
+    """The tiny Llama for the vulkan target (WebGPU kernels and Ferrum's plugin), shared by the
+    lavapipe tests and the runtime-wheel install that runs it."""
+    from compile.compile_model import compile_model
+
+    return compile_model(str(tiny_llama), "vulkan", "q0f32", output_root=tmp_path_factory.mktemp("tiny-vk"))

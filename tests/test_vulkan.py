@@ -47,11 +47,6 @@ def compile_for(model: str, target: str, root: Path, quant: str = "q0f32", bindi
 
 
 @pytest.fixture(scope="module")
-def tiny_vulkan(tiny_llama, tmp_path_factory) -> Path:
-    return compile_for(str(tiny_llama), "vulkan", tmp_path_factory.mktemp("tiny-vk"))
-
-
-@pytest.fixture(scope="module")
 def smollm2_vulkan() -> Path:
     return compile_for(None, "vulkan", ROOT / "artifacts")
 
