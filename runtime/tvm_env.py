@@ -99,7 +99,8 @@ def _open_cuda(index: int) -> Device:
 def _wgpu_native() -> Path:
     spec = importlib.util.find_spec("wgpu")
     if spec is None or not spec.submodule_search_locations:
-        raise ArtifactError("a vulkan artifact needs the `wgpu` package (wgpu-native): pip install wgpu==0.32.0")
+        raise ArtifactError("a vulkan artifact needs wgpu-native: install `make dist`'s ferrum-wgpu-native wheel "
+                            "or pip install wgpu==0.32.0")
     return Path(next(iter(spec.submodule_search_locations))) / "resources" / "libwgpu_native-release.so"
 
 
