@@ -75,6 +75,21 @@ def prefill_logits(artifact: Path, tokens: list[int]) -> np.ndarray:
     return runner.prefill([0], [tokens])[0]
 
 
+def assert_same_greedy(reference: Path, candidate: Path, max_tokens: int, logits_rel: float | None = None) -> None:
+    """``candidate``'s greedy tokens on PROMPTS equal ``reference``'s; with ``logits_rel``, its
+    prefill logits of the first prompt too, within that fraction of the largest logit."""
+    ref, cand = open_engine(reference), open_engine(candidate)
+    try:
+        assert greedy(cand, PROMPTS, max_tokens) == greedy(ref, PROMPTS, max_tokens)
+        tokens = ref.tokenizer.encode(PROMPTS[0])
+    finally:
+        run(ref.shutdown())
+        run(cand.shutdown())
+    if logits_rel is not None:
+        a, b = prefill_logits(reference, tokens), prefill_logits(candidate, tokens)
+        assert np.abs(a - b).max() <= logits_rel * max(1.0, np.abs(a).max())
+
+
 def test_manifest_records_the_plugin_and_what_the_adapter_needs(tiny_vulkan):
     manifest = json.loads((tiny_vulkan / "manifest.json").read_text())
     assert manifest["target"]["kind"] == "vulkan" and manifest["target"]["device_type"] == "webgpu"
@@ -85,15 +100,7 @@ def test_manifest_records_the_plugin_and_what_the_adapter_needs(tiny_vulkan):
 
 
 def test_tiny_llama_tokens_and_logits_equal_the_cpu_artifact(tiny_vulkan, tiny_artifact):
-    cpu, vk = open_engine(tiny_artifact), open_engine(tiny_vulkan)
-    try:
-        assert greedy(vk, PROMPTS, 48) == greedy(cpu, PROMPTS, 48)
-        tokens = cpu.tokenizer.encode(PROMPTS[0])
-    finally:
-        run(cpu.shutdown())
-        run(vk.shutdown())
-    a, b = prefill_logits(tiny_artifact, tokens), prefill_logits(tiny_vulkan, tokens)
-    assert np.abs(a - b).max() <= 1e-4 * max(1.0, np.abs(a).max())
+    assert_same_greedy(tiny_artifact, tiny_vulkan, 48, logits_rel=1e-4)
 
 
 def test_tiny_llama_q0f16_on_vulkan_gives_the_cpu_float32_tokens(tiny_llama, tiny_artifact, tmp_path):
@@ -102,12 +109,7 @@ def test_tiny_llama_q0f16_on_vulkan_gives_the_cpu_float32_tokens(tiny_llama, tin
     rounding) may go either way, as they did after an unrelated change to the CPU schedules."""
     f16 = compile_for(str(tiny_llama), "vulkan", tmp_path, "q0f16")
     assert json.loads((f16 / "manifest.json").read_text())["target"]["requirements"]["features"] == ["shader-f16"]
-    cpu, vk = open_engine(tiny_artifact), open_engine(f16)
-    try:
-        assert greedy(vk, PROMPTS, 16) == greedy(cpu, PROMPTS, 16)
-    finally:
-        run(cpu.shutdown())
-        run(vk.shutdown())
+    assert_same_greedy(tiny_artifact, f16, 16)
 
 
 INT4_LIMIT = 4 << 10  # under every tiny-Llama int4 gate/up (8 KiB of words), embedding and LM head (80 KiB)
@@ -142,15 +144,7 @@ def test_int4_split_under_a_tiny_binding_limit_gives_the_cpu_int4_tokens(q4f32_s
     moved = tmp_path / "moved"  # the manifest's extra.param_splits cuts regenerated weights alike (hashes checked)
     shutil.copytree(q4f32_split_vulkan, moved)
     restore_weights(moved, str(tiny_llama))
-    cpu, vk = open_engine(cpu_art), open_engine(q4f32_split_vulkan)
-    try:
-        assert greedy(vk, PROMPTS, 16) == greedy(cpu, PROMPTS, 16)
-        tokens = cpu.tokenizer.encode(PROMPTS[0])
-    finally:
-        run(cpu.shutdown())
-        run(vk.shutdown())
-    a, b = prefill_logits(cpu_art, tokens), prefill_logits(q4f32_split_vulkan, tokens)
-    assert np.abs(a - b).max() <= 2e-2 * max(1.0, np.abs(a).max())
+    assert_same_greedy(cpu_art, q4f32_split_vulkan, 16, logits_rel=2e-2)
 
 
 def test_q4f16_on_vulkan_gives_the_q4f32_tokens(q4f32_split_vulkan, tiny_llama, tmp_path):
@@ -158,12 +152,7 @@ def test_q4f16_on_vulkan_gives_the_q4f32_tokens(q4f32_split_vulkan, tiny_llama, 
     accumulation): the q4f32 artifact's greedy tokens over 16, as q0f16 against q0f32."""
     f16 = compile_for(str(tiny_llama), "vulkan", tmp_path, "q4f16")
     assert json.loads((f16 / "manifest.json").read_text())["target"]["requirements"]["features"] == ["shader-f16"]
-    a, b = open_engine(q4f32_split_vulkan), open_engine(f16)
-    try:
-        assert greedy(b, PROMPTS, 16) == greedy(a, PROMPTS, 16)
-    finally:
-        run(a.shutdown())
-        run(b.shutdown())
+    assert_same_greedy(q4f32_split_vulkan, f16, 16)
 
 
 def test_batch_engine_on_vulkan_batches_preempts_and_cancels(tiny_vulkan):

@@ -16,6 +16,7 @@ set -euo pipefail
 mode=${1:?prepare or run}
 DIR=${2:-.dev/vulkan-8b}
 cd "$(dirname "$0")/../.."
+source bench/device/vulkan_common.sh
 if [ "$mode" = prepare ]; then
   PY=${PY:-.venv/bin/python}
   mkdir -p "$DIR/gl" "$DIR/shapes"
@@ -25,27 +26,10 @@ if [ "$mode" = prepare ]; then
       "$PY" bench/compile_shape.py llama3-8b --quant "$1" --target "$2" --arch sm_90a --out "$DIR/shapes"
   done
   tar cJf "$DIR/shapes.tar.xz" -C "$DIR/shapes" .
-  o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
-  mkdir -p /tmp/amd64/partial
-  apt-get $o update >/dev/null
-  (cd "$DIR/gl" && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
-  wgpu=$("$PY" -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('wgpu').origin).parent)")
-  tar cJf "$DIR/wgpu.tar.xz" -C "$(dirname "$wgpu")" --exclude=__pycache__ wgpu
-  tar cf "$DIR/src.tar" ferrum runtime bench checks
-  du -sh "$DIR/shapes.tar.xz" "$DIR/wgpu.tar.xz" "$DIR/src.tar" "$DIR/gl"
+  vulkan_pack "$DIR"
   exit 0
 fi
-for f in "$DIR"/gl/*.deb; do dpkg -x "$f" /; done
-ldconfig
-icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-[ -f "$icd" ] && export VK_DRIVER_FILES=$icd
-SITE=/tmp/ferrum-site DATA=/tmp/ferrum-data
-mkdir -p "$SITE" "$DATA"
-[ -f "$SITE/tvm/__init__.py" ] || tar xzf .dev/carry/tvm_runtime.tar.gz -C "$SITE"
-tar xJf "$DIR/wgpu.tar.xz" -C "$SITE"
-tar xJf "$DIR/shapes.tar.xz" -C "$DATA"
-export PYTHONPATH="$SITE:$PWD" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+vulkan_install "$DIR"
 python3 bench/vulkan_bench.py "$DATA"/llama3-8b-shape-q4f16-vulkan "$DATA"/llama3-8b-shape-q4f16-cuda \
   "$DATA"/llama3-8b-shape-q0f16-vulkan --batches 1 8 32 --prefills 512 2048 --repeats 10 --prefill-repeats 2 \
   --out "${OUT:-/tmp}/h200_vulkan_8b.json" 2>&1 | grep -v "XDG_RUNTIME_DIR\|Warning"
