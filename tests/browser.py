@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -22,11 +24,13 @@ def chromium_path() -> str | None:
 class Browser:
     def __init__(self, executable: str):
         self.port = free_port()
-        self.profile = tempfile.TemporaryDirectory()
+        # Chromium's helper processes (zygote, crashpad) may still write the profile after the main one
+        # exits: they share a new process group that close() ends, and a profile file they leave is no error
+        self.profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
         self.proc = subprocess.Popen(
             [executable, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
              f"--remote-debugging-port={self.port}", f"--user-data-dir={self.profile.name}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self._ids = itertools.count(1)
 
     async def page(self) -> aiohttp.ClientWebSocketResponse:
@@ -64,6 +68,9 @@ class Browser:
 
     async def close(self) -> None:
         await self.session.close()
-        self.proc.kill()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self.proc.wait()
         self.profile.cleanup()
