@@ -16,6 +16,7 @@ This module imports neither TVM nor the model readers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -98,7 +99,10 @@ def _source_identity(path: Path) -> list:
     return identity
 
 
+@functools.cache
 def _compiler_fingerprint() -> str:
+    """Hashed once per process: a compile asks for it twice (the request as given and as resolved),
+    and a test session for every artifact it builds."""
     digest = hashlib.sha256()
     for package in (Path(__file__).parent, Path(ferrum.__file__).parent):
         for file in sorted(package.rglob("*")):
@@ -113,7 +117,8 @@ def _compiler_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def _machine_fingerprint() -> list:
+@functools.cache
+def _machine_fingerprint() -> tuple:
     """What the default target and the CPU features are read from: the CPU's flags, the GPUs and
     the Vulkan drivers installed."""
     gpus = sorted(str(p) for p in Path("/dev").glob("nvidia[0-9]*"))
@@ -124,4 +129,4 @@ def _machine_fingerprint() -> list:
         except OSError:
             pass
     icds = sorted(p.name for d in _VULKAN_ICD_DIRS for p in Path(d).glob("*.json"))
-    return [sorted(host_cpu_flags()), gpus, models, icds]
+    return (sorted(host_cpu_flags()), gpus, models, icds)  # json.dumps writes it as the list it was
