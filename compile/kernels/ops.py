@@ -105,6 +105,13 @@ KV_CACHE_SLOTS = {16: ("prefill_ragged", "ferrum_attention_prefill_ragged"),
 SPLIT_ROTARY_SLOT = (25, "fused_rope", "ferrum_split_rotary")
 
 
+def is_kv_cache_create(expr: relax.Expr) -> bool:
+    """Whether ``expr`` is the call that creates a paged KV cache (``call_pure_packed`` of
+    ``KV_CACHE_CREATE``): the one place its kernel arguments can be read or replaced."""
+    head = expr.args[0] if isinstance(expr, relax.Call) and expr.args else None
+    return isinstance(head, relax.ExternFunc) and head.global_symbol == KV_CACHE_CREATE
+
+
 class CudaKernels:
     """The kernel object for one build's architectures, and the fused operators over it.
 
@@ -181,8 +188,7 @@ class _AttentionSwap(relax.PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
-        head = call.args[0] if call.args else None
-        if not (isinstance(head, relax.ExternFunc) and head.global_symbol == KV_CACHE_CREATE):
+        if not is_kv_cache_create(call):
             return call
         args = list(call.args)
         for position, (tvm_name, ours) in self.slots.items():

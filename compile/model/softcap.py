@@ -22,7 +22,7 @@ import tvm
 from tvm import relax
 from tvm.ir import IRModule
 
-from compile.kernels.ops import KV_CACHE_CREATE
+from compile.kernels.ops import is_kv_cache_create
 from ferrum.errors import FerrumError
 
 # "lhs = rhs" statements whose rhs is a complete (scaled, log2) attention score
@@ -56,8 +56,7 @@ def attention_kernels(mod: IRModule) -> list[relax.GlobalVar]:
     found: list[relax.GlobalVar] = []
 
     def visit(expr: relax.Expr) -> None:
-        if isinstance(expr, relax.Call) and isinstance(expr.args[0] if expr.args else None, relax.ExternFunc) \
-                and expr.args[0].global_symbol == KV_CACHE_CREATE:
+        if is_kv_cache_create(expr):
             for arg in expr.args:
                 if isinstance(arg, relax.Tuple) and len(arg.fields) == 2 and getattr(arg.fields[0], "value", None) == "tirx":
                     kernel = arg.fields[1]
