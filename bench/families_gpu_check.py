@@ -18,27 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-PROMPT = [int(t) for t in np.random.default_rng(1).integers(2, 300, size=20)]  # as tests/test_families.py
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from checks import tiny_families as tiny  # noqa: E402
+
 GREEDY = 6
-LONGROPE_ORIGINAL = 12  # the prompt's 20 tokens cross it
 BUILDS = [("cuda", "q0f32"), ("cuda", "q0f16"), ("llvm", "q0f32")]
-
-
-def _longrope(folder: Path, out: Path) -> Path:
-    """The Phi-3 checkpoint with LongRoPE factors far apart and an original context of 12 tokens."""
-    import shutil
-
-    from compile.sources.hf_source import HFSource
-
-    shutil.copytree(folder, out)
-    rng = np.random.default_rng(5)
-    half = HFSource(folder).config.head_dim // 2
-    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": rng.uniform(1, 1.5, half).tolist(),
-            "long_factor": rng.uniform(2, 8, half).tolist(), "original_max_position_embeddings": LONGROPE_ORIGINAL}
-    config = json.loads((out / "config.json").read_text())
-    config |= {"rope_parameters": rope, "original_max_position_embeddings": LONGROPE_ORIGINAL}
-    (out / "config.json").write_text(json.dumps(config))
-    return out
 
 
 def sequence(artifact: Path) -> tuple[np.ndarray, list[int]]:
@@ -55,32 +41,31 @@ def sequence(artifact: Path) -> tuple[np.ndarray, list[int]]:
         return r
 
     r = runner()
-    logits = np.concatenate([r.verify([0], [PROMPT[:12]]), r.verify([0], [PROMPT[12:19]]),
-                             r.decode([0], [PROMPT[19]])]).astype(np.float64)
+    logits = np.concatenate([r.verify([0], [tiny.PROMPT[:12]]), r.verify([0], [tiny.PROMPT[12:19]]),
+                             r.decode([0], [tiny.PROMPT[19]])]).astype(np.float64)
     r = runner()
-    tokens = [int(r.prefill([0], [PROMPT])[0].argmax())]
+    tokens = [int(r.prefill([0], [tiny.PROMPT])[0].argmax())]
     while len(tokens) < GREEDY:
         tokens.append(int(r.decode([0], [tokens[-1]])[0].argmax()))
     return logits, tokens
 
 
 def prepare(root: Path, only: list[str] | None) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    sys.path.insert(0, str(ROOT / "tests"))
     from conftest import train_tokenizer
 
-    from checks import tiny_families as tiny
     from compile.compile_model import compile_model
 
     tok = train_tokenizer()
     ckpt = root / "checkpoints"
     folders = {n: tiny.write_checkpoint(f, ckpt / n, tok, seed=3) for n, f in tiny.FAMILIES.items()}
-    folders["phi3_longrope"] = _longrope(folders["phi3"], ckpt / "phi3_longrope")
+    folders["phi3_longrope"] = tiny.with_longrope(folders["phi3"], ckpt / "phi3_longrope")
     refs = {}
     for name, folder in sorted(folders.items()):
         if only and name not in only:
             continue
-        refs[f"{name}/hf_logits"] = tiny.reference_logits(folder, PROMPT)
-        refs[f"{name}/hf_greedy"] = np.array(tiny.reference_greedy(folder, PROMPT, GREEDY))
+        refs[f"{name}/hf_logits"] = tiny.reference_logits(folder, tiny.PROMPT)
+        refs[f"{name}/hf_greedy"] = np.array(tiny.reference_greedy(folder, tiny.PROMPT, GREEDY))
         for target, quant in BUILDS:
             out = root / "art" / f"{name}-{quant}-{target}"
             try:
@@ -94,7 +79,7 @@ def prepare(root: Path, only: list[str] | None) -> None:
             if target == "llvm":
                 logits, tokens = sequence(art)
                 refs[f"{name}/cpu_logits"], refs[f"{name}/cpu_greedy"] = logits, np.array(tokens)
-        np.savez(root / "references.npz", **refs)
+    np.savez(root / "references.npz", **refs)
 
 
 def run(root: Path, out: Path) -> None:
@@ -128,7 +113,7 @@ def run(root: Path, out: Path) -> None:
         print(f"{r['family']:14} {r['quant']:6} {r['max_abs_vs_transformers']:10.2e} "
               f"{r.get('max_abs_vs_cpu_artifact', float('nan')):10.2e} {r['argmax_equal_vs_transformers']!s:6} "
               f"{r['greedy_equal_transformers']!s:9} {r.get('greedy_equal_cpu_artifact')!s}")
-    out.write_text(json.dumps({"prompt": PROMPT, "calls": "verify 12, verify 7 over cached pages, decode 1; "
+    out.write_text(json.dumps({"prompt": tiny.PROMPT, "calls": "verify 12, verify 7 over cached pages, decode 1; "
                                f"greedy {GREEDY} after a fresh prefill of 20", "rows": rows}, indent=1))
 
 

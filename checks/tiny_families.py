@@ -121,6 +121,28 @@ def _model(folder: Path):
     return transformers.AutoModelForCausalLM.from_pretrained(folder, dtype="float32", attn_implementation="eager").eval()
 
 
+PROMPT = [int(t) for t in np.random.default_rng(1).integers(2, 300, size=20)]  # fixed; + 8 tokens fits every context
+LONGROPE_ORIGINAL = 12  # the original context of ``with_longrope``'s checkpoint; a 20-token prompt crosses it
+
+
+def with_longrope(folder: Path, out: Path) -> Path:
+    """``folder``'s Phi-3 checkpoint under ``out`` (files linked, config rewritten) with LongRoPE: short
+    and long factors drawn far apart, so the two sets give clearly different logits, and an original
+    context of ``LONGROPE_ORIGINAL`` tokens."""
+    config = json.loads((folder / "config.json").read_text())
+    half = (config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]) // 2
+    rng = np.random.default_rng(5)
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": rng.uniform(1, 1.5, half).tolist(),
+            "long_factor": rng.uniform(2, 8, half).tolist(), "original_max_position_embeddings": LONGROPE_ORIGINAL}
+    out.mkdir(parents=True)
+    for path in folder.iterdir():
+        if path.name != "config.json":
+            (out / path.name).symlink_to(path.resolve())
+    config |= {"rope_parameters": rope, "original_max_position_embeddings": LONGROPE_ORIGINAL}
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
 def reference_logits(folder: Path, tokens: list[int]) -> np.ndarray:
     """transformers' float32 logits after every position of ``tokens``: (len, vocab)."""
     import torch

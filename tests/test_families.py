@@ -30,7 +30,7 @@ from runtime.tokenizer import ChatTokenizer
 pytest.importorskip("transformers")
 
 F32_BOUND = 1e-3
-PROMPT = [int(t) for t in np.random.default_rng(1).integers(2, 300, size=20)]  # fixed; + 8 tokens fits every context
+PROMPT = tiny.PROMPT
 GREEDY = 8
 FAMILIES = sorted(tiny.FAMILIES)
 
@@ -221,18 +221,13 @@ def test_gemma2_soft_cap_holds_in_prefill_over_cached_pages_and_decode(checkpoin
     assert np.abs(uncapped - expected).max() > 1000 * F32_BOUND
 
 
-LONGROPE_ORIGINAL = 12
+LONGROPE_ORIGINAL = tiny.LONGROPE_ORIGINAL
 
 
 @pytest.fixture(scope="module")
 def longrope(checkpoints, tmp_path_factory) -> Path:
     """The Phi-3 checkpoint with LongRoPE: factors drawn far apart, an original context of 12 tokens."""
-    rng = np.random.default_rng(5)
-    half = HFSource(checkpoints["phi3"]).config.head_dim // 2
-    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": rng.uniform(1, 1.5, half).tolist(),
-            "long_factor": rng.uniform(2, 8, half).tolist(), "original_max_position_embeddings": LONGROPE_ORIGINAL}
-    return _with_config(checkpoints["phi3"], tmp_path_factory.mktemp("longrope"), rope_parameters=rope,
-                        original_max_position_embeddings=LONGROPE_ORIGINAL)
+    return tiny.with_longrope(checkpoints["phi3"], tmp_path_factory.mktemp("longrope") / "phi3")
 
 
 @pytest.fixture(scope="module")
