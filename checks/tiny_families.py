@@ -65,6 +65,8 @@ class Family:
     norm_shift: bool = False  # Gemma: llama.cpp stores norm weights + 1
 
 
+WINDOW = 8  # the sliding windows, shorter than PROMPT (20 tokens): every windowed family masks in every test
+
 FAMILIES = {
     "qwen2": Family("qwen2", "Qwen2Config", "Qwen2ForCausalLM", "qwen2", CHATML,
                     {"tie_word_embeddings": True, "rope_theta": 1e6}),
@@ -74,15 +76,15 @@ FAMILIES = {
                         {"head_dim": 16, "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                          "norm_topk_prob": True, "tie_word_embeddings": False}),
     "mistral": Family("mistral", "MistralConfig", "MistralForCausalLM", "llama", MISTRAL,
-                      {"sliding_window": 32, "tie_word_embeddings": False}, permute_qk=True),
+                      {"sliding_window": WINDOW, "tie_word_embeddings": False}, permute_qk=True),
     "gemma2": Family("gemma2", "Gemma2Config", "Gemma2ForCausalLM", "gemma2", GEMMA,
-                     {"head_dim": 32, "query_pre_attn_scalar": 24, "sliding_window": 32, "attn_logit_softcapping": 5.0,
+                     {"head_dim": 32, "query_pre_attn_scalar": 24, "sliding_window": WINDOW, "attn_logit_softcapping": 5.0,
                       "final_logit_softcapping": 30.0}, norm_shift=True),  # released Gemma 2 caps attention at 50
     "gemma3": Family("gemma3", "Gemma3TextConfig", "Gemma3ForCausalLM", "gemma3", GEMMA,
-                     {"head_dim": 32, "query_pre_attn_scalar": 24, "sliding_window": 32,
+                     {"head_dim": 32, "query_pre_attn_scalar": 24, "sliding_window": WINDOW,
                       "layer_types": ["sliding_attention", "full_attention"]}, norm_shift=True),
     "phi3": Family("phi3", "Phi3Config", "Phi3ForCausalLM", "phi3", PHI3,
-                   {"sliding_window": 48, "tie_word_embeddings": False}, fused=True),
+                   {"sliding_window": WINDOW + 3, "tie_word_embeddings": False}, fused=True),
 }
 
 

@@ -41,7 +41,8 @@ class DecoderConfig:
     o_bias: bool = False  # bias on the attention output projection (Llama's attention_bias)
     mlp_bias: bool = False  # biases on the gate, up and down projections (Llama's mlp_bias)
     qk_norm: bool = False  # RMSNorm over each head of Q and K before RoPE (Qwen3, Gemma 3)
-    sliding_window: int = 0  # tokens each position attends back over; 0: the whole context (Mistral, Gemma 2)
+    sliding_window: int = 0  # tokens each position of a window layer attends back over; 0: none (Mistral, Gemma 2)
+    window_layers: list[int] = field(default_factory=list)  # layers limited to sliding_window (Gemma: the local ones)
     activation: str = "silu"  # the gated MLP's activation: silu (SwiGLU), gelu_pytorch_tanh (GeGLU), ...
     norm: str = "rmsnorm"  # one of NORMS
     post_norms: bool = False  # a norm on the attention and on the MLP output before each residual add (Gemma 2/3)
@@ -66,6 +67,11 @@ class DecoderConfig:
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {self.norm!r}")
         if self.sliding_window < 0:
             raise ValueError(f"sliding_window must be >= 0 (0: full attention), not {self.sliding_window}")
+        if bool(self.sliding_window) != bool(self.window_layers):
+            raise ValueError(f"a sliding window ({self.sliding_window}) needs the layers it applies to, and "
+                             f"window layers ({self.window_layers}) need a window")
+        if any(not 0 <= i < self.num_hidden_layers for i in self.window_layers):
+            raise ValueError(f"window_layers {self.window_layers} name layers outside 0..{self.num_hidden_layers - 1}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -38,6 +38,10 @@ def test_config_refuses_malformed_flags():
         DecoderConfig.from_dict({**OLD_MODEL, "norm": "batchnorm"})
     with pytest.raises(ValueError, match="sliding_window must be >= 0"):
         DecoderConfig.from_dict({**OLD_MODEL, "sliding_window": -1})
+    with pytest.raises(ValueError, match=r"a sliding window \(64\) needs the layers it applies to"):
+        DecoderConfig.from_dict({**OLD_MODEL, "sliding_window": 64})
+    with pytest.raises(ValueError, match=r"window_layers \[30\] name layers outside"):
+        DecoderConfig.from_dict({**OLD_MODEL, "sliding_window": 64, "window_layers": [30]})
 
 
 def test_registry_rejects_an_unknown_architecture():
@@ -50,7 +54,6 @@ def test_registry_rejects_an_unknown_architecture():
 
 
 @pytest.mark.parametrize("flag, value, says", [
-    ("sliding_window", 4096, "sliding-window attention (4096 tokens, shorter than the context)"),
     ("activation", "gelu_pytorch_tanh", "activation 'gelu_pytorch_tanh'"),
     ("norm", "layernorm", "norm 'layernorm'"),
 ])

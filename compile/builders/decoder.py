@@ -18,6 +18,7 @@ from compile.kernels.ops import SAMPLER_FUNCTIONS, CudaKernels, install_attentio
 from compile.model.architectures import get_architecture
 from compile.model.attention_grid import prefill_attention_grid
 from compile.model.cpu_attention import TVM_DECODE_KERNEL, install_cpu_decode_attention
+from compile.model.sliding_window import install_sliding_window
 from compile.model.softcap import install_attention_soft_cap
 from compile.model.split import split_oversized
 from compile.reshard import Layout, reshard
@@ -143,9 +144,11 @@ def compile_decoder(
     own_decode = kernels is None and not target.kind.gpu
     if own_decode:
         mod = install_cpu_decode_attention(mod, cfg.num_key_value_heads, cfg.num_attention_heads, cfg.head_dim,
-                                           quant.model_dtype, soft_cap=cfg.attn_logit_softcap)
+                                           quant.model_dtype, soft_cap=cfg.attn_logit_softcap, window=cfg.sliding_window)
     if cfg.attn_logit_softcap:
         mod = install_attention_soft_cap(mod, cfg.attn_logit_softcap, capped={TVM_DECODE_KERNEL} if own_decode else set())
+    if cfg.sliding_window:  # after the cap, whose statements it matches by their scale
+        mod = install_sliding_window(mod, cfg.sliding_window, windowed={TVM_DECODE_KERNEL} if own_decode else set())
     progress(f"lowering and compiling {len(functions)} functions"
              + (" with Ferrum's CUDA kernels and decode CUDA graphs" if cuda else
                 " with Ferrum's CPU kernels" if kernels else ""))

@@ -28,9 +28,11 @@ CHUNK = 128  # keys scored at a time (the scores stay on the stack); the softmax
 
 
 def decode_attention_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, dtype: str, page_size: int = 16,
-                         soft_cap: float = 0.0):
+                         soft_cap: float = 0.0, window: int = 0):
     """The PrimFunc (TVM's decode-kernel signature) for one cache configuration; ``soft_cap``:
-    scaled scores become ``soft_cap * tanh(score / soft_cap)`` (Gemma 2; see ``softcap.py``)."""
+    scaled scores become ``soft_cap * tanh(score / soft_cap)`` (Gemma 2; see ``softcap.py``);
+    ``window``: a layer that passes a negative ``sm_scale`` reads only the keys less than
+    ``window`` positions behind its query (``sliding_window.py``), the others are skipped."""
     H_qo, H_kv, D = num_qo_heads, num_kv_heads, head_dim
     group = H_qo // H_kv
     if D % LANES:
@@ -40,6 +42,13 @@ def decode_attention_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, dt
 
     def capped(score: tvm.tirx.PrimExpr) -> tvm.tirx.PrimExpr:
         return T.float32(cap) * T.tanh(score * T.float32(1 / cap)) if soft_cap else score
+
+    def first_key(b, n_keys, q_positions, k_offsets, sm_scale) -> tvm.tirx.PrimExpr:
+        """Keys before this index are ``window`` or more positions behind the query (windowed layers)."""
+        if not window:
+            return T.int32(0)
+        behind = q_positions[b] - k_offsets[b] - (window - 1)
+        return T.if_then_else(sm_scale < T.float32(0), T.min(T.max(behind, 0), n_keys), 0)
 
     @T.prim_func(s_tir=True)
     def batch_decode_paged_kv(
@@ -71,8 +80,8 @@ def decode_attention_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, dt
         pages = T.match_buffer(pages_handle, (max_num_pages, 2, H_kv, page_size, D), dtype)
         page_table_indptr = T.match_buffer(page_table_indptr_handle, (B + 1,), "int32", elem_offset=page_indptr_elem_offset)
         page_table_values = T.match_buffer(page_table_values_handle, (nnz_pages,), "int32", elem_offset=page_values_elem_offset)
-        k_rope_pos_offset = T.match_buffer(k_rope_pos_offset_handle, (B,), "int32", elem_offset=k_rope_pos_offset_elem_offset)  # noqa: F841
-        q_rope_position = T.match_buffer(q_rope_position_handle, (B,), "int32", elem_offset=q_rope_position_elem_offset)  # noqa: F841
+        k_rope_pos_offset = T.match_buffer(k_rope_pos_offset_handle, (B,), "int32", elem_offset=k_rope_pos_offset_elem_offset)
+        q_rope_position = T.match_buffer(q_rope_position_handle, (B,), "int32", elem_offset=q_rope_position_elem_offset)
         output = T.match_buffer(output_handle, (B, H_qo, D), dtype)
         lse = T.match_buffer(lse_handle, (B, H_qo), "float32")
         length_info = _declare_length_info(var_length_info, B, False, length_info_elem_offset)
@@ -82,21 +91,23 @@ def decode_attention_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, dt
             for h in T.parallel(H_qo):
                 with T.sblock("attn"):
                     n_keys = T.sblock_alloc_buffer((1,), "int32")
+                    first = T.sblock_alloc_buffer((1,), "int32")  # the first key inside the window
                     lanes = T.sblock_alloc_buffer((LANES,), "float32")
                     out = T.sblock_alloc_buffer((D,), "float32")
                     stats = T.sblock_alloc_buffer((4,), "float32")  # max, sum of exponentials, chunk max, rescale
                     begin: T.let[T.int32] = page_table_indptr[b]
                     end: T.let[T.int32] = page_table_indptr[b + 1]
                     n_keys[0] = T.if_then_else(begin != end, _get_kv_chunk_len(end - begin, page_size, b, length_info, False), 0)
+                    first[0] = first_key(b, n_keys[0], q_rope_position, k_rope_pos_offset, sm_scale)
                     scores = T.sblock_alloc_buffer((CHUNK,), "float32")
                     stats[0] = T.float32(-5e4)
                     stats[1] = T.float32(0)
                     for d in T.vectorized(D):
                         out[d] = T.float32(0)
-                    for chunk in T.serial(T.ceildiv(n_keys[0], CHUNK)):
+                    for chunk in T.serial(T.ceildiv(n_keys[0] - first[0], CHUNK)):
                         stats[2] = stats[0]
-                        for i in T.serial(T.min(CHUNK, n_keys[0] - chunk * CHUNK)):
-                            offset: T.let[T.int32] = _get_seq_offset(chunk * CHUNK + i, b, length_info, False)
+                        for i in T.serial(T.min(CHUNK, n_keys[0] - first[0] - chunk * CHUNK)):
+                            offset: T.let[T.int32] = _get_seq_offset(first[0] + chunk * CHUNK + i, b, length_info, False)
                             page: T.let[T.int32] = page_table_values[begin + offset // page_size]
                             slot: T.let[T.int32] = offset % page_size
                             for ln in T.vectorized(LANES):
@@ -108,15 +119,15 @@ def decode_attention_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, dt
                             scores[i] = T.float32(0)
                             for ln in T.serial(LANES):
                                 scores[i] = scores[i] + lanes[ln]
-                            scores[i] = capped(scores[i] * sm_scale * log2e)
+                            scores[i] = capped(scores[i] * T.fabs(sm_scale) * log2e)
                             stats[2] = T.max(stats[2], scores[i])
                         stats[3] = T.exp2(stats[0] - stats[2])  # rescales what earlier chunks summed
                         stats[1] = stats[1] * stats[3]
                         for d in T.vectorized(D):
                             out[d] = out[d] * stats[3]
                         stats[0] = stats[2]
-                        for i in T.serial(T.min(CHUNK, n_keys[0] - chunk * CHUNK)):
-                            offset: T.let[T.int32] = _get_seq_offset(chunk * CHUNK + i, b, length_info, False)
+                        for i in T.serial(T.min(CHUNK, n_keys[0] - first[0] - chunk * CHUNK)):
+                            offset: T.let[T.int32] = _get_seq_offset(first[0] + chunk * CHUNK + i, b, length_info, False)
                             page: T.let[T.int32] = page_table_values[begin + offset // page_size]
                             slot: T.let[T.int32] = offset % page_size
                             scores[i] = T.exp2(scores[i] - stats[0])
@@ -131,11 +142,11 @@ def decode_attention_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, dt
 
 
 def install_cpu_decode_attention(mod: tvm.ir.IRModule, num_kv_heads: int, num_qo_heads: int, head_dim: int,
-                                 dtype: str, soft_cap: float = 0.0) -> tvm.ir.IRModule:
+                                 dtype: str, soft_cap: float = 0.0, window: int = 0) -> tvm.ir.IRModule:
     """``mod`` with TVM's CPU decode attention replaced by ``decode_attention_cpu`` (same name, same call)."""
     gvars = [g for g in mod.get_global_vars() if g.name_hint == TVM_DECODE_KERNEL]
     if len(gvars) != 1:
         raise RuntimeError(f"expected one {TVM_DECODE_KERNEL} in the module, found {len(gvars)}")
-    mod = mod.clone() if hasattr(mod, "clone") else tvm.ir.IRModule(mod.functions)
-    mod[gvars[0]] = decode_attention_cpu(num_kv_heads, num_qo_heads, head_dim, dtype, soft_cap=soft_cap)
+    mod = mod.clone()
+    mod[gvars[0]] = decode_attention_cpu(num_kv_heads, num_qo_heads, head_dim, dtype, soft_cap=soft_cap, window=window)
     return mod

@@ -27,6 +27,7 @@ from tvm.target import Target
 from compile.kernels.ops import CudaKernels
 from compile.model.layers import Embedding, QLinear
 from compile.model.llama import LlamaForCausalLM
+from compile.model.sliding_window import windowed_scale
 from ferrum.errors import FerrumError, ModelSourceError
 from ferrum.model_config import DecoderConfig
 from ferrum.quantization import QuantSpec
@@ -34,8 +35,6 @@ from ferrum.quantization import QuantSpec
 
 def unsupported_features(cfg: DecoderConfig) -> list[str]:
     missing = []
-    if cfg.sliding_window and cfg.sliding_window < cfg.context_length:
-        missing.append(f"sliding-window attention ({cfg.sliding_window} tokens, shorter than the context)")
     if cfg.activation != "gelu_pytorch_tanh":
         missing.append(f"activation {cfg.activation!r} (only gelu_pytorch_tanh)")
     if cfg.norm != "rmsnorm" or not cfg.post_norms or cfg.mlp_bias:
@@ -67,7 +66,7 @@ class GemmaAttention(nn.Module):
         # (qkv, positions) -> (q, k, v); its last parameter, apply_rope, fixed to 1. The cache's own
         # split function carries the same global symbol, so this one goes without.
         self.rope = rope.specialize({rope.params[-1]: tirx.IntImm("int64", 1)}).without_attr("global_symbol")
-        self.sm_scale = cfg.attention_scale or cfg.head_dim**-0.5
+        self.sm_scale = windowed_scale(cfg.attention_scale or cfg.head_dim**-0.5, layer_id in cfg.window_layers)
         self.dtype = q.model_dtype
 
     def forward(self, x: Tensor, cache: PagedKVCache, layer_id: int) -> Tensor:

@@ -3,9 +3,9 @@
 
 Gemma's RMSNorm scales by ``1 + weight``; the plan adds the 1 at load (``WeightPlan.offset``) so
 the network runs a plain RMSNorm (llama.cpp's converter does the same, so GGUF files hold the
-shifted values). Gemma 3 alternates sliding-window layers (RoPE base ``rope_local_base_freq``)
-with global ones (``rope_theta``, optionally linearly scaled); the window bounds the compiled
-context (``llama_hf.window_and_context``), so only the RoPE bases differ between the two kinds.
+shifted values). Gemma 2 and 3 alternate sliding-window (local) layers with global ones; Gemma 3's keep their
+own RoPE bases (``rope_local_base_freq``; ``rope_theta``, optionally linearly scaled, for the
+global ones). The window is masked in the local layers only (``window_layers``).
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def read_gemma(c: dict[str, Any], folder: Path, architecture: str) -> DecoderCon
             rope_theta=global_theta,
             context_length=context,
             sliding_window=window,
+            window_layers=[i for i, t in enumerate(types) if t == SLIDING] if window else [],
             tie_word_embeddings=bool(c.get("tie_word_embeddings", True)),
             rope_scaling=scaling,
             architecture=architecture,

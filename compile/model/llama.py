@@ -4,8 +4,8 @@ Structure follows MLC-LLM's ``llama_model.py``: fused QKV and gate/up projection
 and attention through ``PagedKVCache.attention_with_fused_qkv``, whose TIR kernels apply RoPE
 while appending K/V to the cache. Of ``DecoderConfig``'s feature flags it implements tied
 embeddings, the projection biases, q/k norm (Qwen3), LongRoPE (Phi-3; the attention rotates Q
-and K itself, ``compile/model/longrope.py``) and a sliding window no shorter than the context
-(see ``llama_hf.window_and_context``); the others are refused (``unsupported_features``). CUDA
+and K itself, ``compile/model/longrope.py``) and sliding-window attention in the layers
+``window_layers`` names (``compile/model/sliding_window.py``); the others are refused (``unsupported_features``). CUDA
 float16 builds pass ``kernels`` (``compile/kernels/ops.py``; q4f32 CPU builds the same operators from
 ``compile/kernels/cpu_ops.py``): each block then runs as four fused
 kernels around attention, RMSNorm+QKV, O-projection+residual, RMSNorm+gate/up+SwiGLU,
@@ -38,6 +38,7 @@ from compile.kernels.cpu_ops import CpuKernels
 from compile.kernels.ops import CudaKernels
 from compile.model.layers import Embedding, QLinear
 from compile.model.longrope import longrope_rotate
+from compile.model.sliding_window import windowed_scale
 from ferrum.errors import FerrumError, ModelSourceError
 from ferrum.manifest import SAMPLE_PARAMS, mask_words
 from ferrum.model_config import DecoderConfig
@@ -47,8 +48,6 @@ from ferrum.quantization import QuantSpec
 def unsupported_features(cfg: DecoderConfig) -> list[str]:
     """The config's feature flags this network does not implement (empty: it builds the model exactly)."""
     missing = []
-    if cfg.sliding_window and cfg.sliding_window < cfg.context_length:
-        missing.append(f"sliding-window attention ({cfg.sliding_window} tokens, shorter than the context)")
     if cfg.activation != "silu":
         missing.append(f"activation {cfg.activation!r} (only silu)")
     if cfg.norm != "rmsnorm":
@@ -78,6 +77,7 @@ class LlamaAttention(nn.Module):
             self.k_norm = nn.RMSNorm(cfg.head_dim, -1, cfg.rms_norm_eps, bias=False, dtype=q.model_dtype)
         self.qk_norm = cfg.qk_norm
         self.o_proj = QLinear(self.num_q_heads * self.head_dim, cfg.hidden_size, q, bias=cfg.o_bias)
+        self.window_layers = frozenset(cfg.window_layers)  # their attention is masked to the sliding window
         self.longrope = cfg if is_longrope(cfg) else None  # rotates Q and K itself (the cache does not)
 
     def forward(self, x: Tensor, cache: PagedKVCache, layer_id: int) -> Tensor:
@@ -95,7 +95,8 @@ class LlamaAttention(nn.Module):
             flat = longrope_rotate(op.reshape(qkv, (b * s, heads, self.head_dim)), cache.get_query_positions(b * s),
                                    self.longrope, per_token=isinstance(s, int) and s == 1)  # s == 1: decode
             qkv = op.reshape(flat, (b, s, heads, self.head_dim))
-        out = cache.attention_with_fused_qkv(layer_id, qkv, self.num_q_heads, sm_scale=self.head_dim**-0.5)
+        scale = windowed_scale(self.head_dim**-0.5, layer_id in self.window_layers)
+        out = cache.attention_with_fused_qkv(layer_id, qkv, self.num_q_heads, sm_scale=scale)
         return op.reshape(out, (b, s, self.num_q_heads * self.head_dim))
 
 

@@ -55,16 +55,21 @@ def rope_scaling(c: dict[str, Any], folder: Path, supported: tuple[str, ...] = S
 
 
 def window_and_context(window: int | None, context: int) -> tuple[int, int]:
-    """(sliding window, context length) to compile with: (0, the shorter of window and context).
+    """(sliding window, context length) to compile with: a window no shorter than the context
+    never masks anything, so it becomes 0 (full attention); a shorter one is masked by the
+    attention kernels (``compile/model/sliding_window.py``) over a cache of the whole context."""
+    return (int(window) if window and window < context else 0), context
 
-    Ferrum's attention spans every cached token: TVM 0.27's paged cache can mask a window only in
-    its prefill kernels (``mha_sliding`` layers), not in the ragged self-attention of a prompt
-    chunk nor in our CPU decode attention (and a cache of ``mha_sliding`` layers, tried for
-    issue 15, stops the first prefill on llvm with ``Check failed: data_ != nullptr`` in
-    ``Tensor::CreateView``). A model whose window is shorter than its context is
-    therefore compiled with a context of exactly the window, inside which the window never masks
-    anything: the logits are the model's own, only sequences are shorter."""
-    return 0, min(window, context) if window else context
+
+def window_layers(c: dict[str, Any], window: int, layers: int) -> list[int]:
+    """The layers a sliding window applies to: the config's ``layer_types`` (transformers 5
+    writes them), else Qwen's rule (layers from ``max_window_layers`` on, where the config has
+    it), else every layer (Mistral, Phi-3)."""
+    if not window:
+        return []
+    if c.get("layer_types"):
+        return [i for i, kind in enumerate(c["layer_types"]) if kind == "sliding_attention"]
+    return list(range(int(c.get("max_window_layers") or 0), layers))
 
 
 def decoder_config(c: dict[str, Any], folder: Path, architecture: str, **flags: Any) -> DecoderConfig:
@@ -75,6 +80,8 @@ def decoder_config(c: dict[str, Any], folder: Path, architecture: str, **flags: 
         heads, scaling = c["num_attention_heads"], flags.pop("rope_scaling", None)
         window, context = window_and_context(flags.pop("sliding_window", None),
                                              int(c.get("max_position_embeddings", 2048)))
+        windowed = window_layers(c, window, c["num_hidden_layers"])
+        window = window if windowed else 0
         return DecoderConfig(
             vocab_size=c["vocab_size"],
             hidden_size=c["hidden_size"],
@@ -87,6 +94,7 @@ def decoder_config(c: dict[str, Any], folder: Path, architecture: str, **flags: 
             rope_theta=float(rope_parameters(c).get("rope_theta", 10000.0)),
             context_length=context,
             sliding_window=window,
+            window_layers=windowed,
             tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
             rope_scaling=scaling if scaling is not None else rope_scaling(c, folder),
             architecture=architecture,

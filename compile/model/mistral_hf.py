@@ -1,6 +1,6 @@
 """Hugging Face ``MistralForCausalLM`` checkpoints onto the Llama network: Llama's tensors and
-config keys plus ``sliding_window`` (4096 in Mistral 7B v0.1, null from v0.2), which
-``llama_hf.window_and_context`` turns into the compiled context. Numpy only."""
+config keys plus ``sliding_window`` (4096 in Mistral 7B v0.1, null from v0.2), masked in every
+layer (``compile/model/sliding_window.py``). Numpy only."""
 
 from __future__ import annotations
 

@@ -166,6 +166,7 @@ class GGUFSource(DecoderSource):
         window, context = window_and_context(self._field(f"{a}.attention.sliding_window"),
                                              int(self._field(f"{a}.context_length", 2048)))
         flags = self._gemma_flags(hidden, heads, head_dim, names) if self._arch.gemma else {}
+        sliding = flags.pop("window_layers", list(range(int(self._require(f"{a}.block_count")))))
         if self._field(f"{a}.expert_count"):
             flags = {"num_experts": int(self._field(f"{a}.expert_count")),
                      "num_experts_per_tok": int(self._require(f"{a}.expert_used_count")),
@@ -184,6 +185,7 @@ class GGUFSource(DecoderSource):
                 rope_theta=float(self._field(f"{a}.rope.freq_base", 10000.0)),
                 context_length=context,
                 sliding_window=window,
+                window_layers=sliding if window else [],
                 tie_word_embeddings="output.weight" not in names,
                 rope_scaling=rope_scaling,
                 architecture=self._arch.architecture,
@@ -205,6 +207,7 @@ class GGUFSource(DecoderSource):
         else:
             period = int(pattern or self._arch.swa_period)
             local = [i for i in range(layers) if (i + 1) % period]
+        window_layers = local  # the sliding-window layers, whatever their RoPE base
         local_theta = float(self._field(f"{a}.rope.freq_base_swa", LOCAL_ROPE_BASE if a == "gemma3" else 0.0))
         if not local_theta or local_theta == float(self._field(f"{a}.rope.freq_base", 10000.0)):
             local, local_theta = [], 0.0
@@ -213,6 +216,7 @@ class GGUFSource(DecoderSource):
         return {
             "activation": "gelu_pytorch_tanh", "post_norms": True, "embed_scale": hidden**0.5,
             "attention_scale": scalar**-0.5, "local_layers": local, "local_rope_theta": local_theta,
+            "window_layers": window_layers,
             "final_logit_softcap": float(self._field(f"{a}.final_logit_softcapping", 0.0)),
             "attn_logit_softcap": float(self._field(f"{a}.attn_logit_softcapping", 0.0)),
         }
