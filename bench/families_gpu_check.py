@@ -116,18 +116,19 @@ def run(root: Path, out: Path) -> None:
         if f"{cpu}logits" in refs:
             row |= {"cpu_artifact": f"llvm {'q4f16' if quant == 'q4f16' else 'q0f32'}",
                     "max_abs_vs_cpu_artifact": float(np.abs(logits - refs[f"{cpu}logits"]).max()),
+                    "argmax_equal_vs_cpu_artifact": bool((logits.argmax(-1) == refs[f"{cpu}logits"].argmax(-1)).all()),
                     "greedy_equal_cpu_artifact": tokens == refs[f"{cpu}greedy"].tolist()}
         manifest = json.loads((root / path_file.read_text() / "manifest.json").read_text())
         row["ferrum_kernels"] = "sample_tokens" in manifest.get("functions", [])
         rows.append(row)
-    print(f"{'family':14} {'quant':6} {'|d| vs HF':>10} {'|d| vs CPU':>10} argmax greedy=HF greedy=CPU")
+    print(f"{'family':14} {'quant':6} {'|d| vs HF':>10} {'|d| vs CPU':>10} argmax greedy=HF greedy=CPU ferrum")
     for r in rows:
         if "error" in r:
             print(f"{r['family']:14} {r['quant']:6} ERROR {r['error'][:100]}")
             continue
         print(f"{r['family']:14} {r['quant']:6} {r['max_abs_vs_transformers']:10.2e} "
               f"{r.get('max_abs_vs_cpu_artifact', float('nan')):10.2e} {r['argmax_equal_vs_transformers']!s:6} "
-              f"{r['greedy_equal_transformers']!s:9} {r.get('greedy_equal_cpu_artifact')!s}")
+              f"{r['greedy_equal_transformers']!s:9} {r.get('greedy_equal_cpu_artifact')!s:9} {r['ferrum_kernels']}")
     out.write_text(json.dumps({"prompt": tiny.PROMPT, "calls": "verify 12, verify 7 over cached pages, decode 1; "
                                f"greedy {GREEDY} after a fresh prefill of 20", "rows": rows}, indent=1))
 

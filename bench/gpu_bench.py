@@ -309,10 +309,12 @@ def hf_model(cfg, ours: dict, quant_name: str, device: str = "cuda"):
     return model.eval()
 
 
-def peer(cfg, ours: dict, runner: ModelRunner, prompt: list[int], short: int, long: int, compile_timeout_s: float) -> dict:
+def peer(cfg, ours: dict, runner: ModelRunner, prompt: list[int], short: int, long: int,
+         compile_timeout_s: float | None) -> dict:
     """transformers with our weights: logits on one prompt, then per-token greedy decode time
     eager (``generate``) and in its fastest setup, a static KV cache with the decode step under
-    ``torch.compile(mode="reduce-overhead")`` (CUDA graphs), argmax inside the graph."""
+    ``torch.compile(mode="reduce-overhead")`` (CUDA graphs), argmax inside the graph; that one is
+    skipped when ``compile_timeout_s`` is None (its warm-up takes ~50 s on an 8B model)."""
     torch = torch_mod()
     model = hf_model(cfg, ours, "q0f16")
     ids = torch.tensor([prompt], device="cuda")
@@ -337,10 +339,13 @@ def peer(cfg, ours: dict, runner: ModelRunner, prompt: list[int], short: int, lo
         torch.cuda.synchronize()
 
     result["eager_ms_per_token"] = per_token(eager) * 1000
-    try:
-        result.update(static_compiled(model, ids, short, long, per_token, compile_timeout_s))
-    except Exception as exc:  # the peer's best mode is reported as unavailable, not guessed
-        result["static_compiled_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    if compile_timeout_s is None:
+        result["static_compiled_skipped"] = "--no-peer-compile"
+    else:
+        try:
+            result.update(static_compiled(model, ids, short, long, per_token, compile_timeout_s))
+        except Exception as exc:  # the peer's best mode is reported as unavailable, not guessed
+            result["static_compiled_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     model = None  # drop the weights (the closures above share this variable, so no ``del``)
     gc.collect()
     torch.cuda.empty_cache()
@@ -473,7 +478,8 @@ def run_artifact(path: str, args, bandwidth: float, save=lambda entry: None) -> 
     elif args.peer and ours_torch and manifest.quantization["name"] == "q0f16":
         save(entry)  # our figures stay written if the peer (torch.compile) runs past a caller's timeout
         prompt = bench.tokens(32)
-        entry["peer"] = peer(cfg, ours_torch, runner, prompt, args.peer_short, args.peer_long, args.compile_timeout)
+        entry["peer"] = peer(cfg, ours_torch, runner, prompt, args.peer_short, args.peer_long,
+                             None if args.no_peer_compile else args.compile_timeout)
         entry["peer"]["ours_ms_per_token"] = ours_per_token(runner, prompt, args.peer_short, args.peer_long) * 1000
         p = entry["peer"]
         p["speedup_vs_eager"] = p["eager_ms_per_token"] / p["ours_ms_per_token"]
@@ -509,6 +515,8 @@ def main() -> int:
     parser.add_argument("--peer-short", type=int, default=16)
     parser.add_argument("--peer-long", type=int, default=80)
     parser.add_argument("--compile-timeout", type=float, default=240)
+    parser.add_argument("--no-peer-compile", action="store_true",
+                        help="the peer's logits and eager speed only (no torch.compile warm-up)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

@@ -89,7 +89,9 @@ FAMILIES = {
 # Qwen2 (q/k/v biases) and Qwen3 (q/k norm) at shapes Ferrum's CUDA kernels take (head dim 64 and
 # 128, widths multiples of 32; the tiny shapes above, head dim 16 and 32, build with TVM's), so their
 # CUDA float16 builds run the kernels' block with the bias and q/k norm between QKV and attention.
-KERNEL_SHAPES = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4, "num_key_value_heads": 2}
+# Untied, as Qwen2-7B and Qwen3-8B are (the tied tiny checkpoints' greedy tokens repeat one token).
+KERNEL_SHAPES = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4, "num_key_value_heads": 2,
+                 "tie_word_embeddings": False}
 KERNEL_FAMILIES = {
     "qwen2_kernels": replace(FAMILIES["qwen2"], config={**FAMILIES["qwen2"].config, **KERNEL_SHAPES}),  # head dim 64
     "qwen3_kernels": replace(FAMILIES["qwen3"], config={**FAMILIES["qwen3"].config, **KERNEL_SHAPES, "head_dim": 128}),

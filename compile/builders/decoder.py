@@ -125,7 +125,7 @@ def compile_decoder(
         kernels = CudaKernels(target.archs, rope=plain_rope(cfg))
         extras = qkv_extras_used(cfg)
         progress("building the blocks with Ferrum's CUDA kernels"
-                 + (f" ({' and '.join(extras)} as TVM ops between QKV and attention)" if extras else ""))
+                 + (f" (TVM's between QKV and attention: {' and '.join(extras)})" if extras else ""))
     elif uses_cpu_kernels(cfg, quant, target):
         kernels = CpuKernels()
     elif target.kind.name == "cuda":
