@@ -26,7 +26,7 @@ tar xJf "$DEV/families.tar.xz" -C /tmp/fgc
 for q in q0f16 q4f16; do tar xJf "$DEV/qwen3-8b-shape-$q-cuda.tar.xz" -C "$DATA"; done
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 echo "== families check ($(date -u +%T))"
-timeout 90 python3 bench/families_gpu_check.py run /tmp/fgc --out "$OUT/h200_families_check_qwen_kernels.json" 2>&1 \
+timeout 80 python3 bench/families_gpu_check.py run /tmp/fgc --out "$OUT/h200_families_check_qwen_kernels.json" 2>&1 \
   | grep -v -i "warn" | tee "$OUT/families_check_qwen_kernels.log"
 bench() {  # seconds quantization [gpu_bench options]
   local limit=$1 q=$2; shift 2
@@ -35,6 +35,6 @@ bench() {  # seconds quantization [gpu_bench options]
     --repeats 3 "$@" --out "$OUT/h200_qwen3-8b-$q-kernels.json" 2>&1 | grep -v -i "warn"
   echo "== qwen3-8b $q done, rc ${PIPESTATUS[0]} ($(date -u +%T))"
 }
-bench 100 q0f16 --peer --peer-short 4 --peer-long 12 --no-peer-compile
-bench 70 q4f16
+bench 90 q0f16 --peer --peer-short 4 --peer-long 12 --no-peer-compile
+bench 60 q4f16
 ls -la "$OUT"
