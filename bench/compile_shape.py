@@ -55,6 +55,11 @@ SHAPES = {
                               num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6,
                               rope_theta=1000000.0, context_length=40960, tie_word_embeddings=False,
                               architecture="qwen3", qk_norm=True),
+    # Qwen/Qwen2.5-7B-Instruct's config.json (q/k/v biases, untied; its sliding window is off)
+    "qwen2.5-7b": DecoderConfig(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                                num_attention_heads=28, num_key_value_heads=4, head_dim=128, rms_norm_eps=1e-6,
+                                rope_theta=1000000.0, context_length=32768, tie_word_embeddings=False,
+                                architecture="qwen2", qkv_bias=True),
     # Qwen/Qwen3-30B-A3B's config.json: every layer's MLP routed, 8 of 128 experts per token (q0 only)
     "qwen3-30b-a3b": DecoderConfig(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=48,
                                    num_attention_heads=32, num_key_value_heads=4, head_dim=128, rms_norm_eps=1e-6,
@@ -64,7 +69,7 @@ SHAPES = {
 }
 
 # (bos, eos ids) of the placeholder generation.json, as the real models' configs say
-SPECIAL_TOKENS = {"llama": (128000, [128001]), "qwen3": (151643, [151645, 151643]),
+SPECIAL_TOKENS = {"llama": (128000, [128001]), "qwen2": (151643, [151645, 151643]), "qwen3": (151643, [151645, 151643]),
                   "qwen3_moe": (151643, [151645, 151643])}
 
 

@@ -4,7 +4,9 @@ Gemma 2's attention soft-cap (compile/model/softcap.py rewrites TVM's CUDA atten
 and Phi-3's LongRoPE were checked on CPU only; this runs them, and the other families, on a GPU.
 ``prepare`` (dev machine): tiny random checkpoints from ``checks/tiny_families.py``, compiled for
 cuda sm_90a (q0f32, q0f16) and llvm q0f32, plus the references: transformers' float32 logits and
-greedy tokens, and the CPU artifact's, for one fixed call sequence. ``run`` (GPU machine): the same
+greedy tokens, and the CPU artifact's, for one fixed call sequence. Qwen2 and Qwen3 also come at
+shapes Ferrum's CUDA kernels take (``tiny.KERNEL_FAMILIES``), built for q4f16 too and compared with
+an llvm q4f16 artifact of the same int4 weights; each row says whether its build ran Ferrum's kernels. ``run`` (GPU machine): the same
 call sequence on each CUDA artifact -- a prompt's first 12 tokens, 7 more over the cached pages, one
 decode step; then a fresh prefill of the whole prompt and greedy decode -- and the diffs as JSON.
 """
@@ -25,6 +27,9 @@ from checks import tiny_families as tiny  # noqa: E402
 
 GREEDY = 6
 BUILDS = [("cuda", "q0f32"), ("cuda", "q0f16"), ("llvm", "q0f32")]
+# tiny.KERNEL_FAMILIES run on Ferrum's CUDA kernels, int4 included; their q4f16 reference is the
+# CPU artifact of the same int4 weights (TVM's kernels in float16)
+KERNEL_BUILDS = BUILDS + [("cuda", "q4f16"), ("llvm", "q4f16")]
 
 
 def sequence(artifact: Path) -> tuple[np.ndarray, list[int]]:
@@ -50,6 +55,12 @@ def sequence(artifact: Path) -> tuple[np.ndarray, list[int]]:
     return logits, tokens
 
 
+def _cpu_key(quant: str) -> str:
+    """The references' prefix for the CPU artifact a CUDA build of ``quant`` is compared with:
+    q0f32's for the float builds (as before int4 builds existed), q4f16's for q4f16."""
+    return "cpu_q4f16_" if quant == "q4f16" else "cpu_"
+
+
 def prepare(root: Path, only: list[str] | None) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import train_tokenizer
@@ -60,13 +71,14 @@ def prepare(root: Path, only: list[str] | None) -> None:
     ckpt = root / "checkpoints"
     folders = {n: tiny.write_checkpoint(f, ckpt / n, tok, seed=3) for n, f in tiny.FAMILIES.items()}
     folders["phi3_longrope"] = tiny.with_longrope(folders["phi3"], ckpt / "phi3_longrope")
+    folders |= {n: tiny.write_checkpoint(f, ckpt / n, tok, seed=3) for n, f in tiny.KERNEL_FAMILIES.items()}
     refs = {}
     for name, folder in sorted(folders.items()):
         if only and name not in only:
             continue
         refs[f"{name}/hf_logits"] = tiny.reference_logits(folder, tiny.PROMPT)
         refs[f"{name}/hf_greedy"] = np.array(tiny.reference_greedy(folder, tiny.PROMPT, GREEDY))
-        for target, quant in BUILDS:
+        for target, quant in KERNEL_BUILDS if name in tiny.KERNEL_FAMILIES else BUILDS:
             out = root / "art" / f"{name}-{quant}-{target}"
             try:
                 art = compile_model(str(folder), target, quant, arch="sm_90a" if target == "cuda" else None,
@@ -78,7 +90,7 @@ def prepare(root: Path, only: list[str] | None) -> None:
             print(f"built {name} {target} {quant}", flush=True)
             if target == "llvm":
                 logits, tokens = sequence(art)
-                refs[f"{name}/cpu_logits"], refs[f"{name}/cpu_greedy"] = logits, np.array(tokens)
+                refs[f"{name}/{_cpu_key(quant)}logits"], refs[f"{name}/{_cpu_key(quant)}greedy"] = logits, np.array(tokens)
     np.savez(root / "references.npz", **refs)
 
 
@@ -100,19 +112,23 @@ def run(root: Path, out: Path) -> None:
                 "argmax_equal_vs_transformers": bool((logits.argmax(-1) == hf.argmax(-1)).all()),
                 "greedy": tokens, "greedy_equal_transformers": tokens == hf_greedy,
                 "max_abs_logit": float(np.abs(hf).max()), "finite": bool(np.isfinite(logits).all())}
-        if f"{name}/cpu_logits" in refs:
-            cpu = refs[f"{name}/cpu_logits"]
-            row |= {"max_abs_vs_cpu_artifact": float(np.abs(logits - cpu).max()),
-                    "greedy_equal_cpu_artifact": tokens == refs[f"{name}/cpu_greedy"].tolist()}
+        cpu = f"{name}/{_cpu_key(quant)}"
+        if f"{cpu}logits" in refs:
+            row |= {"cpu_artifact": f"llvm {'q4f16' if quant == 'q4f16' else 'q0f32'}",
+                    "max_abs_vs_cpu_artifact": float(np.abs(logits - refs[f"{cpu}logits"]).max()),
+                    "argmax_equal_vs_cpu_artifact": bool((logits.argmax(-1) == refs[f"{cpu}logits"].argmax(-1)).all()),
+                    "greedy_equal_cpu_artifact": tokens == refs[f"{cpu}greedy"].tolist()}
+        manifest = json.loads((root / path_file.read_text() / "manifest.json").read_text())
+        row["ferrum_kernels"] = "sample_tokens" in manifest.get("functions", [])
         rows.append(row)
-    print(f"{'family':14} {'quant':6} {'|d| vs HF':>10} {'|d| vs CPU':>10} argmax greedy=HF greedy=CPU")
+    print(f"{'family':14} {'quant':6} {'|d| vs HF':>10} {'|d| vs CPU':>10} argmax greedy=HF greedy=CPU ferrum")
     for r in rows:
         if "error" in r:
             print(f"{r['family']:14} {r['quant']:6} ERROR {r['error'][:100]}")
             continue
         print(f"{r['family']:14} {r['quant']:6} {r['max_abs_vs_transformers']:10.2e} "
               f"{r.get('max_abs_vs_cpu_artifact', float('nan')):10.2e} {r['argmax_equal_vs_transformers']!s:6} "
-              f"{r['greedy_equal_transformers']!s:9} {r.get('greedy_equal_cpu_artifact')!s}")
+              f"{r['greedy_equal_transformers']!s:9} {r.get('greedy_equal_cpu_artifact')!s:9} {r['ferrum_kernels']}")
     out.write_text(json.dumps({"prompt": tiny.PROMPT, "calls": "verify 12, verify 7 over cached pages, decode 1; "
                                f"greedy {GREEDY} after a fresh prefill of 20", "rows": rows}, indent=1))
 

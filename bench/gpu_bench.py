@@ -15,8 +15,9 @@ whose weights are generated here from a seed; speed does not depend on the value
   model's experts only the ``num_experts_per_tok`` a token is routed to) and the KV of the
   context once per token, so its ideal step is ``(bytes read) / B``; reported as
   ``fraction_*`` = ideal / measured;
-- the peer (q0f16 artifacts, ``--peer``): Hugging Face ``LlamaForCausalLM`` (``Qwen3ForCausalLM``
-  for Qwen3, its q/k norms included; other architectures have no peer here and say so) in float16
+- the peer (q0f16 artifacts, ``--peer``): Hugging Face ``LlamaForCausalLM`` (``Qwen2ForCausalLM``
+  for Qwen2, its q/k/v biases included; ``Qwen3ForCausalLM`` for Qwen3, its q/k norms included;
+  other architectures have no peer here and say so) in float16
   holding the SAME weights (views of ours, Q/K/V and gate/up split back), greedy ``generate`` eager and
   with a static cache + ``torch.compile``; per-token decode time from the difference of two
   generation lengths; plus the largest |logit difference| against our model on one prompt.
@@ -253,25 +254,28 @@ class Bench:
         return result
 
 
-PEER_ARCHITECTURES = ("llama", "qwen3")  # the networks hf_model builds in transformers
+PEER_ARCHITECTURES = ("llama", "qwen2", "qwen3")  # the networks hf_model builds in transformers
 
 
 def peer_blocker(cfg) -> str | None:
     """Why ``--peer`` has no transformers model for this config, or None."""
     if cfg.architecture not in PEER_ARCHITECTURES:
         return f"no transformers peer for {cfg.architecture} here (only {', '.join(PEER_ARCHITECTURES)})"
-    if cfg.qkv_bias or cfg.o_bias or cfg.mlp_bias or cfg.sliding_window:
-        return "no transformers peer for biases or a sliding window here"
+    if cfg.qkv_bias != (cfg.architecture == "qwen2") or cfg.o_bias or cfg.mlp_bias or cfg.sliding_window:
+        return "no transformers peer for these biases or a sliding window here (only Qwen2's q/k/v biases)"
     return None
 
 
 def hf_model(cfg, ours: dict, quant_name: str, device: str = "cuda"):
-    """transformers LlamaForCausalLM (Qwen3ForCausalLM for Qwen3: q/k norms) in float16 whose
-    weights are views of ours."""
+    """transformers LlamaForCausalLM (Qwen2ForCausalLM for Qwen2: q/k/v biases; Qwen3ForCausalLM
+    for Qwen3: q/k norms) in float16 whose weights are views of ours."""
     torch = torch_mod()
     if cfg.architecture == "qwen3":
         from transformers import Qwen3Config as HFConfig
         from transformers import Qwen3ForCausalLM as HFModel
+    elif cfg.architecture == "qwen2":
+        from transformers import Qwen2Config as HFConfig
+        from transformers import Qwen2ForCausalLM as HFModel
     else:
         from transformers import LlamaConfig as HFConfig
         from transformers import LlamaForCausalLM as HFModel
@@ -300,6 +304,10 @@ def hf_model(cfg, ours: dict, quant_name: str, device: str = "cuda"):
             f"{h}.input_layernorm.weight": ours[f"{p}.input_layernorm.weight"],
             f"{h}.post_attention_layernorm.weight": ours[f"{p}.post_attention_layernorm.weight"],
         })
+        if cfg.qkv_bias:
+            bias = ours[f"{p}.self_attn.qkv_proj.bias"]
+            state.update({f"{h}.self_attn.q_proj.bias": bias[:q], f"{h}.self_attn.k_proj.bias": bias[q:q + kv],
+                          f"{h}.self_attn.v_proj.bias": bias[q + kv:]})
         if cfg.qk_norm:
             for norm in ("q_norm", "k_norm"):
                 state[f"{h}.self_attn.{norm}.weight"] = ours[f"{p}.self_attn.{norm}.weight"]
@@ -309,10 +317,12 @@ def hf_model(cfg, ours: dict, quant_name: str, device: str = "cuda"):
     return model.eval()
 
 
-def peer(cfg, ours: dict, runner: ModelRunner, prompt: list[int], short: int, long: int, compile_timeout_s: float) -> dict:
+def peer(cfg, ours: dict, runner: ModelRunner, prompt: list[int], short: int, long: int,
+         compile_timeout_s: float | None) -> dict:
     """transformers with our weights: logits on one prompt, then per-token greedy decode time
     eager (``generate``) and in its fastest setup, a static KV cache with the decode step under
-    ``torch.compile(mode="reduce-overhead")`` (CUDA graphs), argmax inside the graph."""
+    ``torch.compile(mode="reduce-overhead")`` (CUDA graphs), argmax inside the graph; that one is
+    skipped when ``compile_timeout_s`` is None (its warm-up takes ~50 s on an 8B model)."""
     torch = torch_mod()
     model = hf_model(cfg, ours, "q0f16")
     ids = torch.tensor([prompt], device="cuda")
@@ -337,10 +347,13 @@ def peer(cfg, ours: dict, runner: ModelRunner, prompt: list[int], short: int, lo
         torch.cuda.synchronize()
 
     result["eager_ms_per_token"] = per_token(eager) * 1000
-    try:
-        result.update(static_compiled(model, ids, short, long, per_token, compile_timeout_s))
-    except Exception as exc:  # the peer's best mode is reported as unavailable, not guessed
-        result["static_compiled_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    if compile_timeout_s is None:
+        result["static_compiled_skipped"] = "--no-peer-compile"
+    else:
+        try:
+            result.update(static_compiled(model, ids, short, long, per_token, compile_timeout_s))
+        except Exception as exc:  # the peer's best mode is reported as unavailable, not guessed
+            result["static_compiled_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     model = None  # drop the weights (the closures above share this variable, so no ``del``)
     gc.collect()
     torch.cuda.empty_cache()
@@ -473,7 +486,8 @@ def run_artifact(path: str, args, bandwidth: float, save=lambda entry: None) -> 
     elif args.peer and ours_torch and manifest.quantization["name"] == "q0f16":
         save(entry)  # our figures stay written if the peer (torch.compile) runs past a caller's timeout
         prompt = bench.tokens(32)
-        entry["peer"] = peer(cfg, ours_torch, runner, prompt, args.peer_short, args.peer_long, args.compile_timeout)
+        entry["peer"] = peer(cfg, ours_torch, runner, prompt, args.peer_short, args.peer_long,
+                             None if args.no_peer_compile else args.compile_timeout)
         entry["peer"]["ours_ms_per_token"] = ours_per_token(runner, prompt, args.peer_short, args.peer_long) * 1000
         p = entry["peer"]
         p["speedup_vs_eager"] = p["eager_ms_per_token"] / p["ours_ms_per_token"]
@@ -509,6 +523,8 @@ def main() -> int:
     parser.add_argument("--peer-short", type=int, default=16)
     parser.add_argument("--peer-long", type=int, default=80)
     parser.add_argument("--compile-timeout", type=float, default=240)
+    parser.add_argument("--no-peer-compile", action="store_true",
+                        help="the peer's logits and eager speed only (no torch.compile warm-up)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

@@ -10,7 +10,7 @@ are tiny (2 layers, hidden 64) so one compile takes seconds; weights are redrawn
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,18 @@ FAMILIES = {
 }
 
 
+# Qwen2 (q/k/v biases) and Qwen3 (q/k norm) at shapes Ferrum's CUDA kernels take (head dim 64 and
+# 128, widths multiples of 32; the tiny shapes above, head dim 16 and 32, build with TVM's), so their
+# CUDA float16 builds run the kernels' block with the bias and q/k norm between QKV and attention.
+# Untied, as Qwen2-7B and Qwen3-8B are (the tied tiny checkpoints' greedy tokens repeat one token).
+KERNEL_SHAPES = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4, "num_key_value_heads": 2,
+                 "tie_word_embeddings": False}
+KERNEL_FAMILIES = {
+    "qwen2_kernels": replace(FAMILIES["qwen2"], config={**FAMILIES["qwen2"].config, **KERNEL_SHAPES}),  # head dim 64
+    "qwen3_kernels": replace(FAMILIES["qwen3"], config={**FAMILIES["qwen3"].config, **KERNEL_SHAPES, "head_dim": 128}),
+}
+
+
 def write_checkpoint(family: Family, folder: Path, tokenizer_json: str, seed: int = 0) -> Path:
     """Save a random ``family`` model with ``save_pretrained`` (safetensors, float32), the
     tokenizer and a tokenizer_config holding the family's chat template."""
@@ -95,7 +107,7 @@ def write_checkpoint(family: Family, folder: Path, tokenizer_json: str, seed: in
     import transformers
 
     folder.mkdir(parents=True, exist_ok=True)
-    config = getattr(transformers, family.config_class)(**SIZES, **family.config)
+    config = getattr(transformers, family.config_class)(**{**SIZES, **family.config})
     torch.manual_seed(seed)
     model = getattr(transformers, family.model_class)(config).eval()
     gen = torch.Generator().manual_seed(seed)

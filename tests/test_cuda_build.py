@@ -73,8 +73,11 @@ def test_kernel_gate_reads_the_feature_flags():
     assert uses_cuda_kernels(TINY, f16, target) and kernel_blockers(TINY, f16) == []
     assert not uses_cuda_kernels(TINY, f16, resolve_target("llvm"))
     assert kernel_blockers(TINY, get_quantization("q0f32")) == ["q0f32 computes in float32 (the kernels take float16)"]
-    for flag, value, says in [("qkv_bias", True, "q/k/v projection biases"), ("mlp_bias", True, "MLP projection biases"),
-                              ("qk_norm", True, "q/k norm"), ("sliding_window", 4096, "sliding-window"),
+    for flag in ("qkv_bias", "qk_norm"):  # added between the QKV kernel and attention (LlamaDecoderLayer)
+        cfg = DecoderConfig(**{**TINY.to_dict(), flag: True})
+        assert uses_cuda_kernels(cfg, f16, target) and kernel_blockers(cfg, f16) == [], flag
+    for flag, value, says in [("o_bias", True, "output projection biases"), ("mlp_bias", True, "MLP projection biases"),
+                              ("sliding_window", 4096, "sliding-window"),
                               ("activation", "gelu_pytorch_tanh", "gelu_pytorch_tanh/rmsnorm"),
                               ("norm", "layernorm", "silu/layernorm")]:
         window = {"window_layers": [0]} if flag == "sliding_window" else {}
@@ -85,15 +88,33 @@ def test_kernel_gate_reads_the_feature_flags():
 
 @needs_nvcc
 @pytest.mark.slow
+@pytest.mark.parametrize("flag, quant, linear, between", [("qkv_bias", "q4f16", "q4", "q/k/v bias add"),
+                                                          ("qk_norm", "q0f16", "f16", "per-head q/k RMSNorm")])
+def test_qwen_blocks_build_with_the_kernels(tmp_path, flag, quant, linear, between):
+    """Qwen2's q/k/v bias and Qwen3's q/k norm run as TVM ops between Ferrum's QKV kernel and
+    attention: the block still calls the fused kernels, and the log says what runs between them."""
+    cfg = DecoderConfig(**{**TINY.to_dict(), flag: True})
+    log: list[str] = []
+    _, text, functions, _ = _build(cfg, quant, tmp_path, log)
+    assert {"sample_tokens", "sample_tokens_masked"} <= set(functions)
+    for op in (f"ferrum_norm_linear_{linear}", f"ferrum_linear_res_{linear}", f"ferrum_norm_gate_up_{linear}"):
+        assert f"call  {op} " in text, op
+    assert "f[ferrum_split_rotary" in text
+    assert (" qk_norm" in text) == (flag == "qk_norm")  # one TIR function over the fused QKV
+    assert any("with Ferrum's CUDA kernels" in line and between in line for line in log), log
+
+
+@needs_nvcc
+@pytest.mark.slow
 def test_models_the_kernels_cannot_take_build_with_tvm_kernels(tmp_path):
     odd_heads = DecoderConfig(**{**TINY.to_dict(), "hidden_size": 64, "num_attention_heads": 4, "head_dim": 16,
-                                 "qkv_bias": True})
+                                 "mlp_bias": True})
     log: list[str] = []
     _, text, functions, extra = _build(odd_heads, "q0f16", tmp_path, log)
     assert not {"sample_tokens", "sample_tokens_masked"} & set(functions) and not extra
     assert "ferrum_" not in text and "cuda_graph" not in text
     gate = next(line for line in log if "CUDA kernels cannot take this model" in line)
-    assert "head dim 16" in gate and "q/k/v projection biases" in gate
+    assert "head dim 16" in gate and "MLP projection biases" in gate
 
 
 def test_scaled_rope_keeps_tvms_split_rotary():

@@ -38,7 +38,8 @@ FAMILIES = sorted(tiny.FAMILIES)
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     root, tokenizer = tmp_path_factory.mktemp("families"), train_tokenizer()
-    return {name: tiny.write_checkpoint(fam, root / name, tokenizer, seed=3) for name, fam in tiny.FAMILIES.items()}
+    return {name: tiny.write_checkpoint(fam, root / name, tokenizer, seed=3)
+            for name, fam in (tiny.FAMILIES | tiny.KERNEL_FAMILIES).items()}
 
 
 @pytest.fixture(scope="module")
@@ -355,13 +356,25 @@ MISTRAL_7B_V01 = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size":
 
 
 @pytest.mark.parametrize("family, says", [
-    ("qwen2", "q/k/v projection biases"), ("qwen3", "q/k norm"), ("qwen3_moe", "8 routed experts"),
+    ("qwen2", "head dim 16"), ("qwen3", "head dim 32"), ("qwen3_moe", "8 routed experts"),
     ("gemma2", "gelu_pytorch_tanh/rmsnorm"), ("gemma3", "Gemma's extra norms"),
 ])
 def test_cuda_builds_say_why_ferrums_kernels_cannot_take_a_family(family, says, checkpoints):
     from compile.kernels.ops import kernel_blockers
 
     assert any(says in b for b in kernel_blockers(HFSource(checkpoints[family]).config, get_quantization("q0f16")))
+
+
+@pytest.mark.parametrize("family", sorted(tiny.KERNEL_FAMILIES))
+@pytest.mark.parametrize("quant", ["q0f16", "q4f16"])
+def test_qwen2_and_qwen3_at_kernel_shapes_take_ferrums_cuda_kernels(family, quant, checkpoints):
+    """Their q/k/v bias and q/k norm are no blocker (the network adds them between QKV and
+    attention); only the tiny shapes' head dims kept them on TVM's kernels."""
+    from compile.kernels.ops import kernel_blockers
+
+    cfg = HFSource(checkpoints[family]).config
+    assert (cfg.qkv_bias, cfg.qk_norm) == ((True, False) if family.startswith("qwen2") else (False, True))
+    assert cfg.head_dim in (64, 128) and kernel_blockers(cfg, get_quantization(quant)) == []
 
 
 @pytest.mark.parametrize("family, says", [

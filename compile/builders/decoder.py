@@ -12,6 +12,7 @@ from pathlib import Path
 
 from compile.build import Library, build_library, export_module
 from compile.builders import Builder, BuildOutput
+from compile.kernels.block_gate import qkv_extras_used
 from compile.kernels.build import link_options
 from compile.kernels.cpu_ops import CPU_KERNEL_FEATURES, CpuKernels, cpu_kernel_blockers
 from compile.kernels.ops import SAMPLER_FUNCTIONS, CudaKernels, install_attention_kernels, kernel_blockers
@@ -123,6 +124,9 @@ def compile_decoder(
     kernels = None
     if uses_cuda_kernels(cfg, quant, target):
         kernels = CudaKernels(target.archs, rope=plain_rope(cfg))
+        extras = qkv_extras_used(cfg)
+        progress("building the blocks with Ferrum's CUDA kernels"
+                 + (f" (TVM's between QKV and attention: {' and '.join(extras)})" if extras else ""))
     elif uses_cpu_kernels(cfg, quant, target):
         kernels = CpuKernels()
     elif target.kind.name == "cuda":

@@ -37,7 +37,8 @@ def kernel_blockers(cfg: DecoderConfig, quant: QuantSpec) -> list[str]:
 
     They take float16 activations, input widths that are multiples of 32, output widths that are
     multiples of 8 and head dims of 64 or 128, and fuse exactly a Llama block: RMSNorm, SwiGLU,
-    full causal attention, no biases, no q/k norm."""
+    full causal attention, no output or MLP biases. A q/k/v bias and q/k norm (Qwen2, Qwen3) are
+    TVM ops between the QKV kernel and attention (``LlamaDecoderLayer``), so they block nothing."""
     blockers = []
     if quant.model_dtype != "float16":
         blockers.append(f"{quant.name} computes in {quant.model_dtype} (the kernels take float16)")
@@ -47,7 +48,7 @@ def kernel_blockers(cfg: DecoderConfig, quant: QuantSpec) -> list[str]:
     qkv_rows = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim
     if any(w % 32 for w in widths) or cfg.vocab_size % 8 or qkv_rows % 8:
         blockers.append("layer widths that are not multiples of 32 (inputs) and 8 (outputs)")
-    return blockers + block_departures(cfg)
+    return blockers + block_departures(cfg, qkv_extras=True)
 
 
 

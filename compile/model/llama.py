@@ -9,7 +9,8 @@ and K itself, ``compile/model/longrope.py``) and sliding-window attention in the
 float16 builds pass ``kernels`` (``compile/kernels/ops.py``; q4f32 CPU builds the same operators from
 ``compile/kernels/cpu_ops.py``): each block then runs as four fused
 kernels around attention, RMSNorm+QKV, O-projection+residual, RMSNorm+gate/up+SwiGLU,
-down-projection+residual, and the final norm is folded into the LM head. The exported functions
+down-projection+residual, and the final norm is folded into the LM head; a q/k/v bias (Qwen2) and
+q/k norm (Qwen3) are TVM ops between the QKV kernel and attention. The exported functions
 (``ferrum.manifest.LLM_FUNCTIONS``, which every architecture exports) are the runtime's whole
 interface:
 
@@ -28,7 +29,7 @@ interface:
 
 from __future__ import annotations
 
-from tvm import relax, tirx
+from tvm import relax, te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op, spec
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
@@ -63,6 +64,31 @@ def is_longrope(cfg: DecoderConfig) -> bool:
     return cfg.rope_scaling.get("rope_type") == "longrope"
 
 
+def qk_norm(qkv: Tensor, q_weight: Tensor, k_weight: Tensor, num_q_heads: int, num_kv_heads: int,
+            eps: float) -> Tensor:
+    """RMSNorm over each Q head (``q_weight``) and K head (``k_weight``) of a fused (b, s, heads, d)
+    QKV, V heads passed through, in float32 like transformers' Qwen3RMSNorm.
+
+    One TIR function, a reduction and its epilogue, so the GPU runs one kernel per layer where
+    splitting QKV, two norms and a concat took four (and copied V twice)."""
+    d = int(qkv.shape[-1])
+
+    def fused(x: te.Tensor, wq: te.Tensor, wk: te.Tensor) -> te.Tensor:
+        i = te.reduce_axis((0, d), name="i")
+        sumsq = te.compute(x.shape[:-1], lambda b, s, h: te.sum(
+            x[b, s, h, i].astype("float32") * x[b, s, h, i].astype("float32"), axis=i), name="sumsq")
+
+        def normed(b, s, h, j):
+            v = x[b, s, h, j].astype("float32")
+            w = tirx.Select(h < num_q_heads, wq[j], wk[j]).astype("float32")
+            scaled = v * tirx.rsqrt(sumsq[b, s, h] / d + tirx.const(eps, "float32")) * w
+            return tirx.Select(h < num_q_heads + num_kv_heads, scaled, v).astype(x.dtype)
+
+        return te.compute(x.shape, normed, name="qk_norm")
+
+    return op.tensor_expr_op(fused, "qk_norm", [qkv, q_weight, k_weight])
+
+
 class LlamaAttention(nn.Module):
     def __init__(self, cfg: DecoderConfig, q: QuantSpec):
         self.num_q_heads, self.num_kv_heads, self.head_dim = (
@@ -88,8 +114,8 @@ class LlamaAttention(nn.Module):
         b, s, _ = qkv.shape
         qkv = op.reshape(qkv, (b, s, self.num_q_heads + 2 * self.num_kv_heads, self.head_dim))
         if self.qk_norm:
-            q, k, v = op.split(qkv, [self.num_q_heads, self.num_q_heads + self.num_kv_heads], axis=2)
-            qkv = op.concat([self.q_norm(q), self.k_norm(k), v], dim=2)
+            qkv = qk_norm(qkv, self.q_norm.weight, self.k_norm.weight, self.num_q_heads, self.num_kv_heads,
+                          self.q_norm.epsilon)
         if self.longrope is not None:
             heads = self.num_q_heads + 2 * self.num_kv_heads
             flat = longrope_rotate(op.reshape(qkv, (b * s, heads, self.head_dim)), cache.get_query_positions(b * s),
@@ -125,6 +151,8 @@ class LlamaDecoderLayer(nn.Module):
             return x + self.mlp(self.post_attention_layernorm(x))
         attn, mlp, eps = self.self_attn, self.mlp, self.input_layernorm.epsilon
         qkv = k.norm_linear(x, self.input_layernorm.weight, eps, attn.qkv_proj.weights())
+        if attn.qkv_proj.bias is not None:  # Qwen2: TVM's add after the kernel (which takes no bias)
+            qkv = qkv + attn.qkv_proj.bias
         x = k.linear(attn.attend(qkv, cache, layer_id), attn.o_proj.weights(), residual=x)
         h = k.norm_gate_up(x, self.post_attention_layernorm.weight, eps, mlp.gate_up_proj.weights())
         return k.linear(h, mlp.down_proj.weights(), residual=x)
