@@ -427,18 +427,18 @@ class ContinuousBatchEngine(AdvancedInferenceEngine):
         # a decode feeds each sequence's last token; only prefill and verify slice chunks
         fed = [seq.tokens[-1] for seq, _ in batch] if decode else None
         chunks = None if decode else [seq.tokens[seq.computed: seq.computed + n] for seq, n in batch]
+        runner = self.runner
         if self.outputs.has_drafts(batch):
-            rows = self.runner.verify(ids, chunks)  # drafted sequences feed several tokens: never a decode
+            rows = runner.verify(ids, chunks)  # drafted sequences feed several tokens: never a decode
             ends = np.cumsum([n for _, n in batch])
             return [rows[end - n: end] for (_, n), end in zip(batch, ends)], None
-        runner = self.runner
         if runner.samples_on_device and self.outputs.samples_on_device(batch, masked=runner.samples_masked):
             params = self.outputs.device_rows(batch)
             grid = None if masks is None else masks.result
             tokens = (runner.decode_sample(ids, fed, params, grid) if decode
                       else runner.prefill_sample(ids, chunks, params, grid))
             return [None] * len(ids), tokens
-        logits = self.runner.decode(ids, fed) if decode else self.runner.prefill(ids, chunks)
+        logits = runner.decode(ids, fed) if decode else runner.prefill(ids, chunks)
         return [logits[i: i + 1] for i in range(len(ids))], None
 
     # -- state for other threads ----------------------------------------------------------------

@@ -78,7 +78,7 @@ def install_attention_soft_cap(mod: IRModule, cap: float, capped: set[str]) -> I
     kernels = attention_kernels(mod)
     if not kernels:
         raise FerrumError("attention soft-capping: the module creates no paged KV cache with TIR kernels")
-    mod = mod.clone() if hasattr(mod, "clone") else IRModule(mod.functions)
+    mod = mod.clone()
     for gvar in kernels:
         if gvar.name_hint not in capped:
             mod[gvar] = soft_cap_kernel(mod[gvar], cap, gvar.name_hint)
