@@ -3,8 +3,9 @@
 Gemma 2's attention soft-cap (compile/model/softcap.py rewrites TVM's CUDA attention kernels too)
 and Phi-3's LongRoPE were checked on CPU only; this runs them, and the other families, on a GPU.
 ``prepare`` (dev machine): tiny random checkpoints from ``checks/tiny_families.py``, compiled for
-cuda sm_90a (q0f32, q0f16) and llvm q0f32, plus the references: transformers' float32 logits and
-greedy tokens, and the CPU artifact's, for one fixed call sequence. ``run`` (GPU machine): the same
+cuda sm_90a (q0f32, q0f16) and llvm q0f32 (or the ``--builds`` given), plus the references:
+transformers' float32 logits and greedy tokens, and each CPU artifact's, for one fixed call
+sequence (a CUDA artifact is compared with the CPU artifact of its own quantization, else q0f32's). ``run`` (GPU machine): the same
 call sequence on each CUDA artifact -- a prompt's first 12 tokens, 7 more over the cached pages, one
 decode step; then a fresh prefill of the whole prompt and greedy decode -- and the diffs as JSON.
 """
@@ -50,7 +51,7 @@ def sequence(artifact: Path) -> tuple[np.ndarray, list[int]]:
     return logits, tokens
 
 
-def prepare(root: Path, only: list[str] | None) -> None:
+def prepare(root: Path, only: list[str] | None, builds: list[tuple[str, str]]) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import train_tokenizer
 
@@ -66,7 +67,7 @@ def prepare(root: Path, only: list[str] | None) -> None:
             continue
         refs[f"{name}/hf_logits"] = tiny.reference_logits(folder, tiny.PROMPT)
         refs[f"{name}/hf_greedy"] = np.array(tiny.reference_greedy(folder, tiny.PROMPT, GREEDY))
-        for target, quant in BUILDS:
+        for target, quant in builds:
             out = root / "art" / f"{name}-{quant}-{target}"
             try:
                 art = compile_model(str(folder), target, quant, arch="sm_90a" if target == "cuda" else None,
@@ -78,7 +79,8 @@ def prepare(root: Path, only: list[str] | None) -> None:
             print(f"built {name} {target} {quant}", flush=True)
             if target == "llvm":
                 logits, tokens = sequence(art)
-                refs[f"{name}/cpu_logits"], refs[f"{name}/cpu_greedy"] = logits, np.array(tokens)
+                key = name if quant == "q0f32" else f"{name}/{quant}"
+                refs[f"{key}/cpu_logits"], refs[f"{key}/cpu_greedy"] = logits, np.array(tokens)
     np.savez(root / "references.npz", **refs)
 
 
@@ -100,10 +102,12 @@ def run(root: Path, out: Path) -> None:
                 "argmax_equal_vs_transformers": bool((logits.argmax(-1) == hf.argmax(-1)).all()),
                 "greedy": tokens, "greedy_equal_transformers": tokens == hf_greedy,
                 "max_abs_logit": float(np.abs(hf).max()), "finite": bool(np.isfinite(logits).all())}
-        if f"{name}/cpu_logits" in refs:
-            cpu = refs[f"{name}/cpu_logits"]
-            row |= {"max_abs_vs_cpu_artifact": float(np.abs(logits - cpu).max()),
-                    "greedy_equal_cpu_artifact": tokens == refs[f"{name}/cpu_greedy"].tolist()}
+        key = f"{name}/{quant}" if f"{name}/{quant}/cpu_logits" in refs else name
+        if f"{key}/cpu_logits" in refs:
+            cpu = refs[f"{key}/cpu_logits"]
+            row |= {"cpu_artifact": "llvm " + (quant if key != name else "q0f32"),
+                    "max_abs_vs_cpu_artifact": float(np.abs(logits - cpu).max()),
+                    "greedy_equal_cpu_artifact": tokens == refs[f"{key}/cpu_greedy"].tolist()}
         rows.append(row)
     print(f"{'family':14} {'quant':6} {'|d| vs HF':>10} {'|d| vs CPU':>10} argmax greedy=HF greedy=CPU")
     for r in rows:
@@ -123,8 +127,13 @@ def main() -> None:
     p.add_argument("root", type=Path, help="folder of checkpoints, artifacts and references.npz")
     p.add_argument("--out", type=Path, default=Path("h200_families_check.json"))
     p.add_argument("--only", nargs="*", help="prepare only these families")
+    p.add_argument("--builds", nargs="*", default=[f"{t}:{q}" for t, q in BUILDS], metavar="TARGET:QUANT",
+                   help="what prepare compiles (default: %(default)s)")
     a = p.parse_args()
-    prepare(a.root, a.only) if a.mode == "prepare" else run(a.root, a.out)
+    if a.mode == "prepare":
+        prepare(a.root, a.only, [tuple(b.split(":")) for b in a.builds])
+    else:
+        run(a.root, a.out)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ def q4_value(word, k, scale, low, dtype: str):
 LINEAR_BLOCK = "ferrum_linear"
 # The product block of row-interleaved int4 weights (q4f32); the CPU schedules it over output rows.
 LINEAR_INTERLEAVED_BLOCK = "ferrum_linear_interleaved"
+# The product block of an expert gather (compile/model/qwen3_moe.py); the CUDA schedule finds it by name.
+EXPERT_BLOCK = "ferrum_expert_linear"
 
 
 def linear(x: Tensor, weights: list[Tensor], spec: QuantSpec, out_dtype: str) -> Tensor:

@@ -24,7 +24,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 from tvm.target import Target
 
 from compile.kernels.ops import CudaKernels
-from compile.model.layers import Q4_PER_WORD, Embedding, QLinear, q4_value, linear
+from compile.model.layers import EXPERT_BLOCK, Q4_PER_WORD, Embedding, QLinear, q4_value, linear
 from compile.model.llama import LlamaAttention, LlamaForCausalLM, unsupported_features
 from ferrum.errors import FerrumError, ModelSourceError
 from ferrum.model_config import DecoderConfig
@@ -57,9 +57,6 @@ class Experts(nn.Module):
     def forward(self, x: Tensor, experts: Tensor) -> Tensor:
         weights = [self.q_weight, self.q_scale, self.q_min] if self.quant.quantized else [self.weight]
         return expert_linear(x, experts, weights, self.rows, self.quant)
-
-
-EXPERT_BLOCK = "expert_linear"  # the product block of an expert gather (for a schedule to find)
 
 
 def expert_linear(x: Tensor, experts: Tensor, weights: list[Tensor], rows: int, spec: QuantSpec) -> Tensor:
