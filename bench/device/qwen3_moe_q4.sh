@@ -2,8 +2,9 @@
 # H200 call (issue 15): Qwen3-MoE with int4 experts. First the tiny Qwen3-MoE's CUDA artifacts
 # (q4f16, q0f16: the expert gathers on ExpertGEMV) against its CPU artifacts of the same
 # quantization, then the Qwen3-30B-A3B shape's speed (weights generated on the device): q4f16 on
-# ExpertGEMV, q4f16 on TVM's generic gathers (the build before it), q0f16 on ExpertGEMV last
-# (its 61 GB of weights). Each bench is one process under its own timeout, writing its JSON after
+# ExpertGEMV, q4f16 on TVM's generic gathers (built at a7d02e7, before ExpertGEMV), q0f16 on
+# ExpertGEMV last (its 61 GB of weights; built at edd1cc8, when ExpertGEMV still took float16
+# gathers: it measured slower than the generic rule, so they no longer take it). Each bench is one process under its own timeout, writing its JSON after
 # every batch; decode at batch 1/8/64 after 128 tokens, prefill 2048 (as bench/device/families.sh).
 # The device copies the lead's checkout, so this branch's tree travels as a tarball.
 # Prepare here (the shape artifacts carry no weights, a few MiB each):

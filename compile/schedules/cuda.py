@@ -8,7 +8,7 @@ bodies chosen at run time by the row count: dlight's ``LowBatchGEMV`` with a row
 and 8 (each thread block reads a weight tile once for all rows of the bucket), and the ``Matmul``
 schedule above 8 rows. The branch condition is thread-invariant, so the kernels stay uniform.
 Functions that are not a GEMV/GEMM over exactly one symbolic extent are left to the default rules,
-but for the expert gathers of routed-expert models, which take ``ExpertGEMV``
+but for the int4 expert gathers of routed-expert models, which take ``ExpertGEMV``
 (``compile/schedules/cuda_experts.py``) at every row count.
 
 NO_TENSOR_CORES: every PrimFunc is marked ``dlight.do_not_tensorize``. dlight's tensor-core GEMM
