@@ -60,7 +60,7 @@ SHAPES = {
                                 num_attention_heads=28, num_key_value_heads=4, head_dim=128, rms_norm_eps=1e-6,
                                 rope_theta=1000000.0, context_length=32768, tie_word_embeddings=False,
                                 architecture="qwen2", qkv_bias=True),
-    # Qwen/Qwen3-30B-A3B's config.json: every layer's MLP routed, 8 of 128 experts per token (q0 only)
+    # Qwen/Qwen3-30B-A3B's config.json: every layer's MLP routed, 8 of 128 experts per token
     "qwen3-30b-a3b": DecoderConfig(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=48,
                                    num_attention_heads=32, num_key_value_heads=4, head_dim=128, rms_norm_eps=1e-6,
                                    rope_theta=1000000.0, context_length=40960, tie_word_embeddings=False,
@@ -106,7 +106,7 @@ def main() -> int:
     try:
         shapes = {n: [[int(d) for d in p.shape], str(p.dtype)]
                   for n, p in build_network(cfg, quant, target)[0].named_parameters()}
-    except ModelSourceError as exc:  # e.g. Qwen3-MoE's experts are built unquantized only
+    except ModelSourceError as exc:  # e.g. Qwen3-MoE refuses the CPU q4f32 layout
         shutil.rmtree(folder, ignore_errors=True)
         parser.error(f"{args.shape} at {quant.name}: {exc}")
     print(f"{name}: {len(shapes)} parameters, compiling", flush=True)

@@ -61,7 +61,7 @@ def _cpu_key(quant: str) -> str:
     return "cpu_q4f16_" if quant == "q4f16" else "cpu_"
 
 
-def prepare(root: Path, only: list[str] | None) -> None:
+def prepare(root: Path, only: list[str] | None, builds: list[tuple[str, str]] | None = None) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import train_tokenizer
 
@@ -78,7 +78,7 @@ def prepare(root: Path, only: list[str] | None) -> None:
             continue
         refs[f"{name}/hf_logits"] = tiny.reference_logits(folder, tiny.PROMPT)
         refs[f"{name}/hf_greedy"] = np.array(tiny.reference_greedy(folder, tiny.PROMPT, GREEDY))
-        for target, quant in KERNEL_BUILDS if name in tiny.KERNEL_FAMILIES else BUILDS:
+        for target, quant in builds or (KERNEL_BUILDS if name in tiny.KERNEL_FAMILIES else BUILDS):
             out = root / "art" / f"{name}-{quant}-{target}"
             try:
                 art = compile_model(str(folder), target, quant, arch="sm_90a" if target == "cuda" else None,
@@ -139,8 +139,12 @@ def main() -> None:
     p.add_argument("root", type=Path, help="folder of checkpoints, artifacts and references.npz")
     p.add_argument("--out", type=Path, default=Path("h200_families_check.json"))
     p.add_argument("--only", nargs="*", help="prepare only these families")
+    p.add_argument("--builds", nargs="*", metavar="TARGET:QUANT",
+                   help="what prepare compiles (default: the family's builds, BUILDS or KERNEL_BUILDS); a CUDA "
+                        "q4f16 build is compared with an llvm q4f16 one")
     a = p.parse_args()
-    prepare(a.root, a.only) if a.mode == "prepare" else run(a.root, a.out)
+    builds = [tuple(b.split(":")) for b in a.builds] if a.builds else None
+    prepare(a.root, a.only, builds) if a.mode == "prepare" else run(a.root, a.out)
 
 
 if __name__ == "__main__":

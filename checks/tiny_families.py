@@ -215,8 +215,9 @@ def _stack_experts(tensors: dict[str, np.ndarray], layers: int, experts: int) ->
     return out
 
 
-def write_gguf(family: Family, folder: Path, path: Path) -> Path:
-    """The checkpoint in ``folder`` as a float32 GGUF, laid out as llama.cpp's converter writes it."""
+def write_gguf(family: Family, folder: Path, path: Path, q4_1_experts: bool = False) -> Path:
+    """The checkpoint in ``folder`` as a float32 GGUF, laid out as llama.cpp's converter writes it;
+    ``q4_1_experts``: the stacked expert tensors in llama.cpp's Q4_1 blocks (``gguf.quants``)."""
     import gguf
     from safetensors.numpy import load_file
 
@@ -286,7 +287,12 @@ def write_gguf(family: Family, folder: Path, path: Path) -> Path:
             array = array + np.float32(1)
         if family.permute_qk and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
             array = _permute(array, heads if "q_proj" in hf_name else kv_heads)
-        w.add_tensor(names.get(hf_name, hf_name), np.ascontiguousarray(array, dtype=np.float32))
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        if q4_1_experts and "_exps." in hf_name:
+            q4_1 = gguf.GGMLQuantizationType.Q4_1
+            w.add_tensor(names.get(hf_name, hf_name), gguf.quants.quantize(array, q4_1), raw_dtype=q4_1)
+            continue
+        w.add_tensor(names.get(hf_name, hf_name), array)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

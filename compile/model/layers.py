@@ -21,7 +21,7 @@ from ferrum.quantization import QuantSpec
 Q4_PER_WORD = 8
 
 
-def _q4_value(word, k, scale, low, dtype: str):
+def q4_value(word, k, scale, low, dtype: str):
     """The float value of element ``k`` of a row, given that row's packed word, group scale and minimum."""
     shift = (k % Q4_PER_WORD * 4).astype("uint32")
     nibble = tirx.bitwise_and(tirx.shift_right(word, shift), tirx.const(15, "uint32"))
@@ -31,6 +31,8 @@ def _q4_value(word, k, scale, low, dtype: str):
 LINEAR_BLOCK = "ferrum_linear"
 # The product block of row-interleaved int4 weights (q4f32); the CPU schedules it over output rows.
 LINEAR_INTERLEAVED_BLOCK = "ferrum_linear_interleaved"
+# The product block of an expert gather (compile/model/qwen3_moe.py); the CUDA schedule finds it by name.
+EXPERT_BLOCK = "ferrum_expert_linear"
 
 
 def linear(x: Tensor, weights: list[Tensor], spec: QuantSpec, out_dtype: str) -> Tensor:
@@ -66,7 +68,7 @@ def linear(x: Tensor, weights: list[Tensor], spec: QuantSpec, out_dtype: str) ->
             qw, qs, qm = ws
             w = te.compute(
                 (n_out, n_in),
-                lambda i, k: _q4_value(qw[i // per, k // Q4_PER_WORD, i % per], k, qs[i // per, k // group, i % per],
+                lambda i, k: q4_value(qw[i // per, k // Q4_PER_WORD, i % per], k, qs[i // per, k // group, i % per],
                                        qm[i // per, k // group, i % per], dtype),
                 name="dequantize",
             )
@@ -74,7 +76,7 @@ def linear(x: Tensor, weights: list[Tensor], spec: QuantSpec, out_dtype: str) ->
             qw, qs, qm = ws
             w = te.compute(
                 (n_out, n_in),
-                lambda i, k: _q4_value(qw[i, k // Q4_PER_WORD], k, qs[i, k // group], qm[i, k // group], dtype),
+                lambda i, k: q4_value(qw[i, k // Q4_PER_WORD], k, qs[i, k // group], qm[i, k // group], dtype),
                 name="dequantize",
             )
         else:

@@ -6,8 +6,13 @@ renormalized to sum 1 when ``norm_topk_prob``, cast to the model dtype; the laye
 weighted sum of the selected experts' outputs. The experts are stacked in two tensors and the
 expert projections are gathers: each token's row reads only the weights of the experts it was
 routed to (``expert_linear``), on every target, so a decode step reads k of the experts, not all
-of them. TVM schedules these gathers with its generic rules (no grouped GEMM of our own yet), and
-experts are unquantized: ``q4*`` schemes are refused for this architecture.
+of them. Under ``q4f16`` the stacked experts are int4 like every q4 linear layer (eight nibbles per
+``uint32``, a float16 scale and minimum per group of 32 inputs: GGUF Q4_1 exactly, see
+``compile/quantize.py``), and the gather dequantizes the routed experts' words inside the product,
+so no expert is ever materialized in float16. The router stays in the model dtype (it is tiny and
+decides the routing). TVM schedules these gathers with its generic rules (no grouped GEMM of our
+own yet). The CPU's ``q4f32`` (rows interleaved by 16 and an int8 LM head, for Ferrum's CPU GEMV,
+which the gather does not use) is refused; its GPU layout (q4f16's, in float32) builds.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 from tvm.target import Target
 
 from compile.kernels.ops import CudaKernels
-from compile.model.layers import Embedding, QLinear, linear
+from compile.model.layers import EXPERT_BLOCK, Q4_PER_WORD, Embedding, QLinear, q4_value, linear
 from compile.model.llama import LlamaAttention, LlamaForCausalLM, unsupported_features
 from ferrum.errors import FerrumError, ModelSourceError
 from ferrum.model_config import DecoderConfig
@@ -27,53 +32,84 @@ from ferrum.quantization import QuantSpec
 
 
 class Stacked(nn.Module):
-    """One weight tensor under ``<name>.weight`` (the router, and the stacked experts)."""
+    """One weight tensor under ``<name>.weight`` (the router)."""
 
     def __init__(self, shape: tuple[int, int], dtype: str):
         self.weight = nn.Parameter(shape, dtype)
 
 
-def expert_linear(x: Tensor, experts: Tensor, weight: Tensor, rows: int) -> Tensor:
-    """``y[t, j] = x[t, j] @ W_e.T`` for e = ``experts[t, j]``, W_e the e-th block of ``rows`` rows
-    of ``weight`` (experts × rows, in); ``x`` is (t, in) (the same input for every j) or (t, k, in).
-    Accumulates in float32; reads only the selected experts' rows."""
-    n_in, shared = int(weight.shape[1]), x.ndim == 2
+class Experts(nn.Module):
+    """One projection of every expert, stacked: ``experts * rows`` rows of ``n_in`` inputs, expert
+    after expert, under ``<name>.weight`` (q0) or ``<name>.q_weight/q_scale/q_min`` (int4, the
+    names and layout of a ``QLinear``, which ``compile/weights.py`` writes for "linear" plans)."""
 
-    def gather(x: te.Tensor, experts: te.Tensor, w: te.Tensor) -> te.Tensor:
+    def __init__(self, experts: int, rows: int, n_in: int, q: QuantSpec):
+        self.rows, self.quant = rows, q
+        if q.quantized:
+            if n_in % q.group_size:
+                raise ModelSourceError(f"expert inputs {n_in} are not a multiple of the int4 group {q.group_size}")
+            self.q_weight = nn.Parameter((experts * rows, n_in // Q4_PER_WORD), "uint32")
+            self.q_scale = nn.Parameter((experts * rows, n_in // q.group_size), q.model_dtype)
+            self.q_min = nn.Parameter((experts * rows, n_in // q.group_size), q.model_dtype)
+        else:
+            self.weight = nn.Parameter((experts * rows, n_in), q.model_dtype)
+
+    def forward(self, x: Tensor, experts: Tensor) -> Tensor:
+        weights = [self.q_weight, self.q_scale, self.q_min] if self.quant.quantized else [self.weight]
+        return expert_linear(x, experts, weights, self.rows, self.quant)
+
+
+def expert_linear(x: Tensor, experts: Tensor, weights: list[Tensor], rows: int, spec: QuantSpec) -> Tensor:
+    """``y[t, j] = x[t, j] @ W_e.T`` for e = ``experts[t, j]``, W_e the e-th block of ``rows`` rows
+    of the stacked weight (experts × rows, in); ``x`` is (t, in) (the same input for every j) or
+    (t, k, in). ``weights`` is ``[weight]`` (q0) or ``[q_weight, q_scale, q_min]`` (int4, dequantized
+    inside the product: only the selected experts' words are read). Accumulates in float32."""
+    quantized, group, dtype = spec.quantized, spec.group_size, spec.model_dtype
+    n_in, shared = int(weights[0].shape[1]) * (Q4_PER_WORD if quantized else 1), x.ndim == 2
+
+    def gather(x: te.Tensor, experts: te.Tensor, *ws: te.Tensor) -> te.Tensor:
         k = te.reduce_axis((0, n_in), name="k")
         t, topk = experts.shape
+        if quantized:
+            qw, qs, qm = ws
+
+            def w(row, col):
+                return q4_value(qw[row, col // Q4_PER_WORD], col, qs[row, col // group], qm[row, col // group], dtype)
+        else:
+            def w(row, col):
+                return ws[0][row, col]
+
         acc = te.compute(
             (t, topk, rows),
             lambda i, j, o: te.sum((x[i, k] if shared else x[i, j, k]).astype("float32")
-                                   * w[experts[i, j] * rows + o, k].astype("float32"), axis=k),
-            name="expert_linear",
+                                   * w(experts[i, j] * rows + o, k).astype("float32"), axis=k),
+            name=EXPERT_BLOCK,
         )
-        if w.dtype == "float32":
+        if dtype == "float32":
             return acc
-        return te.compute(acc.shape, lambda *idx: acc[idx].astype(w.dtype), name="cast")
+        return te.compute(acc.shape, lambda *idx: acc[idx].astype(dtype), name="cast")
 
-    return op.tensor_expr_op(gather, "expert_linear", [x, experts, weight])
+    return op.tensor_expr_op(gather, "expert_linear", [x, experts, *weights])
 
 
 class MoeMLP(nn.Module):
     def __init__(self, cfg: DecoderConfig, q: QuantSpec):
         d, ffn, n = cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts
         self.router = Stacked((n, d), q.model_dtype)
-        self.experts_gate_up = Stacked((n * 2 * ffn, d), q.model_dtype)
-        self.experts_down = Stacked((n * d, ffn), q.model_dtype)
+        self.experts_gate_up = Experts(n, 2 * ffn, d, q)
+        self.experts_down = Experts(n, d, ffn, q)
         self.cfg, self.quant = cfg, q
 
     def forward(self, x: Tensor) -> Tensor:
         cfg, dtype = self.cfg, self.quant.model_dtype
         b, s, d = x.shape
         tokens = op.reshape(x, (b * s, d))
-        logits = linear(tokens, [self.router.weight], self.quant, "float32")
+        logits = linear(tokens, [self.router.weight], self.quant.unquantized(), "float32")
         weights, experts = op.topk(op.softmax(logits, axis=-1), cfg.num_experts_per_tok, axis=-1, ret_type="both")
         if cfg.norm_topk_prob:
             weights = weights / op.sum(weights, axis=-1, keepdims=True)
-        ffn = cfg.moe_intermediate_size
-        gate, up = op.split(expert_linear(tokens, experts, self.experts_gate_up.weight, 2 * ffn), 2, axis=-1)
-        out = expert_linear(op.silu(gate) * up, experts, self.experts_down.weight, d)  # (t, k, d)
+        gate, up = op.split(self.experts_gate_up(tokens, experts), 2, axis=-1)
+        out = self.experts_down(op.silu(gate) * up, experts)  # (t, k, d)
         out = op.sum(out * op.unsqueeze(weights.astype(dtype), -1), axis=1)
         return op.reshape(out, (b, s, d))
 
@@ -97,8 +133,8 @@ class Qwen3MoeForCausalLM(LlamaForCausalLM):
         missing = [m for m in unsupported_features(cfg) if m != "routed experts"]
         if not cfg.num_experts or not cfg.num_experts_per_tok:
             missing.append("no routed experts")
-        if q.quantized:
-            missing.append(f"{q.name} (experts are built unquantized: q0f32 or q0f16)")
+        if q.interleave or q.head_bits:
+            missing.append(f"{q.name} (its row-interleaved CPU layout; the experts build as q0f32, q0f16 or q4f16)")
         if missing:
             raise ModelSourceError(f"{cfg.architecture} models with {', '.join(missing)} are not supported yet")
         if kernels is not None:

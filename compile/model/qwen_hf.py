@@ -59,7 +59,9 @@ def expert_names(layer: int, expert: int) -> dict[str, str]:
 
 def plan_moe(cfg: DecoderConfig) -> list[WeightPlan]:
     """Qwen3's plan with each MLP replaced by the router and the experts stacked: ``gate_up`` is
-    every expert's gate rows then up rows, expert after expert; ``down`` every expert's rows."""
+    every expert's gate rows then up rows, expert after expert; ``down`` every expert's rows. The
+    stacked experts are "linear" (int4 under q4f16, each row quantized alone, so stacking changes no
+    value); the router is "dense" and stays in the model dtype."""
     items, d, ffn, n = [], cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts
     for item in plan(cfg):
         if ".mlp." not in item.name:
@@ -72,8 +74,8 @@ def plan_moe(cfg: DecoderConfig) -> list[WeightPlan]:
         names = [expert_names(layer, e) for e in range(n)]
         items.append(WeightPlan(f"{mlp}.router", (names[0]["router"],), ((n, d),), "dense"))
         items.append(WeightPlan(f"{mlp}.experts_gate_up", tuple(x[p] for x in names for p in ("gate", "up")),
-                                ((ffn, d),) * 2 * n, "dense"))
-        items.append(WeightPlan(f"{mlp}.experts_down", tuple(x["down"] for x in names), ((d, ffn),) * n, "dense"))
+                                ((ffn, d),) * 2 * n, "linear"))
+        items.append(WeightPlan(f"{mlp}.experts_down", tuple(x["down"] for x in names), ((d, ffn),) * n, "linear"))
     return items
 
 

@@ -7,7 +7,9 @@ real cost of decoding, far from the memory bandwidth. This pass gives every such
 bodies chosen at run time by the row count: dlight's ``LowBatchGEMV`` with a row bucket of 1, 4
 and 8 (each thread block reads a weight tile once for all rows of the bucket), and the ``Matmul``
 schedule above 8 rows. The branch condition is thread-invariant, so the kernels stay uniform.
-Functions that are not a GEMV/GEMM over exactly one symbolic extent are left to the default rules.
+Functions that are not a GEMV/GEMM over exactly one symbolic extent are left to the default rules,
+but for the int4 expert gathers of routed-expert models, which take ``ExpertGEMV``
+(``compile/schedules/cuda_experts.py``) at every row count.
 
 NO_TENSOR_CORES: every PrimFunc is marked ``dlight.do_not_tensorize``. dlight's tensor-core GEMM
 (``MatmulTensorization``) segfaults inside ``s_tir::Tensorize`` in TVM 0.27 (a plain fp16 matmul
@@ -22,6 +24,8 @@ from tvm import s_tir, tirx
 from tvm.ir.module import IRModule
 from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+from compile.schedules.cuda_experts import ExpertGEMV
 
 ROW_BUCKETS = (1, 4, 8)
 
@@ -56,6 +60,10 @@ class RowDispatch:
                 continue
             func = func.with_attr("dlight.do_not_tensorize", True)  # see NO_TENSOR_CORES
             mod.update_func(gvar, func)
+            experts = _schedule_with(func, ExpertGEMV())
+            if experts is not None:
+                mod.update_func(gvar, experts)
+                continue
             rows = _symbolic_extent(func)
             if rows is None:
                 continue
