@@ -67,6 +67,13 @@ def _runner(artifact: Path):
     return runner
 
 
+def _chunked_logits(runner) -> np.ndarray:
+    """Sequence 0's logits at every PROMPT position along the three attention paths: a first chunk
+    (12 tokens: ragged self-attention), 7 more over its cached pages, one decode step."""
+    return np.concatenate([runner.verify([0], [PROMPT[:12]]), runner.verify([0], [PROMPT[12:19]]),
+                           runner.decode([0], [PROMPT[19]])])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_logits_match_transformers(family, checkpoints, artifacts):
@@ -246,8 +253,7 @@ def test_gemma2_soft_cap_holds_in_prefill_over_cached_pages_and_decode(checkpoin
     than the bound (transformers without it differs)."""
     folder = checkpoints["gemma2"]
     runner = _runner(artifacts("gemma2"))
-    compiled = np.concatenate([runner.verify([0], [PROMPT[:12]]), runner.verify([0], [PROMPT[12:19]]),
-                               runner.decode([0], [PROMPT[19]])])
+    compiled = _chunked_logits(runner)
     expected = tiny.reference_logits(folder, PROMPT)
     assert np.abs(compiled - expected).max() <= F32_BOUND
     uncapped = tiny.reference_logits(_with_config(folder, tmp_path, attn_logit_softcapping=None), PROMPT)
@@ -262,8 +268,7 @@ def test_a_sliding_window_holds_over_cached_pages_a_forked_prefix_and_decode(fam
     block tree), and decode; the window moves the logits far more than the bound."""
     folder = checkpoints[family]
     runner = _runner(artifacts(family))
-    chunked = np.concatenate([runner.verify([0], [PROMPT[:12]]), runner.verify([0], [PROMPT[12:19]]),
-                              runner.decode([0], [PROMPT[19]])])
+    chunked = _chunked_logits(runner)
     runner.fork_sequence(0, 1, 10)
     forked = np.concatenate([runner.verify([1], [PROMPT[10:19]]), runner.decode([1], [PROMPT[19]])])
     expected = tiny.reference_logits(folder, PROMPT)

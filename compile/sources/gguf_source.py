@@ -203,20 +203,21 @@ class GGUFSource(DecoderSource):
         a, layers = self._arch_key, int(self._require(f"{self._arch_key}.block_count"))
         pattern = self._field(f"{a}.attention.sliding_window_pattern")
         if isinstance(pattern, list):
-            local = [i for i, sliding in enumerate(pattern) if sliding]
+            sliding = [i for i, on in enumerate(pattern) if on]
         else:
             period = int(pattern or self._arch.swa_period)
-            local = [i for i in range(layers) if (i + 1) % period]
-        window_layers = local  # the sliding-window layers, whatever their RoPE base
+            sliding = [i for i in range(layers) if (i + 1) % period]
+        # the sliding layers rotate with their own base only where the file gives one that differs
         local_theta = float(self._field(f"{a}.rope.freq_base_swa", LOCAL_ROPE_BASE if a == "gemma3" else 0.0))
         if not local_theta or local_theta == float(self._field(f"{a}.rope.freq_base", 10000.0)):
-            local, local_theta = [], 0.0
+            local_theta = 0.0
+        local = sliding if local_theta else []
         # llama.cpp scales queries by head_dim ** -0.5, except the 27B models' hidden / heads (query_pre_attn_scalar)
         scalar = hidden / heads if layers in (46, 62) else head_dim
         return {
             "activation": "gelu_pytorch_tanh", "post_norms": True, "embed_scale": hidden**0.5,
             "attention_scale": scalar**-0.5, "local_layers": local, "local_rope_theta": local_theta,
-            "window_layers": window_layers,
+            "window_layers": sliding,
             "final_logit_softcap": float(self._field(f"{a}.final_logit_softcapping", 0.0)),
             "attn_logit_softcap": float(self._field(f"{a}.attn_logit_softcapping", 0.0)),
         }
